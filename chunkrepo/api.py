@@ -1,0 +1,89 @@
+"""Repo: the Python API.
+
+    from chunkrepo import Repo
+    with Repo.init("/srv/backups") as repo:
+        result = repo.backup(["/etc"])
+        for entry in repo.list_backup(result.id, "/etc"):
+            ...
+"""
+
+import os
+from typing import Iterator, List, Optional, Sequence
+
+from .errors import NotFound
+from .model import BackupRecord
+from .model.nodes import REG
+from .ops.backup import BackupOptions, BackupResult, run_backup
+from .ops.check import check_repository
+from .ops.file_reader import ChunkFile
+from .ops.restore import restore_tree
+from .ops.tarout import write_tar
+from .ops.traverse import Entry, find_node, walk
+from .repository import Repository
+from .repository.config import Config
+
+
+class Repo:
+    """An open chunkrepo repository (use as a context manager)."""
+
+    def __init__(self, path):
+        self._repo = Repository(os.fspath(path))
+        self.path = self._repo.path
+
+    @classmethod
+    def init(cls, path, config: Optional[Config] = None) -> "Repo":
+        Repository.init(os.fspath(path), config).close()
+        return cls(path)
+
+    @property
+    def repository(self) -> Repository:
+        return self._repo
+
+    def close(self) -> None:
+        self._repo.close()
+
+    def __enter__(self) -> "Repo":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def backup(self, paths: Sequence, host: Optional[str] = None, subset: Optional[str] = None,
+               excludes: Sequence[str] = (), one_file_system: bool = False,
+               progress=None, **kw) -> BackupResult:
+        opts = BackupOptions(host=host, subset=subset, excludes=tuple(excludes),
+                             one_file_system=one_file_system, progress=progress, **kw)
+        return run_backup(self._repo, [os.fspath(p) for p in paths], opts)
+
+    def list_backups(self, last_n: Optional[int] = None) -> List[BackupRecord]:
+        recs = self._repo.list_backups()
+        return recs[-last_n:] if last_n else recs
+
+    def get_backup(self, backup_id: str) -> BackupRecord:
+        return self._repo.resolve_backup(backup_id)
+
+    def list_backup(self, backup_id: str, start="/", recursive: bool = True) -> Iterator[Entry]:
+        rec = self._repo.resolve_backup(backup_id)
+        return walk(self._repo, bytes.fromhex(rec.root), start, recursive)
+
+    def open_file(self, backup_id: str, path) -> ChunkFile:
+        rec = self._repo.resolve_backup(backup_id)
+        node = find_node(self._repo, bytes.fromhex(rec.root), path)
+        if node.kind != REG:
+            raise NotFound(f"{os.fsdecode(path)}: not a regular file in backup {rec.id}")
+        return ChunkFile(self._repo, node, os.fsencode(path))
+
+    def produce_tar(self, backup_id: str, out, start="/", recursive: bool = True,
+                    tar_format: str = "pax"):
+        """Write a tar of the backup (or of start below it) to the binary file out."""
+        rec = self._repo.resolve_backup(backup_id)
+        return write_tar(self._repo, bytes.fromhex(rec.root), out, start, recursive, tar_format)
+
+    def restore(self, backup_id: str, target, start="/"):
+        """Recreate the backup (or start below it) inside the directory target."""
+        rec = self._repo.resolve_backup(backup_id)
+        return restore_tree(self._repo, bytes.fromhex(rec.root), os.fspath(target), start)
+
+    def check(self, read_data: bool = False, progress=None):
+        """Verify the repository; returns a CheckReport (report.ok is False on damage)."""
+        return check_repository(self._repo, read_data=read_data, progress=progress)

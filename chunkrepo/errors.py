@@ -1,0 +1,47 @@
+"""The one exception hierarchy of chunkrepo.
+
+Every error a user can cause or meet derives from ChunkrepoError; the CLI turns
+these into a one-line message and a non-zero exit, never a traceback.
+"""
+
+
+class ChunkrepoError(Exception):
+    """Base of every error chunkrepo raises on purpose."""
+
+    exit_code = 1
+
+
+class NotFound(ChunkrepoError):
+    """A repository, backup, path or object that does not exist."""
+
+
+class NotARepository(NotFound):
+    """A path that holds no chunkrepo repository."""
+
+
+class AmbiguousId(ChunkrepoError):
+    """A backup id prefix that matches more than one backup."""
+
+
+class IntegrityError(ChunkrepoError):
+    """Stored data that does not match its hash, or a broken structure."""
+
+
+class FormatVersionError(ChunkrepoError):
+    """A repository written by a newer (or unknown) format version."""
+
+
+class RepoLocked(ChunkrepoError):
+    """Another writer holds the repository lock."""
+
+
+class TargetNotEmpty(ChunkrepoError):
+    """A restore target that already has content."""
+
+
+class UnsafePath(IntegrityError):
+    """A record holding a name that would escape the restore target."""
+
+
+class StorageError(ChunkrepoError):
+    """The storage below the repository failed (full disk, I/O error, ...)."""

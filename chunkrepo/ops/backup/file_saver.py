@@ -1,0 +1,177 @@
+"""Reads one regular file safely and stores its chunks.
+
+Race detection (backshift's no_games, with the ctime/inode checks of borg and
+restic): the file is opened with O_NOFOLLOW|O_NONBLOCK, the handle's fstat must
+describe the same object the walk lstat'ed, and size/mtime/ctime must be the
+same after reading as before.  A file that fails is retried once by the caller
+and then reported as changed during the backup, never stored torn.
+"""
+
+import os
+import stat
+import threading
+
+from ...codec.chunking import Chunker
+from ...codec.hashing import hash_bytes
+
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0)
+_O_NOATIME = getattr(os, "O_NOATIME", 0)
+
+
+class FileChanged(Exception):
+    """The file is not the one we lstat'ed, or changed while we read it."""
+
+
+def same_object(a, b) -> bool:
+    return (stat.S_IFMT(a.st_mode) == stat.S_IFMT(b.st_mode) and a.st_dev == b.st_dev
+            and a.st_ino == b.st_ino and a.st_uid == b.st_uid and a.st_gid == b.st_gid
+            and a.st_mode == b.st_mode)
+
+
+def _open(path: bytes) -> int:
+    if _O_NOATIME:
+        try:
+            return os.open(path, _OPEN_FLAGS | _O_NOATIME)
+        except PermissionError:
+            pass   # O_NOATIME needs ownership; plain open may still work
+    return os.open(path, _OPEN_FLAGS)
+
+
+def data_extents(fd: int, size: int):
+    """[[offset, length], ...] of the data regions of a file with holes."""
+    extents = []
+    pos = 0
+    while pos < size:
+        try:
+            start = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError:   # ENXIO: only a hole remains
+            break
+        end = os.lseek(fd, start, os.SEEK_HOLE)
+        extents.append([start, min(end, size) - start])
+        pos = end
+    return extents
+
+
+class _Reader:
+    """readinto over the whole file, or over its data extents only."""
+
+    def __init__(self, fd: int, extents):
+        self.fd = fd
+        self.extents = extents
+        self.i = 0
+        self.pos = extents[0][0] if extents else 0
+        self.total = 0
+
+    def readinto(self, mv) -> int:
+        if self.extents is None:
+            n = os.readv(self.fd, [mv])
+        else:
+            while self.i < len(self.extents):
+                off, length = self.extents[self.i]
+                left = off + length - self.pos
+                if left > 0:
+                    n = os.preadv(self.fd, [mv[:left]], self.pos)
+                    if n == 0:
+                        raise FileChanged()
+                    self.pos += n
+                    break
+                self.i += 1
+                if self.i < len(self.extents):
+                    self.pos = self.extents[self.i][0]
+            else:
+                n = 0
+        self.total += n
+        return n
+
+
+class FileSaver:
+    """Per-thread state: a chunker and a reusable read buffer (fresh memory is costly)."""
+
+    def __init__(self, session, chunker_params):
+        self.session = session
+        self.params = chunker_params
+        self._local = threading.local()
+
+    def _state(self):
+        st = getattr(self._local, "state", None)
+        if st is None:
+            cap = 3 * self.params.max_size
+            st = self._local.state = (Chunker(self.params), bytearray(cap))
+        return st
+
+    def read_file(self, path: bytes, lst):
+        """Store a file's content.  Returns (fstat, chunk ids, sparse extents, bytes read)."""
+        fd = _open(path)
+        try:
+            fst = os.fstat(fd)
+            if not same_object(lst, fst):
+                raise FileChanged()
+            size = fst.st_size
+            extents = None
+            if size > 0 and fst.st_blocks * 512 < size:
+                extents = data_extents(fd, size)
+                expected = sum(e[1] for e in extents)
+            else:
+                expected = size
+            reader = _Reader(fd, extents)
+            chunks = self._store_stream(reader, expected)
+            after = os.fstat(fd)
+            if (reader.total != expected or after.st_size != size
+                    or after.st_mtime_ns != fst.st_mtime_ns or after.st_ctime_ns != fst.st_ctime_ns):
+                raise FileChanged()
+            return fst, chunks, extents, reader.total
+        finally:
+            os.close(fd)
+
+    def _store_stream(self, reader: _Reader, expected: int) -> bytes:
+        session = self.session
+        ids = []
+        for chunk in self._cut(reader, expected):
+            cid = hash_bytes(chunk)
+            if session.claim_chunk(cid):
+                session.store_chunk(cid, chunk)
+            ids.append(cid)
+        return b"".join(ids)
+
+    def _cut(self, reader: _Reader, expected: int):
+        """Chunks of the stream as memoryviews into the reused buffer.
+
+        A chunk starting at p is final once max_size bytes follow p in the
+        buffer (or the stream ended): FastCDC never looks further than that,
+        so boundaries equal those of cutting the whole file at once.
+        """
+        chunker, buf = self._state()
+        mv = memoryview(buf)
+        cap = len(buf)
+        max_size = self.params.max_size
+        if expected <= self.params.min_size:   # one chunk: no chunker needed
+            end = 0
+            while end < cap:
+                n = reader.readinto(mv[end:])
+                if n == 0:
+                    break
+                end += n
+            if end:
+                yield mv[:end]
+            return
+        end, eof = 0, False
+        while True:
+            while not eof and end < cap:
+                n = reader.readinto(mv[end:])
+                if n == 0:
+                    eof = True
+                else:
+                    end += n
+            if end == 0:
+                return
+            pos = 0
+            for chunk in chunker.cut_buffer(mv[:end]):
+                if not eof and end - pos < max_size:
+                    break
+                yield chunk
+                pos += len(chunk)
+            if eof and pos >= end:
+                return
+            rest = end - pos
+            mv[:rest] = mv[pos:end]
+            end = rest

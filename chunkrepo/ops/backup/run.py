@@ -1,0 +1,372 @@
+"""The backup orchestrator: walk, decide borrow-or-read, commit."""
+
+import concurrent.futures
+import fnmatch
+import grp
+import os
+import pwd
+import socket
+import stat
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional, Sequence
+
+from ...codec import records
+from ...codec.hashing import hash_bytes
+from ...errors import ChunkrepoError
+from ...model import BackupRecord, Node, Tree, node_from_stat
+from ...model.nodes import DIR, REG
+from .file_saver import FileChanged, FileSaver
+from .tree_saver import Batch, PendingDir, PendingFile, TreeSaver
+
+TRUST_GRANULARITY_NS = 1_000_000_000   # borg's racy-timestamp rule, at 1 s
+_BATCH_FILES = 64
+_BATCH_BYTES = 8 << 20
+
+
+@dataclass
+class BackupOptions:
+    host: Optional[str] = None
+    subset: Optional[str] = None
+    excludes: Sequence[str] = ()
+    one_file_system: bool = False
+    workers: int = 2
+    progress: Optional[Callable] = None
+    clock: Callable[[], int] = time.time_ns
+
+
+@dataclass
+class BackupResult:
+    id: str = ""
+    files: int = 0
+    dirs: int = 0
+    bytes_total: int = 0
+    bytes_read: int = 0
+    bytes_new: int = 0
+    bytes_stored: int = 0
+    files_borrowed: int = 0
+    files_changed_during_backup: int = 0
+    skipped: int = 0
+    errors: List[str] = field(default_factory=list)
+    elapsed: float = 0.0
+    parent: Optional[str] = None
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+class _Names:
+    """uid/gid -> name, cached (getpwuid is a file parse per call)."""
+
+    def __init__(self):
+        self._u, self._g = {}, {}
+
+    def user(self, uid: int) -> str:
+        n = self._u.get(uid)
+        if n is None:
+            try:
+                n = pwd.getpwuid(uid).pw_name
+            except KeyError:
+                n = ""
+            self._u[uid] = n
+        return n
+
+    def group(self, gid: int) -> str:
+        n = self._g.get(gid)
+        if n is None:
+            try:
+                n = grp.getgrgid(gid).gr_name
+            except KeyError:
+                n = ""
+            self._g[gid] = n
+        return n
+
+
+def read_xattrs(path: bytes, all_namespaces: bool):
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return None
+    out = []
+    for name in sorted(names):
+        if not all_namespaces and not name.startswith("user."):
+            continue
+        try:
+            out.append([name.encode(), os.getxattr(path, name, follow_symlinks=False)])
+        except OSError:
+            continue
+    return out or None
+
+
+def _selection(paths: List[bytes]) -> Optional[dict]:
+    """Nested dict of the path components to back up; None means 'everything'."""
+    sel: dict = {}
+    for p in paths:
+        parts = [c for c in p.split(b"/") if c]
+        if not parts:
+            return None
+        d = sel
+        for c in parts[:-1]:
+            nxt = d.get(c, {})
+            if nxt is None:
+                break
+            d = d.setdefault(c, nxt)
+        else:
+            d[parts[-1]] = None
+    return sel
+
+
+class Backup:
+    def __init__(self, repo, session, opts: BackupOptions):
+        self.repo = repo
+        self.session = session
+        self.opts = opts
+        self.res = BackupResult()
+        self.names = _Names()
+        self.all_xattrs = os.geteuid() == 0
+        self.saver = FileSaver(session, repo.config.chunker)
+        self.trees = TreeSaver(session, self.submit_batch)
+        self.hardlinks: dict = {}
+        self.batch = Batch()
+        self.inflight = threading.BoundedSemaphore(2 * max(1, opts.workers) + 2)
+        self.pool = concurrent.futures.ThreadPoolExecutor(max(1, opts.workers), "chunkrepo-read")
+        self.trust_before = 0
+        self.excludes = list(opts.excludes)
+        self._lock = threading.Lock()
+        self._last_progress = 0.0
+
+    # -- helpers --------------------------------------------------------------
+    def error(self, path: bytes, msg: str) -> None:
+        with self._lock:
+            self.res.errors.append(f"{os.fsdecode(path)}: {msg}")
+
+    def excluded(self, path: bytes, name: bytes) -> bool:
+        if not self.excludes:
+            return False
+        p, n = os.fsdecode(path), os.fsdecode(name)
+        return any(fnmatch.fnmatchcase(p, pat) or ("/" not in pat and fnmatch.fnmatchcase(n, pat))
+                   for pat in self.excludes)
+
+    def node(self, name: bytes, st, **kw) -> Node:
+        return node_from_stat(name, st, self.names.user(st.st_uid), self.names.group(st.st_gid), **kw)
+
+    def _progress(self, force: bool = False) -> None:
+        if self.opts.progress is None:
+            return
+        now = time.monotonic()
+        if force or now - self._last_progress > 0.2:
+            self._last_progress = now
+            self.opts.progress(self.res)
+
+    # -- the walk -------------------------------------------------------------
+    def scan_dir(self, path: bytes, name: bytes, st, prev: Optional[Node], selection, top_dev: int):
+        prev_children = {}
+        if prev is not None and prev.subtree is not None:
+            prev_children = self.repo.read_tree(prev.subtree).by_name()
+        children: list = []
+        dnode = self.node(name, st, xattrs=read_xattrs(path, self.all_xattrs))
+        self.res.dirs += 1
+        if selection is None:
+            try:
+                with os.scandir(path) as it:
+                    listing = sorted((e.name, e) for e in it)
+            except OSError as e:
+                self.error(path, f"cannot list directory: {e.strerror}")
+                self.res.skipped += 1
+                listing = []
+        else:
+            listing = [(n, None) for n in sorted(selection)]
+        base = path if path.endswith(b"/") else path + b"/"
+        for cname, entry in listing:
+            cpath = base + cname
+            if self.excluded(cpath, cname):
+                continue
+            try:
+                cst = entry.stat(follow_symlinks=False) if entry is not None else os.lstat(cpath)
+            except FileNotFoundError:
+                self.error(cpath, "vanished before it could be read")
+                self.res.skipped += 1
+                continue
+            except OSError as e:
+                self.error(cpath, e.strerror or str(e))
+                self.res.skipped += 1
+                continue
+            sub = selection[cname] if selection is not None else None
+            child = self.scan_entry(cpath, cname, cst, prev_children.get(cname), sub,
+                                    top_dev if selection is None else cst.st_dev,
+                                    full=selection is None or sub is None)
+            if child is not None:
+                children.append(child)
+        pd = PendingDir(dnode, children)
+        self.trees.add(pd)
+        self._progress()
+        return pd
+
+    def scan_entry(self, path, name, st, prev, sub, top_dev, full):
+        mode = st.st_mode
+        if stat.S_ISDIR(mode):
+            if self.opts.one_file_system and full and st.st_dev != top_dev:
+                self.res.dirs += 1
+                return self.node(name, st, subtree=self.session.add_tree(Tree([])))
+            return self.scan_dir(path, name, st, prev if prev is not None and prev.kind == DIR else None,
+                                 sub if not full else None, top_dev)
+        if stat.S_ISREG(mode):
+            return self.scan_file(path, name, st, prev)
+        if stat.S_ISSOCK(mode):
+            self.error(path, "is a socket: skipped")
+            self.res.skipped += 1
+            return None
+        kw = {"xattrs": read_xattrs(path, self.all_xattrs)}
+        if stat.S_ISLNK(mode):
+            try:
+                kw["target"] = os.readlink(path)
+            except OSError as e:
+                self.error(path, e.strerror or str(e))
+                self.res.skipped += 1
+                return None
+        self.res.files += 1
+        return self.node(name, st, **kw)
+
+    def scan_file(self, path, name, st, prev):
+        self.res.files += 1
+        self.res.bytes_total += st.st_size
+        key = (st.st_dev, st.st_ino) if st.st_nlink > 1 else None
+        if key is not None and key in self.hardlinks:
+            first = self.hardlinks[key]
+            if isinstance(first, PendingFile):
+                return PendingFile(first.batch, first.index, alias=name)
+            return first._replace(name=name) if first is not None else None
+        node = self.borrow(name, st, prev)
+        if node is not None:
+            self.res.files_borrowed += 1
+        else:
+            node = self.queue_read(path, name, st, prev)
+        if key is not None:
+            self.hardlinks[key] = node
+        return node
+
+    def borrow(self, name, st, prev) -> Optional[Node]:
+        """The previous chunk list, when nothing says the file changed."""
+        if (prev is None or prev.kind != REG or prev.size != st.st_size
+                or prev.mtime_ns != st.st_mtime_ns or prev.ctime_ns != st.st_ctime_ns
+                or prev.ino != st.st_ino or prev.mtime_ns >= self.trust_before):
+            return None
+        c = prev.chunks
+        with self.repo.index.read() as v:
+            for i in range(0, len(c), 32):
+                if not v.has_chunk(c[i:i + 32]):
+                    return None    # backshift's Missing_chunk: read the file again
+        return self.node(name, st, xattrs=prev.xattrs, chunks=c, sparse=prev.sparse)
+
+    def queue_read(self, path, name, st, prev) -> PendingFile:
+        batch = self.batch
+        batch.items.append((path, name, st, prev))
+        batch.nbytes += st.st_size
+        pf = PendingFile(batch, len(batch.items) - 1)
+        if len(batch.items) >= _BATCH_FILES or batch.nbytes >= _BATCH_BYTES:
+            self.submit_batch()
+        return pf
+
+    def submit_batch(self) -> None:
+        batch = self.batch
+        if not batch.items:
+            return
+        self.batch = Batch()
+        self.inflight.acquire()
+        batch.future = self.pool.submit(self._read_batch, batch.items)
+        batch.future.add_done_callback(lambda f: self.inflight.release())
+
+    # -- worker side ----------------------------------------------------------
+    def _read_batch(self, batch) -> list:
+        return [self._read_one(*item) for item in batch]
+
+    def _read_one(self, path, name, st, prev) -> Optional[Node]:
+        for attempt in (1, 2):
+            try:
+                fst, chunks, sparse, nread = self.saver.read_file(path, st)
+            except FileChanged:
+                try:
+                    st = os.lstat(path)
+                except FileNotFoundError:
+                    break
+                if not stat.S_ISREG(st.st_mode):
+                    break
+                continue
+            except FileNotFoundError:
+                self.error(path, "vanished before it could be read")
+                with self._lock:
+                    self.res.skipped += 1
+                return None
+            except OSError as e:
+                self.error(path, e.strerror or str(e))
+                with self._lock:
+                    self.res.skipped += 1
+                return None
+            with self._lock:
+                self.res.bytes_read += nread
+            return self.node(name, fst, xattrs=read_xattrs(path, self.all_xattrs),
+                             chunks=chunks, sparse=sparse)
+        with self._lock:
+            self.res.files_changed_during_backup += 1
+        if prev is not None and prev.kind == REG:
+            self.error(path, "changed during the backup: kept the version of the previous backup")
+            return prev
+        self.error(path, "changed during the backup: not stored")
+        return None
+
+    # -- top level ------------------------------------------------------------
+    def run(self, paths: List[bytes], parent: Optional[BackupRecord]) -> Node:
+        prev_root = None
+        if parent is not None:
+            self.trust_before = parent.start_ns - TRUST_GRANULARITY_NS
+            prev_root = Node(b"", stat.S_IFDIR, 0, 0, "", "", 0, 0, 0, 0, 0, 0, 0, b"", None, b"",
+                             bytes.fromhex(parent.root), None)
+        try:
+            root_st = os.lstat(b"/")
+            pd = self.scan_dir(b"/", b"", root_st, prev_root, _selection(paths), root_st.st_dev)
+            self.trees.finish_all()
+        finally:
+            self.pool.shutdown(wait=True)
+        return pd.result
+
+
+def _parent(repo, host: str, subset: str) -> Optional[BackupRecord]:
+    cands = [r for r in repo.list_backups()
+             if r.host == host and r.subset == subset and r.end_ns is not None and r.kind == "backup"]
+    return cands[-1] if cands else None
+
+
+def run_backup(repo, paths: Sequence[str], opts: BackupOptions) -> BackupResult:
+    """Back up paths into repo; the caller gets counts and the new backup's id."""
+    t0 = time.monotonic()
+    abspaths = []
+    for p in paths:
+        ap = os.path.abspath(os.fsencode(p))
+        if not os.path.lexists(ap):
+            raise ChunkrepoError(f"{os.fsdecode(ap)}: no such file or directory")
+        abspaths.append(os.path.normpath(ap))
+    if not abspaths:
+        raise ChunkrepoError("nothing to back up: give at least one path")
+    host = opts.host or socket.gethostname()
+    subset = opts.subset if opts.subset is not None else ",".join(sorted(os.fsdecode(p) for p in abspaths))
+    start_ns = opts.clock()
+    with repo.write_session() as session:
+        parent = _parent(repo, host, subset)
+        job = Backup(repo, session, opts)
+        root = job.run(abspaths, parent)
+        res = job.res
+        res.bytes_new = session.bytes_new
+        res.bytes_stored = session.bytes_stored
+        res.parent = parent.id if parent else None
+        stats = {k: v for k, v in res.to_dict().items() if k not in ("id", "errors", "elapsed", "parent")}
+        stats["errors"] = len(res.errors)
+        rec = BackupRecord("", host, subset, [os.fsdecode(p) for p in abspaths], start_ns,
+                           opts.clock(), root.subtree.hex(), stats=stats)
+        body = rec.to_dict()
+        rec.id = hash_bytes(records.encode_json(body))[:16].hex()
+        session.commit_backup(rec)
+    res.id = rec.id
+    res.elapsed = time.monotonic() - t0
+    job._progress(force=True)
+    return res

@@ -1,0 +1,121 @@
+"""A read-only file object over a stored file's chunks (backshift's File_like_pieces)."""
+
+import bisect
+import io
+import os
+from itertools import accumulate
+
+from ..errors import IntegrityError
+from ..model import Node
+
+
+class ChunkFile(io.RawIOBase):
+    """Streams a regular file's content from the repository, holes included.
+
+    The content is a 'data stream' (the concatenated chunks) laid out in the
+    file by the node's sparse extents (or contiguously).  One decoded chunk is
+    cached; memory stays at one chunk whatever the file's size.
+    """
+
+    def __init__(self, repo, node: Node, path: bytes = b""):
+        super().__init__()
+        self._repo = repo
+        self._node = node
+        self._path = os.fsdecode(path)
+        self._ids = node.chunk_ids()
+        self._pos = 0
+        self._cache = (-1, b"")
+        with repo.index.read() as v:
+            sizes = []
+            for cid in self._ids:
+                e = v.chunk(cid)
+                if e is None:
+                    raise IntegrityError(f"{self._path}: chunk {cid.hex()} is missing from the index")
+                sizes.append(e.raw_length)
+        self._starts = [0] + list(accumulate(sizes))   # data-stream offset of each chunk
+        ext = node.sparse or [[0, self._starts[-1]]]
+        self._ext_file = [e[0] for e in ext]
+        self._ext_len = [e[1] for e in ext]
+        self._ext_stream = [0] + list(accumulate(self._ext_len))
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    @property
+    def size(self) -> int:
+        return self._node.size
+
+    def _chunk(self, i: int) -> bytes:
+        if self._cache[0] != i:
+            try:
+                self._cache = (i, self._repo.read_chunk(self._ids[i]))
+            except IntegrityError as e:
+                raise IntegrityError(f"{self._path}: {e}") from None
+        return self._cache[1]
+
+    def _read_stream(self, soff: int, n: int) -> bytes:
+        out = []
+        while n > 0:
+            i = bisect.bisect_right(self._starts, soff) - 1
+            if i >= len(self._ids):
+                break
+            data = self._chunk(i)
+            lo = soff - self._starts[i]
+            piece = data[lo:lo + n]
+            if not piece:
+                break
+            out.append(piece)
+            soff += len(piece)
+            n -= len(piece)
+        return b"".join(out)
+
+    def read(self, size: int = -1) -> bytes:
+        end = self.size if size is None or size < 0 else min(self.size, self._pos + size)
+        out = []
+        while self._pos < end:
+            k = bisect.bisect_right(self._ext_file, self._pos) - 1
+            if k >= 0 and self._pos < self._ext_file[k] + self._ext_len[k]:
+                n = min(end, self._ext_file[k] + self._ext_len[k]) - self._pos
+                piece = self._read_stream(self._ext_stream[k] + self._pos - self._ext_file[k], n)
+                if len(piece) != n:
+                    raise IntegrityError(f"{self._path}: stored content is shorter than its size")
+            else:   # a hole: zeros up to the next extent
+                nxt = self._ext_file[k + 1] if k + 1 < len(self._ext_file) else self.size
+                piece = bytes(min(end, nxt) - self._pos)
+            out.append(piece)
+            self._pos += len(piece)
+        return b"".join(out)
+
+    def readall(self) -> bytes:
+        return self.read(-1)
+
+    def readinto(self, b) -> int:
+        data = self.read(len(b))
+        memoryview(b)[:len(data)] = data
+        return len(data)
+
+    def iter_data(self):
+        """Yield (file offset, bytes) of each chunk's data, holes skipped (for streaming)."""
+        soff = 0
+        k = 0
+        for i in range(len(self._ids)):
+            data = self._chunk(i)
+            view = memoryview(data)
+            while view:
+                while soff >= self._ext_stream[k + 1]:
+                    k += 1
+                take = min(len(view), self._ext_stream[k + 1] - soff)
+                yield self._ext_file[k] + soff - self._ext_stream[k], view[:take]
+                view = view[take:]
+                soff += take
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: self.size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos

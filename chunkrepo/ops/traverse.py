@@ -1,0 +1,84 @@
+"""Walking a stored backup: the one traversal that ls, tar and restore share.
+
+Yields entries in tar order (a directory, then its children sorted by name,
+depth first) with the path relative to '/', and for the second and later
+names of a hard-linked regular file the path of the first one met.
+"""
+
+import os
+from typing import Iterator, NamedTuple, Optional
+
+from ..errors import NotFound
+from ..model import Node
+from ..model.nodes import DIR, REG
+
+
+class Entry(NamedTuple):
+    path: bytes                 # relative to '/', no leading slash; b"" is the root
+    node: Node
+    hardlink_to: Optional[bytes]
+
+
+def split_path(path) -> list:
+    p = os.fsencode(path) if not isinstance(path, bytes) else path
+    return [c for c in p.split(b"/") if c and c != b"."]
+
+
+def find_node(repo, root_tid: bytes, path) -> Node:
+    """The node at path inside a backup's tree; NotFound if absent."""
+    parts = split_path(path)
+    node = Node(b"", 0o40755, 0, 0, "", "", 0, 0, 0, 0, 0, 0, 0, b"", None, b"", root_tid, None)
+    with repo.index.read() as v:
+        for i, part in enumerate(parts):
+            if node.kind != DIR or node.subtree is None:
+                raise NotFound(f"{'/' + os.fsdecode(b'/'.join(parts[:i + 1]))}: not in the backup")
+            child = repo.read_tree(node.subtree, v).by_name().get(part)
+            if child is None:
+                raise NotFound(f"{'/' + os.fsdecode(b'/'.join(parts[:i + 1]))}: not in the backup")
+            node = child
+    return node
+
+
+def walk(repo, root_tid: bytes, start="/", recursive: bool = True,
+         include_start: bool = True) -> Iterator[Entry]:
+    """Entries of the backup below start (start itself first, unless it is '/')."""
+    parts = split_path(start)
+    node = find_node(repo, root_tid, start)
+    prefix = b"/".join(parts)
+    links: dict = {}
+    with repo.index.read() as v:
+        if prefix and include_start:
+            yield _entry(prefix, node, links)
+        if node.kind == DIR and node.subtree is not None:
+            if recursive:
+                yield from _walk_dir(repo, v, node.subtree, prefix, links)
+            else:
+                for child in repo.read_tree(node.subtree, v).entries:
+                    yield _entry(_join(prefix, child.name), child, links)
+
+
+def _join(prefix: bytes, name: bytes) -> bytes:
+    return prefix + b"/" + name if prefix else name
+
+
+def _entry(path: bytes, node: Node, links: dict) -> Entry:
+    if node.nlink > 1 and node.kind == REG:
+        key = (node.dev, node.ino)
+        first = links.get(key)
+        if first is not None:
+            return Entry(path, node, first)
+        links[key] = path
+    return Entry(path, node, None)
+
+
+def _walk_dir(repo, view, tid: bytes, prefix: bytes, links: dict):
+    stack = [iter([(prefix, c) for c in repo.read_tree(tid, view).entries])]
+    while stack:
+        for path_prefix, child in stack[-1]:
+            path = _join(path_prefix, child.name)
+            yield _entry(path, child, links)
+            if child.kind == DIR and child.subtree is not None:
+                stack.append(iter([(path, c) for c in repo.read_tree(child.subtree, view).entries]))
+                break
+        else:
+            stack.pop()

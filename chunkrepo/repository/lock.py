@@ -1,0 +1,55 @@
+"""The writer lock of a local repository: flock on REPO/lock plus who holds it.
+
+flock is released by the kernel when the holder dies, so a kill -9 never
+leaves a stale lock on the same host.  Readers take no lock.
+"""
+
+import datetime
+import fcntl
+import json
+import os
+import socket
+
+from ..errors import RepoLocked
+
+
+class WriterLock:
+    def __init__(self, path: str):
+        self.path = path
+        self._fd = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _describe(os.pread(fd, 4096, 0))
+            os.close(fd)
+            raise RepoLocked(f"repository is locked by {holder}") from None
+        info = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                           "since": datetime.datetime.now().astimezone().isoformat(timespec="seconds")})
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, info.encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self):
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def _describe(raw: bytes) -> str:
+    try:
+        d = json.loads(raw)
+        return f"PID {d['pid']} on {d['host']} since {d['since']}"
+    except (ValueError, KeyError, TypeError):
+        return "another process"

@@ -1,0 +1,87 @@
+"""Pack files: many blobs written once, with a trailer that lists them.
+
+Layout (docs/format.md):
+  b"CRPACK01"                      8-byte header
+  blob, blob, ...                  compressed blobs (codec.compression format)
+  trailer                          msgpack [[kind, id, offset, length, raw_length], ...]
+  footer (36 bytes)                <Q trailer offset, <I trailer length,
+                                   16 bytes BLAKE3 of the trailer, b"CRPKEND1"
+"""
+
+import os
+import struct
+from typing import List, NamedTuple
+
+from ..codec import records
+from ..codec.hashing import hash_bytes
+from ..errors import IntegrityError
+
+HEADER = b"CRPACK01"
+FOOTER_MAGIC = b"CRPKEND1"
+_FOOTER = struct.Struct("<QI16s8s")
+FOOTER_SIZE = _FOOTER.size
+
+KIND_DATA = 0
+KIND_TREE = 1
+
+
+def pack_name(pack_id: bytes) -> str:
+    h = pack_id.hex()
+    return f"packs/{h[:2]}/{h}"
+
+
+def pack_id_from_name(name: str) -> bytes:
+    return bytes.fromhex(name.rsplit("/", 1)[1])
+
+
+class PackEntry(NamedTuple):
+    kind: int
+    id: bytes
+    offset: int
+    length: int
+    raw_length: int
+
+
+class PackWriter:
+    """Appends blobs to one new pack; seal() makes it durable and returns its entries."""
+
+    def __init__(self, storage):
+        self.pack_id = os.urandom(16)
+        self._w = storage.create(pack_name(self.pack_id))
+        self._w.write(HEADER)
+        self._offset = len(HEADER)
+        self.entries: List[PackEntry] = []
+
+    @property
+    def size(self) -> int:
+        return self._offset
+
+    def add(self, kind: int, blob_id: bytes, blob: bytes, raw_length: int) -> None:
+        self._w.write(blob)
+        self.entries.append(PackEntry(kind, blob_id, self._offset, len(blob), raw_length))
+        self._offset += len(blob)
+
+    def seal(self) -> List[PackEntry]:
+        trailer = records.pack_msgpack([list(e) for e in self.entries])
+        self._w.write(trailer)
+        self._w.write(_FOOTER.pack(self._offset, len(trailer), hash_bytes(trailer)[:16], FOOTER_MAGIC))
+        self._w.commit()
+        self._offset += len(trailer) + FOOTER_SIZE
+        return self.entries
+
+    def abort(self) -> None:
+        self._w.abort()
+
+
+def read_trailer(storage, name: str) -> List[PackEntry]:
+    """Read and verify a pack's trailer: the list of its blobs."""
+    size = storage.size(name)
+    if size < len(HEADER) + FOOTER_SIZE:
+        raise IntegrityError(f"pack {name} is truncated ({size} bytes)")
+    toff, tlen, thash, magic = _FOOTER.unpack(storage.get(name, size - FOOTER_SIZE, FOOTER_SIZE))
+    if magic != FOOTER_MAGIC or toff + tlen + FOOTER_SIZE != size:
+        raise IntegrityError(f"pack {name} has a damaged footer")
+    trailer = storage.get(name, toff, tlen)
+    if hash_bytes(trailer)[:16] != thash:
+        raise IntegrityError(f"pack {name} has a damaged trailer")
+    return [PackEntry(*e) for e in records.unpack_msgpack(trailer)]

@@ -1,0 +1,142 @@
+"""Repository: opens a repository directory and reads blobs, trees and backups."""
+
+import os
+import threading
+from typing import Dict, List, Optional
+
+from ..codec import compression, records
+from ..codec.hashing import hash_bytes
+from ..errors import AmbiguousId, ChunkrepoError, IntegrityError, NotARepository, NotFound
+from ..index import Index
+from ..model import BackupRecord, Tree
+from ..storage import LocalStorage
+from .config import CONFIG_NAME, Config
+from .packs import pack_name
+from .session import WriteSession
+
+_open_envs: Dict[str, list] = {}   # LMDB allows one Environment per path per process
+_open_envs_lock = threading.Lock()
+
+
+def _acquire_index(path: str) -> Index:
+    with _open_envs_lock:
+        slot = _open_envs.get(path)
+        if slot is None:
+            slot = _open_envs[path] = [Index(path), 0]
+        slot[1] += 1
+        return slot[0]
+
+
+def _release_index(path: str) -> None:
+    with _open_envs_lock:
+        slot = _open_envs.get(path)
+        if slot is not None:
+            slot[1] -= 1
+            if slot[1] == 0:
+                slot[0].close()
+                del _open_envs[path]
+
+
+class Repository:
+    """An open repository.  Reading needs no lock; writing goes through a WriteSession."""
+
+    def __init__(self, path: str):
+        self.path = os.path.abspath(path)
+        if not os.path.isdir(self.path):
+            raise NotARepository(f"no repository at {self.path} (run 'chunkrepo init' first)")
+        self.storage = LocalStorage(self.path)
+        try:
+            raw = self.storage.get(CONFIG_NAME)
+        except NotFound:
+            raise NotARepository(f"{self.path} is not a chunkrepo repository (no config)") from None
+        self.config = Config.decode(raw, self.path)
+        self._index_path = os.path.join(self.path, "index")
+        self.index = _acquire_index(self._index_path)
+        self._closed = False
+
+    @classmethod
+    def init(cls, path: str, config: Optional[Config] = None) -> "Repository":
+        path = os.path.abspath(path)
+        if os.path.exists(os.path.join(path, CONFIG_NAME)):
+            raise ChunkrepoError(f"{path} already holds a chunkrepo repository")
+        if os.path.isdir(path) and os.listdir(path):
+            raise NotARepository(f"{path} exists and is not empty; not creating a repository there")
+        os.makedirs(path, exist_ok=True)
+        storage = LocalStorage(path)
+        for d in ("packs", "backups", "index"):
+            os.makedirs(os.path.join(path, d), exist_ok=True)
+        storage.put(CONFIG_NAME, (config or Config()).encode())
+        return cls(path)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.storage.close()
+            _release_index(self._index_path)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- blobs --------------------------------------------------------------
+    def read_blob(self, entry, blob_id: bytes) -> bytes:
+        """Read, decompress and verify one blob given its index entry."""
+        blob = self.storage.get(pack_name(entry.pack), entry.offset, entry.length)
+        data = compression.decompress(blob, entry.raw_length)
+        if hash_bytes(data) != blob_id:
+            raise IntegrityError(f"blob {blob_id.hex()} in pack {entry.pack.hex()} fails its hash")
+        return data
+
+    def read_chunk(self, cid: bytes, view=None) -> bytes:
+        if view is None:
+            with self.index.read() as v:
+                e = v.chunk(cid)
+        else:
+            e = view.chunk(cid)
+        if e is None:
+            raise IntegrityError(f"chunk {cid.hex()} is not in the index")
+        return self.read_blob(e, cid)
+
+    def read_tree(self, tid: bytes, view=None) -> Tree:
+        return Tree.decode(self.tree_bytes(tid, view))
+
+    def tree_bytes(self, tid: bytes, view=None) -> bytes:
+        def lookup(v):
+            return v.tree_data(tid), v.tree(tid)
+        if view is None:
+            with self.index.read() as v:
+                data, entry = lookup(v)
+        else:
+            data, entry = lookup(view)
+        if data is None:
+            if entry is None:
+                raise IntegrityError(f"directory record {tid.hex()} is not in the index")
+            data = self.read_blob(entry, tid)
+        return data
+
+    # -- backups ------------------------------------------------------------
+    def list_backups(self) -> List[BackupRecord]:
+        with self.index.read() as v:
+            recs = [BackupRecord.from_dict(records.decode_json(raw)) for _, raw in v.backups()]
+        recs.sort(key=lambda r: (r.start_ns, r.id))
+        return recs
+
+    def resolve_backup(self, ref: str) -> BackupRecord:
+        """A full id, a unique prefix, or 'latest'."""
+        recs = self.list_backups()
+        if ref == "latest":
+            if not recs:
+                raise NotFound("the repository has no backups yet")
+            return recs[-1]
+        matches = [r for r in recs if r.id.startswith(ref.lower())] if ref else []
+        if not matches:
+            raise NotFound(f"no backup with id {ref!r}")
+        if len(matches) > 1:
+            raise AmbiguousId(f"backup id prefix {ref!r} matches {len(matches)} backups; give more digits")
+        return matches[0]
+
+    def write_session(self):
+        """The writer's context: takes the lock, adopts leftovers, commits on exit."""
+        return WriteSession(self)

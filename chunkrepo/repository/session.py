@@ -1,0 +1,234 @@
+"""WriteSession: the one writer of a repository, holding its lock.
+
+Blobs are claimed (deduplicated against the index and against what this
+session already wrote), compressed by the caller's thread and appended to that
+thread's own pack.  A sealed pack's entries wait in a queue until the owner
+thread calls checkpoint(), which commits them to the index in one transaction.
+"""
+
+import os
+import queue
+import threading
+from typing import Dict
+
+from ..codec import compression, records
+from ..codec.hashing import hash_bytes
+from ..errors import IntegrityError, NotFound
+from ..index import BlobEntry
+from ..model import BackupRecord, Tree
+from .lock import WriterLock
+from .packs import KIND_DATA, KIND_TREE, PackWriter, pack_id_from_name, read_trailer
+
+
+
+class WriteSession:
+    def __init__(self, repo):
+        self.repo = repo
+        self.storage = repo.storage
+        self.index = repo.index
+        self.level = repo.config.compression_level
+        self.pack_size = repo.config.pack_size
+        self._lock = WriterLock(os.path.join(repo.path, "lock"))
+        self._claim_lock = threading.Lock()
+        self._pending_chunks: set = set()
+        self._pending_trees: Dict[bytes, bytes] = {}   # id -> record bytes, until committed
+        self._sealed: "queue.SimpleQueue" = queue.SimpleQueue()
+        self._local = threading.local()
+        self._writers: list = []
+        self._writers_lock = threading.Lock()
+        self.bytes_new = 0        # raw bytes of chunks this session stored
+        self.bytes_stored = 0     # compressed bytes written to packs
+
+    # -- lifecycle ------------------------------------------------------------
+    def __enter__(self):
+        self._lock.acquire()
+        try:
+            self.recover()
+        except BaseException:
+            self._lock.release()
+            raise
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            if exc_type is None:
+                self.flush()
+            else:
+                self._abort_writers()
+        finally:
+            self._lock.release()
+
+    def recover(self) -> dict:
+        """Adopt what a killed writer left: sealed packs and stored backup records."""
+        self.storage.remove_stale_temporaries("packs")
+        self.storage.remove_stale_temporaries("backups")
+        adopted_packs = 0
+        with self.index.read() as v:
+            unknown = [n for n in self.storage.list("packs")
+                       if not v.has_pack(pack_id_from_name(n))]
+        for name in unknown:
+            try:
+                entries = read_trailer(self.storage, name)
+            except IntegrityError:
+                continue   # a damaged pack is check's business, never adopted
+            self._commit_pack(pack_id_from_name(name), entries, self.storage.size(name))
+            adopted_packs += 1
+        adopted_backups = 0
+        with self.index.read() as v:
+            missing = [n for n in self.storage.list("backups") if v.backup(n.rsplit("/", 1)[1]) is None]
+        for name in missing:
+            rec = BackupRecord.from_dict(records.decode_json(self.storage.get(name)))
+            try:
+                self._register_backup(rec)
+                adopted_backups += 1
+            except IntegrityError:
+                continue
+        return {"packs": adopted_packs, "backups": adopted_backups}
+
+    # -- blobs ----------------------------------------------------------------
+    def _writer(self) -> PackWriter:
+        w = getattr(self._local, "writer", None)
+        if w is None:
+            w = self._local.writer = PackWriter(self.storage)
+            with self._writers_lock:
+                self._writers.append(w)
+        return w
+
+    def _seal(self, w: PackWriter) -> None:
+        entries = w.seal()
+        with self._writers_lock:
+            self._writers.remove(w)
+        self._sealed.put((w.pack_id, entries, w.size))
+
+    def claim_chunk(self, cid: bytes) -> bool:
+        """True if the caller must store this chunk (nobody has it yet)."""
+        with self._claim_lock:
+            if cid in self._pending_chunks or self.index.has_chunk(cid):
+                return False
+            self._pending_chunks.add(cid)
+            return True
+
+    def store_chunk(self, cid: bytes, data) -> None:
+        """Compress and append a claimed chunk to this thread's pack."""
+        blob = compression.compress(data, self.level)
+        self._append(KIND_DATA, cid, blob, len(data))
+        self.bytes_new += len(data)
+
+    def _append(self, kind: int, bid: bytes, blob: bytes, raw_length: int) -> None:
+        w = self._writer()
+        w.add(kind, bid, blob, raw_length)
+        self.bytes_stored += len(blob)
+        if w.size >= self.pack_size:
+            self._local.writer = None
+            self._seal(w)
+
+    def add_chunk(self, data) -> bytes:
+        cid = hash_bytes(data)
+        if self.claim_chunk(cid):
+            self.store_chunk(cid, data)
+        return cid
+
+    def add_tree(self, tree: Tree) -> bytes:
+        data = tree.encode()
+        tid = hash_bytes(data)
+        with self._claim_lock:
+            if tid in self._pending_trees:
+                return tid
+            with self.index.read() as v:
+                if v.tree(tid) is not None:
+                    return tid
+            self._pending_trees[tid] = data
+        self._append(KIND_TREE, tid, compression.compress(data, self.level), len(data))
+        return tid
+
+    # -- commits --------------------------------------------------------------
+    def checkpoint(self) -> int:
+        """Commit the entries of every pack sealed so far; return how many packs."""
+        n = 0
+        while True:
+            try:
+                pack_id, entries, size = self._sealed.get_nowait()
+            except queue.Empty:
+                return n
+            self._commit_pack(pack_id, entries, size)
+            n += 1
+
+    def _commit_pack(self, pack_id: bytes, entries, size: int) -> None:
+        tree_bytes = {}
+        for e in entries:
+            if e.kind == KIND_TREE:
+                data = self._pending_trees.get(e.id)
+                if data is None:   # adopted pack: read the record from the pack itself
+                    data = self.repo.read_blob(BlobEntry(pack_id, e.offset, e.length, e.raw_length, 0), e.id)
+                tree_bytes[e.id] = data
+        with self.index.write() as w:
+            for e in entries:
+                entry = BlobEntry(pack_id, e.offset, e.length, e.raw_length, 0)
+                if e.kind == KIND_DATA:
+                    if w.chunk(e.id) is None:
+                        w.put_chunk(e.id, entry)
+                elif w.tree(e.id) is None:
+                    w.put_tree(e.id, entry, tree_bytes[e.id])
+            w.put_pack(pack_id, records.pack_msgpack([size, len(entries)]))
+        with self._claim_lock:
+            for e in entries:
+                if e.kind == KIND_DATA:
+                    self._pending_chunks.discard(e.id)
+                else:
+                    self._pending_trees.pop(e.id, None)
+
+    def flush(self) -> None:
+        """Seal every open pack and commit everything sealed."""
+        with self._writers_lock:
+            writers = list(self._writers)
+        for w in writers:
+            if w.entries:
+                self._seal(w)
+            else:
+                w.abort()
+                with self._writers_lock:
+                    self._writers.remove(w)
+        self._local = threading.local()
+        self.checkpoint()
+
+    def _abort_writers(self) -> None:
+        with self._writers_lock:
+            for w in self._writers:
+                w.abort()
+            self._writers.clear()
+
+    def commit_backup(self, rec: BackupRecord) -> None:
+        """Make a backup part of the repository: record in storage, then index."""
+        self.flush()
+        self.storage.put(f"backups/{rec.id}", records.encode_json(rec.to_dict()))
+        self._register_backup(rec)
+
+    def _register_backup(self, rec: BackupRecord) -> None:
+        with self.index.write() as w:
+            if w.backup(rec.id) is not None:
+                return
+            if w.tree(bytes.fromhex(rec.root)) is None:
+                raise IntegrityError(f"backup {rec.id} has no root record")
+            incref_tree(w, bytes.fromhex(rec.root))
+            w.put_backup(rec.id, records.encode_json(rec.to_dict()))
+
+
+def incref_tree(w, root: bytes) -> None:
+    """Add one reference to a tree; a record going 0 -> 1 references its children."""
+    stack = [root]
+    while stack:
+        tid = stack.pop()
+        if w.add_tree_ref(tid, 1) != 0:
+            continue
+        data = w.tree_data(tid)
+        if data is None:
+            raise NotFound(f"directory record {tid.hex()} has no cached data")
+        for node in Tree.decode(data).entries:
+            if node.subtree is not None:
+                stack.append(node.subtree)
+            c = node.chunks
+            for i in range(0, len(c), 32):
+                w.add_chunk_ref(c[i:i + 32], 1)
+
+
+__all__ = ["WriteSession", "incref_tree"]

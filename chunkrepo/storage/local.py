@@ -1,0 +1,194 @@
+"""A storage in a local directory: tmp file -> fsync -> rename -> fsync(dir).
+
+Readers use pread on a small cache of open descriptors, so streaming many
+chunks out of the same pack costs one syscall each and no reopen.
+"""
+
+import errno
+import os
+import threading
+from collections import OrderedDict
+from typing import Iterator, Optional
+
+from ..errors import NotFound, StorageError
+
+_TMP_PREFIX = ".tmp-"
+
+
+def _storage_error(e: OSError, what: str) -> StorageError:
+    if e.errno == errno.ENOSPC:
+        return StorageError(f"no space left on device while {what}")
+    return StorageError(f"{what}: {e.strerror or e}")
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _LocalWriter:
+    def __init__(self, storage: "LocalStorage", name: str):
+        self._final = storage._path(name)
+        d = os.path.dirname(self._final)
+        storage._makedirs(d)
+        self._dir = d
+        self._tmp = os.path.join(d, f"{_TMP_PREFIX}{os.getpid()}-{os.urandom(4).hex()}")
+        try:
+            self._f = open(self._tmp, "wb", buffering=1 << 20)
+        except OSError as e:
+            raise _storage_error(e, f"creating {name}") from None
+        self._name = name
+
+    def write(self, data) -> None:
+        try:
+            self._f.write(data)
+        except OSError as e:
+            self.abort()
+            raise _storage_error(e, f"writing {self._name}") from None
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def commit(self) -> None:
+        try:
+            self._f.flush()
+            os.fsync(self._f.fileno())
+            self._f.close()
+            os.rename(self._tmp, self._final)
+            _fsync_dir(self._dir)
+        except OSError as e:
+            self.abort()
+            raise _storage_error(e, f"writing {self._name}") from None
+
+    def abort(self) -> None:
+        try:
+            self._f.close()
+        except OSError:
+            pass
+        try:
+            os.unlink(self._tmp)
+        except OSError:
+            pass
+
+
+class LocalStorage:
+    """Objects as files below root."""
+
+    def __init__(self, root: str, max_open: int = 64):
+        self.root = os.path.abspath(root)
+        self._fds: "OrderedDict[str, int]" = OrderedDict()
+        self._fd_lock = threading.Lock()
+        self._max_open = max_open
+        self._made_dirs: set = set()
+
+    def _path(self, name: str) -> str:
+        if name.startswith("/") or ".." in name.split("/"):
+            raise ValueError(f"bad object name {name!r}")
+        return os.path.join(self.root, name)
+
+    def _makedirs(self, d: str) -> None:
+        if d not in self._made_dirs:
+            os.makedirs(d, exist_ok=True)
+            self._made_dirs.add(d)
+
+    def create(self, name: str) -> _LocalWriter:
+        return _LocalWriter(self, name)
+
+    def put(self, name: str, data: bytes) -> None:
+        w = self.create(name)
+        w.write(data)
+        w.commit()
+
+    def _fd(self, name: str) -> int:
+        with self._fd_lock:
+            fd = self._fds.get(name)
+            if fd is not None:
+                self._fds.move_to_end(name)
+                return fd
+            try:
+                fd = os.open(self._path(name), os.O_RDONLY)
+            except FileNotFoundError:
+                raise NotFound(f"object {name} is missing") from None
+            self._fds[name] = fd
+            while len(self._fds) > self._max_open:
+                _, old = self._fds.popitem(last=False)
+                os.close(old)
+            return fd
+
+    def get(self, name: str, offset: int = 0, length: Optional[int] = None) -> bytes:
+        if length is None:
+            try:
+                with open(self._path(name), "rb") as f:
+                    f.seek(offset)
+                    return f.read()
+            except FileNotFoundError:
+                raise NotFound(f"object {name} is missing") from None
+        fd = self._fd(name)
+        data = os.pread(fd, length, offset)
+        if len(data) != length:
+            raise StorageError(f"object {name} is truncated: wanted {length} bytes at {offset}, got {len(data)}")
+        return data
+
+    def size(self, name: str) -> int:
+        try:
+            return os.stat(self._path(name)).st_size
+        except FileNotFoundError:
+            raise NotFound(f"object {name} is missing") from None
+
+    def exists(self, name: str) -> bool:
+        return os.path.exists(self._path(name))
+
+    def list(self, prefix: str) -> Iterator[str]:
+        base = self._path(prefix) if prefix else self.root
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames.sort()
+            rel = os.path.relpath(dirpath, self.root)
+            for fn in sorted(filenames):
+                if not fn.startswith(_TMP_PREFIX):
+                    yield fn if rel == "." else f"{rel}/{fn}"
+
+    def delete(self, name: str) -> None:
+        self._forget_fd(name)
+        try:
+            os.unlink(self._path(name))
+        except FileNotFoundError:
+            raise NotFound(f"object {name} is missing") from None
+
+    def remove_stale_temporaries(self, prefix: str) -> int:
+        """Delete tmp files left by killed writers of this host below prefix."""
+        n = 0
+        for dirpath, _, filenames in os.walk(self._path(prefix)):
+            for fn in filenames:
+                if fn.startswith(_TMP_PREFIX):
+                    pid = fn[len(_TMP_PREFIX):].split("-")[0]
+                    if pid.isdigit() and not _pid_alive(int(pid)):
+                        os.unlink(os.path.join(dirpath, fn))
+                        n += 1
+        return n
+
+    def _forget_fd(self, name: str) -> None:
+        with self._fd_lock:
+            fd = self._fds.pop(name, None)
+            if fd is not None:
+                os.close(fd)
+
+    def close(self) -> None:
+        with self._fd_lock:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
