@@ -33,6 +33,7 @@ class BackupOptions:
     one_file_system: bool = False
     workers: int = 2
     progress: Optional[Callable] = None
+    listed_paths: bool = False     # paths come from --files-from: store exactly those
     clock: Callable[[], int] = time.time_ns
 
 
@@ -99,21 +100,33 @@ def read_xattrs(path: bytes, all_namespaces: bool):
     return out or None
 
 
-def _selection(paths: List[bytes]) -> Optional[dict]:
-    """Nested dict of the path components to back up; None means 'everything'."""
+def _selection(paths: List[bytes], listed: bool) -> Optional[dict]:
+    """Nested dict of the path components to back up; None means 'everything below'.
+
+    Given paths are walked recursively; listed paths (--files-from, as `find`
+    prints them) name exactly the entries to store: a listed directory
+    contributes itself and only those of its entries that are listed too.
+    """
     sel: dict = {}
     for p in paths:
         parts = [c for c in p.split(b"/") if c]
         if not parts:
-            return None
-        d = sel
+            if not listed:
+                return None
+            continue
+        d: Optional[dict] = sel
         for c in parts[:-1]:
-            nxt = d.get(c, {})
-            if nxt is None:
+            if d.get(c, {}) is None:    # an ancestor is already taken whole
+                d = None
                 break
-            d = d.setdefault(c, nxt)
+            d = d.setdefault(c, {})
+        if d is None:
+            continue
+        last = parts[-1]
+        if listed:
+            d.setdefault(last, {} if os.path.isdir(p) and not os.path.islink(p) else None)
         else:
-            d[parts[-1]] = None
+            d[last] = None
     return sel
 
 
@@ -317,6 +330,7 @@ class Backup:
 
     # -- top level ------------------------------------------------------------
     def run(self, paths: List[bytes], parent: Optional[BackupRecord]) -> Node:
+        selection = _selection(paths, self.opts.listed_paths)
         prev_root = None
         if parent is not None:
             self.trust_before = parent.start_ns - TRUST_GRANULARITY_NS
@@ -324,7 +338,7 @@ class Backup:
                              bytes.fromhex(parent.root), None)
         try:
             root_st = os.lstat(b"/")
-            pd = self.scan_dir(b"/", b"", root_st, prev_root, _selection(paths), root_st.st_dev)
+            pd = self.scan_dir(b"/", b"", root_st, prev_root, selection, root_st.st_dev)
             self.trees.finish_all()
         finally:
             self.pool.shutdown(wait=True)
@@ -340,14 +354,12 @@ def _parent(repo, host: str, subset: str) -> Optional[BackupRecord]:
 def run_backup(repo, paths: Sequence[str], opts: BackupOptions) -> BackupResult:
     """Back up paths into repo; the caller gets counts and the new backup's id."""
     t0 = time.monotonic()
-    abspaths = []
+    abspaths, missing = [], []
     for p in paths:
-        ap = os.path.abspath(os.fsencode(p))
-        if not os.path.lexists(ap):
-            raise ChunkrepoError(f"{os.fsdecode(ap)}: no such file or directory")
-        abspaths.append(os.path.normpath(ap))
-    if not abspaths:
-        raise ChunkrepoError("nothing to back up: give at least one path")
+        ap = os.path.normpath(os.path.abspath(os.fsencode(p)))
+        (abspaths if os.path.lexists(ap) else missing).append(ap)
+    if missing and (not opts.listed_paths or not abspaths):
+        raise ChunkrepoError(f"{os.fsdecode(missing[0])}: no such file or directory")
     host = opts.host or socket.gethostname()
     subset = opts.subset if opts.subset is not None else ",".join(sorted(os.fsdecode(p) for p in abspaths))
     start_ns = opts.clock()
@@ -356,6 +368,9 @@ def run_backup(repo, paths: Sequence[str], opts: BackupOptions) -> BackupResult:
         job = Backup(repo, session, opts)
         root = job.run(abspaths, parent)
         res = job.res
+        for m in missing:     # listed by --files-from but gone by now
+            res.errors.append(f"{os.fsdecode(m)}: vanished before it could be read")
+            res.skipped += 1
         res.bytes_new = session.bytes_new
         res.bytes_stored = session.bytes_stored
         res.parent = parent.id if parent else None

@@ -1,0 +1,68 @@
+"""chunkrepo backup: the nightly job."""
+
+import os
+import sys
+
+import click
+
+from .common import human_bytes, json_option, open_repo, print_json, repo_option
+from .progress import BackupProgress
+
+EXIT_SKIPPED = 3   # the backup completed, but some files could not be stored
+
+
+def _read_files_from(source: str, null: bool):
+    data = sys.stdin.buffer.read() if source == "-" else open(source, "rb").read()
+    sep = b"\0" if null else b"\n"
+    return [os.fsdecode(p) for p in data.split(sep) if p]
+
+
+def _estimate(repo, host, subset):
+    recs = [r for r in repo.list_backups() if r.end_ns is not None]
+    if host:
+        recs = [r for r in recs if r.host == host]
+    if subset is not None:
+        recs = [r for r in recs if r.subset == subset]
+    return recs[-1].stats.get("bytes_total") if recs else None
+
+
+@click.command("backup")
+@repo_option
+@click.argument("paths", nargs=-1, type=click.Path())
+@click.option("--subset", help="Name of this set of paths (default: the paths themselves).")
+@click.option("--host", help="Host name to record (default: this host's name).")
+@click.option("--exclude", "excludes", multiple=True, metavar="PATTERN",
+              help="Skip paths or names matching this glob (repeatable).")
+@click.option("--one-file-system", "-x", is_flag=True, help="Do not cross into other filesystems.")
+@click.option("--files-from", metavar="FILE|-", help="Back up exactly the paths listed in FILE (- for stdin).")
+@click.option("-0", "--null", is_flag=True, help="--files-from names are NUL-separated (find -print0).")
+@json_option
+def command(repo_path, paths, subset, host, excludes, one_file_system, files_from, null, as_json):
+    """Back up PATHS.  The last line on stdout is the new backup's id."""
+    listed = bool(files_from)
+    paths = list(paths) + (_read_files_from(files_from, null) if files_from else [])
+    if not paths:
+        raise click.UsageError("give at least one PATH or --files-from")
+    with open_repo(repo_path, create_default=True) as repo:
+        progress = BackupProgress(_estimate(repo, host, subset) if sys.stderr.isatty() else None)
+        try:
+            res = repo.backup(paths, host=host, subset=subset, excludes=excludes,
+                              one_file_system=one_file_system, progress=progress, listed_paths=listed)
+        finally:
+            progress.close()
+    for err in res.errors:
+        click.echo(f"chunkrepo: {err}", err=True)
+    if as_json:
+        d = res.to_dict()
+        d["errors"] = list(res.errors)
+        print_json(d)
+    else:
+        click.echo(
+            f"{res.files} files, {res.dirs} directories, {human_bytes(res.bytes_total)} in total; "
+            f"read {human_bytes(res.bytes_read)}, new {human_bytes(res.bytes_new)} "
+            f"(stored {human_bytes(res.bytes_stored)}); {res.files_borrowed} files unchanged; "
+            f"{res.files_changed_during_backup} changed during backup; {res.skipped} skipped; "
+            f"{res.elapsed:.1f} s", err=True)
+        click.echo(res.id)
+    if res.skipped or res.files_changed_during_backup:
+        sys.exit(EXIT_SKIPPED)

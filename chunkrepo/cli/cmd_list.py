@@ -1,0 +1,31 @@
+"""chunkrepo list-backups"""
+
+import datetime
+
+import click
+
+from .common import json_option, open_repo, print_json, repo_option
+
+
+def _when(ns):
+    if ns is None:
+        return "incomplete"
+    return datetime.datetime.fromtimestamp(ns / 1e9).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@click.command("list-backups")
+@repo_option
+@click.option("--last", "last_n", type=click.IntRange(min=1), help="Only the last N backups.")
+@json_option
+def command(repo_path, last_n, as_json):
+    """List the backups, oldest first."""
+    with open_repo(repo_path) as repo:
+        recs = repo.list_backups(last_n)
+    if as_json:
+        for r in recs:
+            print_json(r.to_dict())
+        return
+    for r in recs:
+        st = r.stats
+        click.echo(f"{r.id}  {r.host}  {r.subset}  {_when(r.start_ns)}  {_when(r.end_ns)}  "
+                   f"{st.get('files', 0)} files  {st.get('bytes_total', 0)} bytes")

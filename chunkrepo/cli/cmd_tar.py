@@ -1,0 +1,37 @@
+"""chunkrepo tar: stream a backup (or a part of it) as a tar archive."""
+
+import os
+import sys
+
+import click
+
+from ..errors import ChunkrepoError
+from .common import open_repo, repo_option
+
+
+@click.command("tar")
+@repo_option
+@click.argument("backup")
+@click.argument("path", default="/")
+@click.option("-o", "--output", default="-", metavar="FILE|-", help="Where to write the tar (default: stdout).")
+@click.option("--format", "tar_format", type=click.Choice(["pax", "gnu", "ustar"]), default="pax",
+              show_default=True)
+@click.option("--nonrecursive", is_flag=True, help="Only PATH and its direct entries.")
+def command(repo_path, backup, path, output, tar_format, nonrecursive):
+    """Write BACKUP (or PATH in it) as a tar archive."""
+    with open_repo(repo_path) as repo:
+        if output == "-":
+            if sys.stdout.isatty():
+                raise ChunkrepoError("refusing to write a tar to a terminal: use -o FILE or a pipe")
+            out = os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=1 << 20)
+        else:
+            out = open(output, "wb", buffering=1 << 20)
+        ok = False
+        try:
+            repo.produce_tar(backup, out, path, recursive=not nonrecursive, tar_format=tar_format)
+            out.flush()
+            ok = True
+        finally:
+            out.close()
+            if not ok and output != "-":
+                os.unlink(output)   # never leave a truncated archive that looks complete

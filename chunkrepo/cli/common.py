@@ -1,0 +1,64 @@
+"""What the commands share: the --repo option, opening a repo, JSON output."""
+
+import json
+import os
+import sys
+
+import click
+
+from ..api import Repo
+from ..errors import NotARepository
+
+REPO_ENV = "CHUNKREPO_REPO"
+
+
+def default_repo_path() -> str:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(base, "chunkrepo", "repo")
+
+
+def repo_option(f):
+    return click.option("--repo", "repo_path", envvar=REPO_ENV, metavar="PATH",
+                        help=f"Repository path (default: ${REPO_ENV} or {default_repo_path()}).")(f)
+
+
+def json_option(f):
+    return click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")(f)
+
+
+def open_repo(repo_path, create_default: bool = False) -> Repo:
+    """Open the repository; with create_default, create the default one on first use."""
+    path = repo_path or default_repo_path()
+    if repo_path is None and create_default and not os.path.exists(os.path.join(path, "config")):
+        if os.path.isdir(path) and os.listdir(path):
+            raise NotARepository(f"{path} exists and is not a chunkrepo repository")
+        repo = Repo.init(path)
+        click.echo(f"chunkrepo: created repository {path}", err=True)
+        return repo
+    return Repo(path)
+
+
+def print_json(obj) -> None:
+    click.echo(json.dumps(obj, sort_keys=True))
+
+
+def write_lines(lines) -> None:
+    """Write many lines fast; names may hold surrogate-escaped bytes."""
+    out = sys.stdout.buffer
+    buf = []
+    for line in lines:
+        buf.append(line)
+        if len(buf) >= 4096:
+            out.write(("\n".join(buf) + "\n").encode("utf-8", "surrogateescape"))
+            buf = []
+    if buf:
+        out.write(("\n".join(buf) + "\n").encode("utf-8", "surrogateescape"))
+    out.flush()
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"

@@ -1,0 +1,56 @@
+"""The chunkrepo command group and its error handling."""
+
+import errno
+import os
+import sys
+
+import click
+
+from .. import __version__
+from ..errors import ChunkrepoError
+from . import cmd_backup, cmd_check, cmd_init, cmd_list, cmd_ls, cmd_restore, cmd_tar
+
+
+class _Group(click.Group):
+    """Turns every expected failure into one line on stderr and an exit status."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except ChunkrepoError as e:
+            _fail(str(e), e.exit_code)
+        except BrokenPipeError:
+            _quiet_broken_pipe()
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+        except OSError as e:
+            if e.errno == errno.EPIPE:
+                _quiet_broken_pipe()
+            where = f"{e.filename}: " if e.filename else ""
+            _fail(f"{where}{e.strerror or e}", 1)
+
+
+def _fail(msg: str, code: int):
+    click.echo(f"chunkrepo: error: {msg}", err=True)
+    sys.exit(code)
+
+
+def _quiet_broken_pipe():
+    # the reader went away (e.g. `chunkrepo ls ... | head`): not an error
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    sys.exit(141)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="chunkrepo")
+def cli():
+    """chunkrepo: deduplicating backups with tar-compatible listings and archives."""
+
+
+for _mod in (cmd_init, cmd_backup, cmd_list, cmd_ls, cmd_tar, cmd_restore, cmd_check):
+    cli.add_command(_mod.command)
+
+
+def main():
+    cli(prog_name="chunkrepo")
