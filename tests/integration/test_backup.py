@@ -1,0 +1,169 @@
+"""Backups on real trees: content round trip, borrowing, self-heal, dedup, selection."""
+
+import os
+import socket
+
+import pytest
+
+from chunkrepo import Repo
+from chunkrepo.errors import ChunkrepoError, FormatVersionError, NotARepository
+from chunkrepo.repository.config import CONFIG_NAME
+from tests.conftest import age, write_random
+
+
+def _tree(root):
+    os.makedirs(root / "d" / "e")
+    (root / "small.txt").write_text("hello\n" * 10)
+    (root / "empty").write_bytes(b"")
+    write_random(root / "d" / "big.bin", 9 << 20, seed=1)
+    write_random(root / "d" / "e" / "mid.bin", 700_000, seed=2)
+    (root / "d" / "copy.txt").write_text("hello\n" * 10)
+    os.symlink("small.txt", root / "link")
+    for dirpath, dirnames, filenames in os.walk(root):
+        for n in filenames + dirnames:
+            age(os.path.join(dirpath, n))
+    return root
+
+
+def _files(root):
+    out = {}
+    for dirpath, _, filenames in os.walk(root):
+        for n in filenames:
+            p = os.path.join(dirpath, n)
+            if not os.path.islink(p):
+                out[p] = open(p, "rb").read()
+    return out
+
+
+def test_round_trip_through_open_file(repo, tmp_path):
+    src = _tree(tmp_path / "src")
+    res = repo.backup([src])
+    assert res.files == 6 and res.errors == [] and res.bytes_read == res.bytes_total
+    for path, data in _files(src).items():
+        with repo.open_file(res.id, path) as f:
+            assert f.read() == data
+    with repo.open_file(res.id, src / "d" / "big.bin") as f:
+        f.seek(5 << 20)
+        assert f.read(1000) == (src / "d" / "big.bin").read_bytes()[5 << 20:(5 << 20) + 1000]
+
+
+def test_identical_content_is_stored_once(repo, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    write_random(src / "a", 3 << 20, seed=5)
+    write_random(src / "b", 3 << 20, seed=5)
+    res = repo.backup([src])
+    assert res.bytes_read == 6 << 20
+    assert res.bytes_new == 3 << 20
+
+
+def test_unchanged_files_are_borrowed_not_read(repo, tmp_path):
+    src = _tree(tmp_path / "src")
+    first = repo.backup([src])
+    second = repo.backup([src])
+    assert second.files_borrowed == 5           # every regular file
+    assert second.bytes_read == 0 and second.bytes_new == 0
+    assert second.parent == first.id
+    # the unchanged backup adds no directory records: same root
+    assert repo.get_backup(first.id).root == repo.get_backup(second.id).root
+
+
+def test_changed_file_is_read_again(repo, tmp_path):
+    src = _tree(tmp_path / "src")
+    repo.backup([src])
+    with open(src / "d" / "big.bin", "r+b") as f:
+        f.seek(4 << 20)
+        f.write(b"changed!")
+    age(src / "d" / "big.bin")
+    res = repo.backup([src])
+    assert res.files_borrowed == 4
+    assert res.bytes_read == 9 << 20
+    assert 0 < res.bytes_new <= 5 << 20      # only the chunks around the edit
+    with repo.open_file(res.id, src / "d" / "big.bin") as f:
+        assert f.read() == (src / "d" / "big.bin").read_bytes()
+
+
+def test_same_size_same_mtime_new_inode_is_read(repo, tmp_path):
+    src = _tree(tmp_path / "src")
+    repo.backup([src])
+    p = src / "small.txt"
+    st = os.stat(p)
+    os.unlink(p)
+    p.write_text("HELLO\n" * 10)
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+    res = repo.backup([src])
+    with repo.open_file(res.id, p) as f:
+        assert f.read() == b"HELLO\n" * 10
+
+
+def test_recently_modified_file_is_not_trusted(repo, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "fresh").write_text("x")       # mtime = now: within the racy window
+    repo.backup([src])
+    res = repo.backup([src])
+    assert res.files_borrowed == 0 and res.bytes_read == 1
+
+
+def test_missing_borrowed_chunk_is_healed(repo, tmp_path):
+    src = _tree(tmp_path / "src")
+    first = repo.backup([src])
+    node = next(e.node for e in repo.list_backup(first.id) if e.path.endswith(b"mid.bin"))
+    ix = repo.repository.index
+    with ix.env.begin(write=True) as txn:   # the chunk is lost from the index
+        assert txn.delete(node.chunks[:32], db=ix.chunks)
+    res = repo.backup([src])
+    assert res.files_borrowed == 4 and res.bytes_read == 700_000
+    with repo.open_file(res.id, src / "d" / "e" / "mid.bin") as f:
+        assert f.read() == (src / "d" / "e" / "mid.bin").read_bytes()
+
+
+def test_excludes(repo, tmp_path):
+    src = _tree(tmp_path / "src")
+    res = repo.backup([src], excludes=["*.bin", str(src / "d" / "copy.txt")])
+    names = {os.path.basename(e.path) for e in repo.list_backup(res.id)}
+    assert b"small.txt" in names and b"big.bin" not in names and b"mid.bin" not in names
+    assert b"copy.txt" not in names
+
+
+def test_several_paths_and_a_single_file(repo, tmp_path):
+    src = _tree(tmp_path / "src")
+    res = repo.backup([src / "d" / "e", src / "small.txt"])
+    paths = {e.path for e in repo.list_backup(res.id, src)}
+    base = os.fsencode(src).lstrip(b"/") + b"/"
+    rel = {p[len(base):] for p in paths if p.startswith(base)}
+    assert rel == {b"d", b"d/e", b"d/e/mid.bin", b"small.txt"}
+
+
+def test_socket_is_skipped_and_counted(repo, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("x")
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(src / "sock"))
+    try:
+        res = repo.backup([src])
+    finally:
+        s.close()
+    assert res.skipped == 1 and "socket" in res.errors[0]
+    assert b"sock" not in {os.path.basename(e.path) for e in repo.list_backup(res.id)}
+
+
+def test_missing_path_is_an_error(repo, tmp_path):
+    with pytest.raises(ChunkrepoError, match="no such file"):
+        repo.backup([tmp_path / "nope"])
+
+
+def test_newer_format_is_refused(tmp_path):
+    Repo.init(tmp_path / "r").close()
+    cfg = tmp_path / "r" / CONFIG_NAME
+    cfg.write_text(cfg.read_text().replace('"version":1', '"version":2'))
+    with pytest.raises(FormatVersionError, match="upgrade chunkrepo"):
+        Repo(tmp_path / "r")
+
+
+def test_not_a_repository(tmp_path):
+    with pytest.raises(NotARepository):
+        Repo(tmp_path)
+    with pytest.raises(NotARepository):
+        Repo(tmp_path / "absent")
