@@ -28,6 +28,12 @@ class _Group(click.Group):
                 _quiet_broken_pipe()
             where = f"{e.filename}: " if e.filename else ""
             _fail(f"{where}{e.strerror or e}", 1)
+        except (click.exceptions.Exit, click.ClickException, SystemExit):
+            raise
+        except Exception as e:   # a bug: still one line, the traceback on request
+            if os.environ.get("CHUNKREPO_DEBUG"):
+                raise
+            _fail(f"internal error: {type(e).__name__}: {e} (set CHUNKREPO_DEBUG=1 for details)", 70)
 
 
 def _fail(msg: str, code: int):
