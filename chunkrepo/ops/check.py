@@ -1,5 +1,438 @@
-"""Verifying a repository (placeholder, being written)."""
+"""Verifying a repository: structure always, every byte with read_data.
+
+Without read_data (cheap: the index, pack sizes and trailers, the directory
+records cached in the index):
+  * every pack the index lists exists, has the size the index recorded, and a
+    readable trailer that agrees with the index entries pointing into it;
+  * every index entry lies inside its pack (offset + length <= size);
+  * every backup's root and every directory record below it resolves and
+    hashes to its id; every chunk a file names is in the index;
+  * every reference count equals a recount from scratch, as the cascade of
+    session.incref_tree defines it: a root gets one per backup, and each
+    directory record reachable from a backup adds one to each child record
+    and one to each chunk of its files (with multiplicity).
+With read_data, additionally every indexed blob is read (one read per pack,
+then sliced), decompressed and re-hashed.
+
+Damage is reported, never raised: the report names the backups and paths a bad
+or missing blob affects.  Memory holds sets and counters of ids and one or two
+packs' bytes at a time.
+"""
+
+import concurrent.futures
+import os
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
+
+from ..codec import compression, records
+from ..codec.hashing import hash_bytes
+from ..errors import ChunkrepoError, IntegrityError, NotFound
+from ..model import BackupRecord, Tree
+from ..model.nodes import DIR, REG
+from ..repository.packs import KIND_DATA, KIND_TREE, pack_id_from_name, pack_name, read_trailer
+
+_MAX_PER_KIND = 50     # individual messages per kind of error; the rest are summarized
 
 
-def check_repository(repo, read_data=False, progress=None):
-    raise NotImplementedError
+@dataclass
+class CheckReport:
+    ok: bool = True
+    errors: List[str] = field(default_factory=list)
+    damaged: Dict[str, List[str]] = field(default_factory=dict)   # backup id -> sorted paths
+    backups: int = 0
+    trees: int = 0
+    chunks: int = 0
+    packs: int = 0
+    bytes_checked: int = 0            # stored bytes read and re-hashed (read_data)
+    unreferenced_packs: int = 0       # sealed packs not in the index yet: the next writer adopts them
+    pending_backups: int = 0          # stored backup records not in the index yet: likewise
+    read_data: bool = False
+    elapsed: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"ok": self.ok, "errors": list(self.errors),
+                "damaged": {k: list(v) for k, v in sorted(self.damaged.items())},
+                "backups": self.backups, "trees": self.trees, "chunks": self.chunks,
+                "packs": self.packs, "bytes_checked": self.bytes_checked,
+                "unreferenced_packs": self.unreferenced_packs,
+                "pending_backups": self.pending_backups, "read_data": self.read_data,
+                "elapsed": round(self.elapsed, 3)}
+
+
+def _short(b: bytes) -> str:
+    return b.hex()
+
+
+def _verify_pack_bytes(buf, entries):
+    """Worker: decompress and hash each (offset, length, raw_length, id, kind) of one pack."""
+    bad = []
+    checked = 0
+    mv = memoryview(buf)
+    size = len(buf)
+    for off, length, raw_length, bid, kind in entries:
+        if off + length > size:
+            continue     # reported by the structural check already
+        try:
+            data = compression.decompress(mv[off:off + length], raw_length)
+            if hash_bytes(data) != bid:
+                raise IntegrityError("content fails its hash")
+        except IntegrityError as e:
+            bad.append((kind, bid, str(e)))
+        except Exception as e:   # a decoder's own failure on garbage is damage too
+            bad.append((kind, bid, f"cannot decode: {e}"))
+        checked += length
+    return bad, checked
+
+
+class _Checker:
+    def __init__(self, repo, report: CheckReport, read_data: bool, progress: Optional[Callable]):
+        self.repo = repo
+        self.storage = repo.storage
+        self.rep = report
+        self.read_data = read_data
+        self.progress = progress
+        self._kind_counts: Counter = Counter()
+        self.bad_chunks: set = set()      # chunk ids missing or damaged
+        self.bad_trees: set = set()       # directory record ids missing or damaged
+        self.by_pack: Dict[bytes, list] = defaultdict(list)   # pack -> index entries in it
+        self.pack_real_size: Dict[bytes, int] = {}
+        self.chunk_refs: Counter = Counter()
+        self.tree_refs: Counter = Counter()
+        self.roots: Dict[str, bytes] = {}
+        self._done = 0
+        self._total = 0
+
+    # -- reporting -------------------------------------------------------------
+    def error(self, kind: str, msg: str) -> None:
+        self._kind_counts[kind] += 1
+        if self._kind_counts[kind] <= _MAX_PER_KIND:
+            self.rep.errors.append(msg)
+
+    def _summarize(self) -> None:
+        for kind, n in sorted(self._kind_counts.items()):
+            if n > _MAX_PER_KIND:
+                self.rep.errors.append(f"... and {n - _MAX_PER_KIND} more errors of the kind '{kind}'")
+
+    def _tick(self) -> None:
+        self._done += 1
+        if self.progress is not None:
+            self.progress(self._done, self._total)
+
+    # -- the run ---------------------------------------------------------------
+    def run(self) -> None:
+        with self.repo.index.read() as v:
+            self._index_entries(v)
+            pack_info = self._pack_table(v)
+            self._total = len(pack_info) * (2 if self.read_data else 1)
+            self._packs(pack_info)
+            self._backups(v)
+            self._walk_trees(v)
+            self._refcounts(v)
+            if self.read_data:
+                self._read_all(pack_info)
+            self._map_damage(v)
+        self._summarize()
+
+    def _index_entries(self, v) -> None:
+        for cid, e in v.all_chunks():
+            self.rep.chunks += 1
+            self.by_pack[e.pack].append((e.offset, e.length, e.raw_length, cid, KIND_DATA))
+        for tid, e in v.all_trees():
+            self.rep.trees += 1
+            self.by_pack[e.pack].append((e.offset, e.length, e.raw_length, tid, KIND_TREE))
+
+    def _pack_table(self, v) -> Dict[bytes, tuple]:
+        info = {}
+        for pid, raw in v.all_packs():
+            try:
+                size, count = records.unpack_msgpack(raw)
+                info[pid] = (int(size), int(count))
+            except Exception:
+                self.error("pack record", f"index record of pack {_short(pid)} is unreadable")
+                info[pid] = (None, None)
+        self.rep.packs = len(info)
+        for pid in self.by_pack:
+            if pid not in info:
+                n = len(self.by_pack[pid])
+                self.error("unknown pack", f"{n} index entries point into pack {_short(pid)}, "
+                                           f"which the index does not list")
+                info[pid] = (None, None)
+        try:
+            stored = set(self.storage.list("packs"))
+        except OSError as e:
+            self.error("storage", f"cannot list packs: {e}")
+            stored = set()
+        self.rep.unreferenced_packs = sum(1 for n in stored
+                                          if _is_pack_name(n) and pack_id_from_name(n) not in info)
+        return info
+
+    def _lose(self, entries) -> None:
+        for _, _, _, bid, kind in entries:
+            (self.bad_chunks if kind == KIND_DATA else self.bad_trees).add(bid)
+
+    def _packs(self, pack_info) -> None:
+        for pid in sorted(pack_info):
+            recorded, count = pack_info[pid]
+            name = pack_name(pid)
+            entries = self.by_pack.get(pid, [])
+            try:
+                real = self.storage.size(name)
+            except NotFound:
+                self.error("missing pack", f"pack {_short(pid)} is missing "
+                                           f"({len(entries)} blobs of the index are in it)")
+                self._lose(entries)
+                self._tick()
+                continue
+            except OSError as e:
+                self.error("missing pack", f"pack {_short(pid)} cannot be examined: {e}")
+                self._lose(entries)
+                self._tick()
+                continue
+            self.pack_real_size[pid] = real
+            if recorded is not None and real != recorded:
+                what = "truncated" if real < recorded else "longer than recorded"
+                self.error("pack size", f"pack {_short(pid)} is {what}: {real} bytes, "
+                                        f"the index recorded {recorded}")
+            outside = [e for e in entries if e[0] + e[1] > real]
+            if outside:
+                self.error("pack size", f"pack {_short(pid)}: {len(outside)} index entries lie "
+                                        f"beyond its end ({real} bytes)")
+                self._lose(outside)
+            try:
+                trailer = read_trailer(self.storage, name)
+            except (ChunkrepoError, OSError, ValueError) as e:
+                self.error("pack trailer", f"pack {_short(pid)}: trailer unreadable: {e}")
+                trailer = None
+            except Exception as e:
+                self.error("pack trailer", f"pack {_short(pid)}: trailer undecodable: {e}")
+                trailer = None
+            if trailer is not None:
+                if count is not None and len(trailer) != count:
+                    self.error("pack trailer", f"pack {_short(pid)}: trailer lists {len(trailer)} "
+                                               f"blobs, the index recorded {count}")
+                listed = {(e.offset, e.length, e.raw_length, bytes(e.id), e.kind) for e in trailer}
+                stray = [e for e in entries if e not in listed]
+                if stray:
+                    self.error("pack trailer", f"pack {_short(pid)}: {len(stray)} index entries do not "
+                                               f"match its trailer (e.g. blob {_short(stray[0][3])})")
+            self._tick()
+
+    def _backups(self, v) -> None:
+        for bid, raw in v.backups():
+            self.rep.backups += 1
+            try:
+                rec = BackupRecord.from_dict(records.decode_json(raw))
+                root = bytes.fromhex(rec.root)
+                if len(root) != 32:
+                    raise ValueError("bad root id")
+            except Exception as e:
+                self.error("backup record", f"backup {bid}: record in the index is unreadable: {e}")
+                continue
+            self.roots[bid] = root
+            self.tree_refs[root] += 1
+            if not self.storage.exists(f"backups/{bid}"):
+                self.error("backup record", f"backup {bid}: its record file backups/{bid} is missing")
+        try:
+            names = list(self.storage.list("backups"))
+        except OSError:
+            names = []
+        self.rep.pending_backups = sum(1 for n in names if v.backup(n.rsplit("/", 1)[1]) is None)
+
+    def _tree(self, v, tid: bytes) -> Optional[Tree]:
+        """A directory record, verified; None (and marked bad) if it cannot be had."""
+        data = v.tree_data(tid)
+        entry = v.tree(tid)
+        if entry is None:
+            return None
+        try:
+            if data is None:
+                data = self.repo.read_blob(entry, tid)
+            elif hash_bytes(data) != tid:
+                raise IntegrityError("its cached copy in the index fails its hash")
+            return Tree.decode(data)
+        except (ChunkrepoError, OSError) as e:
+            raise _BadTree(str(e)) from None
+        except Exception as e:
+            raise _BadTree(f"undecodable: {e}") from None
+
+    def _walk_trees(self, v) -> None:
+        seen = set()
+        stack = list(dict.fromkeys(self.roots.values()))
+        missing_chunks = set()
+        while stack:
+            tid = stack.pop()
+            if tid in seen:
+                continue
+            seen.add(tid)
+            try:
+                tree = self._tree(v, tid)
+            except _BadTree as e:
+                self.error("directory record", f"directory record {_short(tid)}: {e}")
+                self.bad_trees.add(tid)
+                continue
+            if tree is None:
+                self.error("directory record", f"directory record {_short(tid)} is not in the index")
+                self.bad_trees.add(tid)
+                continue
+            for node in tree.entries:
+                sub = node.subtree
+                if sub is not None:
+                    self.tree_refs[sub] += 1
+                    if sub not in seen:
+                        stack.append(sub)
+                c = node.chunks
+                for i in range(0, len(c), 32):
+                    cid = c[i:i + 32]
+                    self.chunk_refs[cid] += 1
+            # existence of chunks: once per distinct id, below
+        for cid in self.chunk_refs:
+            if not v.has_chunk(cid):
+                missing_chunks.add(cid)
+        for cid in sorted(missing_chunks):
+            self.error("missing chunk", f"chunk {_short(cid)} is referenced but not in the index")
+        self.bad_chunks |= missing_chunks
+
+    def _refcounts(self, v) -> None:
+        for cid, e in v.all_chunks():
+            want = self.chunk_refs.get(cid, 0)
+            if e.refcount != want:
+                self.error("reference count", f"chunk {_short(cid)} has reference count {e.refcount}, "
+                                              f"recount gives {want}")
+        for tid, e in v.all_trees():
+            want = self.tree_refs.get(tid, 0)
+            if e.refcount != want:
+                self.error("reference count", f"directory record {_short(tid)} has reference count "
+                                              f"{e.refcount}, recount gives {want}")
+
+    # -- read_data ---------------------------------------------------------------
+    def _read_pack(self, pid: bytes, entries):
+        buf = self.storage.get(pack_name(pid))
+        return _verify_pack_bytes(buf, entries)
+
+    def _read_all(self, pack_info) -> None:
+        todo = [pid for pid in sorted(pack_info) if pid in self.pack_real_size and self.by_pack.get(pid)]
+        skipped = len(pack_info) - len(todo)
+        for _ in range(skipped):
+            self._tick()
+        # two packs in flight: one being read while the other is hashed (zstd and
+        # blake3 release the GIL), so memory stays at about two packs
+        with concurrent.futures.ThreadPoolExecutor(2, "chunkrepo-check") as pool:
+            inflight = []
+            it = iter(todo)
+            for pid in it:
+                entries = sorted(self.by_pack[pid])
+                inflight.append((pid, entries, pool.submit(self._read_pack, pid, entries)))
+                if len(inflight) >= 2:
+                    self._collect(*inflight.pop(0))
+            for item in inflight:
+                self._collect(*item)
+
+    def _collect(self, pid, entries, fut) -> None:
+        try:
+            bad, checked = fut.result()
+        except (ChunkrepoError, OSError) as e:
+            self.error("unreadable pack", f"pack {_short(pid)} cannot be read: {e}")
+            self._lose(entries)
+            self._tick()
+            return
+        self.rep.bytes_checked += checked
+        for kind, bid, msg in bad:
+            what = "chunk" if kind == KIND_DATA else "directory record"
+            self.error("damaged blob", f"{what} {_short(bid)} in pack {_short(pid)} is damaged: {msg}")
+            (self.bad_chunks if kind == KIND_DATA else self.bad_trees).add(bid)
+        self._tick()
+
+    # -- damage -> backups and paths ---------------------------------------------
+    def _map_damage(self, v) -> None:
+        if not self.bad_chunks and not self.bad_trees:
+            return
+        dirty: Dict[bytes, bool] = {}
+        trees: Dict[bytes, Optional[Tree]] = {}
+
+        def load(tid):
+            if tid not in trees:
+                try:
+                    trees[tid] = None if tid in self.bad_trees else self._tree(v, tid)
+                except _BadTree:
+                    trees[tid] = None
+            return trees[tid]
+
+        def is_dirty(root: bytes) -> bool:
+            stack = [(root, False)]
+            while stack:
+                tid, expanded = stack.pop()
+                if tid in dirty:
+                    continue
+                tree = load(tid)
+                if tree is None:
+                    dirty[tid] = True
+                    continue
+                subs = [n.subtree for n in tree.entries if n.subtree is not None]
+                if not expanded:
+                    stack.append((tid, True))
+                    stack.extend((s, False) for s in subs if s not in dirty)
+                    continue
+                bad = any(dirty.get(s, False) for s in subs)
+                if not bad:
+                    for n in tree.entries:
+                        c = n.chunks
+                        if any(c[i:i + 32] in self.bad_chunks for i in range(0, len(c), 32)):
+                            bad = True
+                            break
+                dirty[tid] = bad
+                if not bad:
+                    trees.pop(tid, None)    # clean: never needed again
+            return dirty[root]
+
+        for bid, root in sorted(self.roots.items()):
+            if not is_dirty(root):
+                continue
+            paths = []
+            stack = [(b"", root)]
+            while stack:
+                prefix, tid = stack.pop()
+                tree = load(tid)
+                if tree is None:
+                    paths.append("/" + os.fsdecode(prefix))
+                    continue
+                for n in tree.entries:
+                    path = prefix + b"/" + n.name if prefix else n.name
+                    if n.subtree is not None and n.kind == DIR:
+                        if dirty.get(n.subtree, True):
+                            stack.append((path, n.subtree))
+                        continue
+                    c = n.chunks
+                    if any(c[i:i + 32] in self.bad_chunks for i in range(0, len(c), 32)):
+                        paths.append("/" + os.fsdecode(path))
+            self.rep.damaged[bid] = sorted(set(paths))
+
+
+class _BadTree(Exception):
+    pass
+
+
+def _is_pack_name(name: str) -> bool:
+    try:
+        return len(pack_id_from_name(name)) == 16
+    except ValueError:
+        return False
+
+
+def check_repository(repo, read_data: bool = False, progress=None) -> CheckReport:
+    """Verify repo (a repository.Repository); damage is reported in the result, not raised."""
+    t0 = time.monotonic()
+    rep = CheckReport(read_data=read_data)
+    chk = _Checker(repo, rep, read_data, progress)
+    try:
+        chk.run()
+    except (ChunkrepoError, OSError) as e:
+        chk._summarize()
+        rep.errors.append(f"check stopped early: {e}")
+    rep.ok = not rep.errors
+    rep.elapsed = time.monotonic() - t0
+    return rep
+
+
+__all__ = ["CheckReport", "check_repository"]
