@@ -44,6 +44,7 @@ class BackupResult:
     dirs: int = 0
     bytes_total: int = 0
     bytes_read: int = 0
+    bytes_done: int = 0          # content handled so far, borrowed or read (for progress)
     bytes_new: int = 0
     bytes_stored: int = 0
     files_borrowed: int = 0
@@ -170,7 +171,7 @@ class Backup:
         now = time.monotonic()
         if force or now - self._last_progress > 0.2:
             self._last_progress = now
-            self.opts.progress(self.res)
+            self.opts.progress(self.res)   # the callee serializes calls from several threads
 
     # -- the walk -------------------------------------------------------------
     def scan_dir(self, path: bytes, name: bytes, st, prev: Optional[Node], selection, top_dev: int):
@@ -253,6 +254,7 @@ class Backup:
         node = self.borrow(name, st, prev)
         if node is not None:
             self.res.files_borrowed += 1
+            self.res.bytes_done += st.st_size
         else:
             node = self.queue_read(path, name, st, prev)
         if key is not None:
@@ -318,6 +320,8 @@ class Backup:
                 return None
             with self._lock:
                 self.res.bytes_read += nread
+                self.res.bytes_done += fst.st_size
+            self._progress()
             return self.node(name, fst, xattrs=read_xattrs(path, self.all_xattrs),
                              chunks=chunks, sparse=sparse)
         with self._lock:
@@ -374,7 +378,8 @@ def run_backup(repo, paths: Sequence[str], opts: BackupOptions) -> BackupResult:
         res.bytes_new = session.bytes_new
         res.bytes_stored = session.bytes_stored
         res.parent = parent.id if parent else None
-        stats = {k: v for k, v in res.to_dict().items() if k not in ("id", "errors", "elapsed", "parent")}
+        stats = {k: v for k, v in res.to_dict().items()
+                 if k not in ("id", "errors", "elapsed", "parent", "bytes_done")}
         stats["errors"] = len(res.errors)
         rec = BackupRecord("", host, subset, [os.fsdecode(p) for p in abspaths], start_ns,
                            opts.clock(), root.subtree.hex(), stats=stats)
