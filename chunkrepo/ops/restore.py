@@ -328,10 +328,11 @@ class _Restorer:
 
     def fill(self, fd: int, node, shown: str) -> None:
         cf = ChunkFile(self.repo, node, shown.encode("utf-8", "surrogateescape"))
+        sparse = node.sparse is not None
         total = 0
         write, pwrite = os.write, os.pwrite
         try:
-            if node.sparse:
+            if sparse:
                 for off, mv in cf.iter_data():
                     while mv:
                         k = pwrite(fd, mv, off)
@@ -350,10 +351,10 @@ class _Restorer:
             raise StorageError(f"{shown}: stored content does not match its extents") from None
         finally:
             self.res.bytes_written += total
-        expected = sum(e[1] for e in node.sparse) if node.sparse else node.size
+        expected = sum(e[1] for e in node.sparse) if sparse else node.size
         if total != expected:
             raise StorageError(f"{shown}: stored content has {total} bytes, expected {expected}")
-        if node.sparse:
+        if sparse:
             os.ftruncate(fd, node.size)   # holes after the last extent
 
     def hard_link(self, stack: list, pfd: int, name: bytes, link_to: bytes, shown: str) -> bool:
