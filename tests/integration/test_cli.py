@@ -111,12 +111,13 @@ def test_bad_input_is_one_line_and_nonzero(tmp_path, src, args, message):
 
 
 def test_ambiguous_prefix(tmp_path, src):
+    from chunkrepo import Repo
     repo = str(tmp_path / "repo")
-    run("init", "--repo", repo)
     ids = set()
-    for i in range(40):   # enough backups that two share a first hex digit
-        (src / "a.txt").write_text(f"v{i}\n")
-        ids.add(run("backup", "--repo", repo, str(src)).stdout.decode().split()[-1])
+    with Repo.init(repo) as r:
+        for i in range(40):   # enough backups that two share a first hex digit
+            (src / "a.txt").write_text(f"v{i}\n")
+            ids.add(r.backup([src]).id)
     firsts = [i[0] for i in ids]
     dup = next(c for c in firsts if firsts.count(c) > 1)
     p = run("ls", "--repo", repo, dup, check=False)
