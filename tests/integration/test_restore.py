@@ -1,11 +1,13 @@
 """Restore on real trees: every file type and its metadata, subtrees, safety, damage."""
 
-import errno
+import grp
 import hashlib
+import json
 import os
 import pwd
-import grp
+import shutil
 import stat
+import tempfile
 import time
 
 import pytest
@@ -318,6 +320,86 @@ def test_target_must_be_absent_or_empty(repo, tmp_path):
     assert (empty / "src" / "f").read_bytes() == b"data"
     res = repo.restore(bid, tmp_path / "new" / "deeper", str(src / "f"))
     assert res.errors == [] and (tmp_path / "new" / "deeper" / "f").read_bytes() == b"data"
+
+
+def _nobody():
+    try:
+        pw = pwd.getpwnam("nobody")
+        return pw.pw_uid, pw.pw_gid
+    except KeyError:
+        return None
+
+
+@pytest.mark.skipif(not IS_ROOT or _nobody() is None, reason="drops from root to nobody")
+def test_restore_as_an_unprivileged_user(repo, tmp_path):
+    uid, gid = _nobody()
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "owned").write_bytes(b"owned by someone else")
+    os.chown(src / "owned", 4321, 4321)
+    (src / "suid").write_bytes(b"s")
+    os.chmod(src / "suid", 0o4755)
+    (src / "closed").mkdir()
+    (src / "closed" / "inside").write_bytes(b"inside")
+    os.chmod(src / "closed", 0o500)
+    (src / "ro").write_bytes(b"read only")
+    xattrs = _xattrs_supported(src / "ro")
+    if xattrs:
+        os.setxattr(src / "ro", b"user.k", b"v")
+    os.chmod(src / "ro", 0o444)
+    try:
+        os.mknod(src / "dev", stat.S_IFCHR | 0o600, os.makedev(1, 3))
+        device = True
+    except OSError:
+        device = False
+    for p in ("owned", "suid", "closed/inside", "ro", "closed", "."):
+        os.utime(src / p, ns=(T0, T0 + 7))
+    bid = repo.backup([src]).id
+    shared = tempfile.mkdtemp(prefix="chunkrepo-test-", dir="/tmp")   # tmp_path is root-only
+    try:
+        rpath = os.path.join(shared, "repo")
+        shutil.copytree(repo.path, rpath)    # a path of its own: a fresh LMDB environment
+        for dp, dns, fns in os.walk(shared):
+            for n in [dp] + [os.path.join(dp, x) for x in dns + fns]:
+                os.chown(n, uid, gid)
+        target = os.path.join(shared, "out")
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:    # child: unprivileged from here on
+            code = 1
+            try:
+                os.close(r)
+                os.setgroups([])
+                os.setgid(gid)
+                os.setuid(uid)
+                with Repo(rpath) as rr:
+                    out = rr.restore(bid, target, str(src)).to_dict()
+                code = 0
+            except BaseException as e:   # noqa: BLE001 - reported to the parent
+                out = {"exception": repr(e)}
+            finally:
+                os.write(w, json.dumps(out).encode())
+                os._exit(code)
+        os.close(w)
+        with os.fdopen(r, "rb") as f:
+            out = json.loads(f.read())
+        os.waitpid(pid, 0)
+        assert "exception" not in out, out
+        errors = out["errors"]
+        assert errors == (["%s: device node not restored: creating devices needs root" % (src / "dev")]
+                          if device else [])
+        got = os.path.join(target, "src")
+        assert sorted(os.listdir(got)) == ["closed", "owned", "ro", "suid"]
+        for p in ("owned", "suid", "closed/inside", "ro", "closed", "."):
+            st, sst = os.lstat(os.path.join(got, p)), os.lstat(src / p)
+            assert (st.st_uid, st.st_gid) == (uid, gid)         # owners left to the user
+            assert st.st_mode == sst.st_mode and st.st_mtime_ns == T0 + 7, p
+        assert open(os.path.join(got, "closed", "inside"), "rb").read() == b"inside"
+        assert open(os.path.join(got, "owned"), "rb").read() == b"owned by someone else"
+        if xattrs:
+            assert os.getxattr(os.path.join(got, "ro"), b"user.k") == b"v"
+    finally:
+        shutil.rmtree(shared)
 
 
 # -- crafted records ------------------------------------------------------------
