@@ -97,12 +97,16 @@ class ChunkFile(io.RawIOBase):
         memoryview(b)[:len(data)] = data
         return len(data)
 
-    def iter_data(self):
-        """Yield (file offset, bytes) of each chunk's data, holes skipped (for streaming)."""
+    def iter_data(self, chunks=None):
+        """Yield (file offset, bytes) of each chunk's data, holes skipped (for streaming).
+
+        chunks: the decoded chunks in order when the caller read them already
+        (ops.prefetch); by default they are read here one by one.
+        """
         soff = 0
         k = 0
-        for i in range(len(self._ids)):
-            data = self._chunk(i)
+        source = chunks if chunks is not None else (self._chunk(i) for i in range(len(self._ids)))
+        for data in self._checked(source):
             view = memoryview(data)
             while view:
                 while soff >= self._ext_stream[k + 1]:
@@ -111,6 +115,14 @@ class ChunkFile(io.RawIOBase):
                 yield self._ext_file[k] + soff - self._ext_stream[k], view[:take]
                 view = view[take:]
                 soff += take
+
+    def _checked(self, source):
+        try:
+            yield from source
+        except IntegrityError as e:
+            if self._path and self._path not in str(e):
+                raise IntegrityError(f"{self._path}: {e}") from None
+            raise
 
     def seek(self, offset: int, whence: int = 0) -> int:
         base = {0: 0, 1: self._pos, 2: self.size}[whence]
