@@ -47,6 +47,7 @@ import grp
 import os
 import pwd
 import stat
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import List, Optional
@@ -61,7 +62,7 @@ _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_NOCTTY | _CLOEXEC
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | _CLOEXEC
 _FIFO_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY | _CLOEXEC
-_FS_ENCODING = os.sys.getfilesystemencoding()
+_FS_ENCODING = sys.getfilesystemencoding()
 _DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 _NO_XATTR_SUPPORT = (errno.ENOTSUP, getattr(errno, "EOPNOTSUPP", errno.ENOTSUP))
 
@@ -346,7 +347,7 @@ class _Restorer:
                 self.res.bytes_written += k
                 mv = mv[k:]
             return
-        cf = ChunkFile(self.repo, node, shown.encode("utf-8", "surrogateescape"))
+        cf = ChunkFile(self.repo, node, shown.encode(_FS_ENCODING, "surrogateescape"))
         sparse = node.sparse is not None
         total = 0
         write, pwrite = os.write, os.pwrite

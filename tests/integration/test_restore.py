@@ -130,6 +130,12 @@ def build_tree(src) -> dict:
         os.setxattr(j(b"d"), b"user.dir", b"on a directory")
         os.setxattr(j(b"ro"), b"user.ro", b"on a read-only file")
         made["xattrs"] = True
+    if IS_ROOT:
+        try:   # user.* is not allowed on symlinks; trusted.* is, for root
+            os.setxattr(j(b"ln_dangling"), b"trusted.chunkrepo", b"on a symlink", follow_symlinks=False)
+            made["link_xattr"] = True
+        except OSError:
+            pass
     # mtimes with ns, children first; the closed directory loses its permissions last
     os.chmod(j(b"closed"), 0o500)
     entries = []
@@ -226,6 +232,8 @@ def test_full_restore_keeps_every_type_and_field(src_tree, repo, tmp_path):
     if made["xattrs"]:
         assert dict(have["big.bin"]["xattrs"])["user.bin"] == bytes(range(256))
         assert have["d"]["xattrs"] == [("user.dir", b"on a directory")]
+    if made.get("link_xattr"):
+        assert os.getxattr(got / "ln_dangling", "trusted.chunkrepo", follow_symlinks=False) == b"on a symlink"
     if IS_ROOT and _free_id():
         assert have["small.txt"]["uid"] == NONAME_ID and have["small.txt"]["gid"] == NONAME_ID
         assert have["suid"]["mode"] == 0o6755
