@@ -110,10 +110,18 @@ class _TarInfo(tarfile.TarInfo):
                 n = len(str(n)) + len(rec)
             records.append(str(n).encode("ascii") + rec)
         data = b"".join(records)
-        info = {"name": "././@PaxHeader", "type": type, "size": len(data),
-                "magic": tarfile.POSIX_MAGIC}
-        return (cls._create_header(info, tarfile.USTAR_FORMAT, "ascii", "replace")
-                + cls._create_payload(data))
+        key = (type, len(data))
+        head = _PAX_HEADS.get(key)      # it depends on nothing else: build each one once
+        if head is None:
+            if len(_PAX_HEADS) > 4096:
+                _PAX_HEADS.clear()
+            info = {"name": "././@PaxHeader", "type": type, "size": len(data),
+                    "magic": tarfile.POSIX_MAGIC}
+            head = _PAX_HEADS[key] = cls._create_header(info, tarfile.USTAR_FORMAT, "ascii", "replace")
+        return head + cls._create_payload(data)
+
+
+_PAX_HEADS: dict = {}
 
 
 class _Writer:
