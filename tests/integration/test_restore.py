@@ -556,7 +556,8 @@ def test_cli_restore_exits_nonzero_on_errors(repo, tmp_path):
         e = v.chunk(node.chunk_ids()[0])
     os.truncate(os.path.join(r.path, pack_name(e.pack)), e.offset + 10)
     r.storage.close()
-    result = CliRunner().invoke(cli, ["--repo", str(repo.path), "restore", bid, str(src),
+    result = CliRunner().invoke(cli, ["restore", "--repo", str(repo.path), bid, str(src),
                                       "--target", str(tmp_path / "out")])
-    assert result.exit_code != 0
+    assert result.exit_code == 1, result.output
+    assert f"{src / 'f'}:" in result.output and "restore finished with 1 errors" in result.output
     assert not (tmp_path / "out" / "src" / "f").exists()
