@@ -11,6 +11,7 @@ import os
 import socket
 import stat
 import subprocess
+import sys
 import tarfile
 import time
 
@@ -411,3 +412,31 @@ def test_corrupt_chunk_raises_integrity_error_naming_the_path(tmp_path, repo):
     assert "victim.bin" in str(ei.value)
     # the listing needs no content and still works
     assert any(line.endswith("/victim.bin") for line in tf_lines(repo.list_backup(res.id)))
+
+
+# -- the commands -------------------------------------------------------------
+@pytest.mark.parametrize("locale_vars", [{"LC_ALL": "C.UTF-8"}, {"LANG": "C"}, {}],
+                         ids=["utf8", "C", "unset"])
+def test_chunkrepo_ls_equals_chunkrepo_tar_piped_to_tar_tvf(world, locale_vars):
+    """The requirement itself: `chunkrepo ls B` == `chunkrepo tar B | tar tvf -`, in
+    the locale both inherit (unset: Python coerces its own locale to UTF-8, tar does not)."""
+    env = {"PATH": ENV["PATH"], "TZ": "America/New_York", **locale_vars}
+    if "PYTHONPATH" in os.environ:
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    cmd = [sys.executable, "-m", "chunkrepo"]
+    repo = str(world["repo"].path)
+
+    def run(args, **kw):
+        p = subprocess.run(cmd + args + ["--repo", repo, world["id"]], env=env, cwd=root,
+                           capture_output=True, **kw)
+        assert p.returncode == 0, p.stderr.decode(errors="replace")
+        return p.stdout
+
+    archive = run(["tar"])
+    p = subprocess.run(["tar", "tvf", "-"], input=archive, env=env, capture_output=True)
+    assert p.returncode == 0 and p.stderr == b""
+    assert run(["ls"]) == p.stdout
+    p = subprocess.run(["tar", "tf", "-"], input=archive, env=env, capture_output=True)
+    assert run(["ls", "--simple"]) == p.stdout
+    assert (b"caf\xc3\xa9 \xc3\xbc" in p.stdout) == ("LC_ALL" in locale_vars)
