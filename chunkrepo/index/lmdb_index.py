@@ -135,6 +135,7 @@ class Index:
     """One LMDB environment per path per process (as the LMDB authors advise)."""
 
     def __init__(self, path: str, readonly: bool = False):
+        self.path = path
         os.makedirs(path, exist_ok=True) if not readonly else None
         try:
             self.env = lmdb.open(path, map_size=_MAP_SIZE, max_dbs=len(_DBS) + 2,
@@ -173,6 +174,9 @@ class Index:
         except lmdb.Error as e:
             if "No space left" in str(e):
                 raise StorageError("no space left on device while writing the index") from None
+            if _low_space(self.path):
+                # LMDB reports a short write at the end of the disk as EIO
+                raise StorageError(f"no space left on device while writing the index ({e})") from None
             raise StorageError(f"index write failed: {e}") from None
 
     def has_chunk(self, cid: bytes) -> bool:
@@ -182,6 +186,14 @@ class Index:
 
     def close(self) -> None:
         self.env.close()
+
+
+def _low_space(path: str, threshold: int = 16 << 20) -> bool:
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < threshold
 
 
 assert _ENTRY.size == 16 + 8 + 4 + 4 + 8 and ID_SIZE == 32

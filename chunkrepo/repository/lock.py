@@ -28,8 +28,11 @@ class WriterLock:
             raise RepoLocked(f"repository is locked by {holder}") from None
         info = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                            "since": datetime.datetime.now().astimezone().isoformat(timespec="seconds")})
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, info.encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, info.encode(), 0)
+        except OSError:
+            pass   # who holds it is only advice; a full disk must not keep a lock half taken
         self._fd = fd
 
     def release(self) -> None:
