@@ -166,7 +166,8 @@ class _Writer:
         st = self.stats
         if kind not in _TYPES:
             st["skipped"] += 1
-            st["warnings"].append(f"{where}: sockets cannot be stored in a tar; left out")
+            if len(st["warnings"]) < 100:
+                st["warnings"].append(f"{where}: sockets cannot be stored in a tar; left out")
             return
         ti = _TarInfo(_fs(e.path))
         ti.mode = node.mode & 0o7777
