@@ -257,6 +257,15 @@ class _Checker:
         except Exception as e:
             raise _BadTree(f"undecodable: {e}") from None
 
+    def _pack_copy(self, v, tid: bytes) -> Optional[Tree]:
+        entry = v.tree(tid)
+        if entry is None:
+            return None
+        try:
+            return Tree.decode(self.repo.read_blob(entry, tid))
+        except Exception:
+            return None
+
     def _walk_trees(self, v) -> None:
         seen = set()
         stack = list(dict.fromkeys(self.roots.values()))
@@ -271,7 +280,9 @@ class _Checker:
             except _BadTree as e:
                 self.error("directory record", f"directory record {_short(tid)}: {e}")
                 self.bad_trees.add(tid)
-                continue
+                tree = self._pack_copy(v, tid)    # still count what it references, if we can
+                if tree is None:
+                    continue
             if tree is None:
                 self.error("directory record", f"directory record {_short(tid)} is not in the index")
                 self.bad_trees.add(tid)
