@@ -17,7 +17,7 @@ class ChunkFile(io.RawIOBase):
     cached; memory stays at one chunk whatever the file's size.
     """
 
-    def __init__(self, repo, node: Node, path: bytes = b""):
+    def __init__(self, repo, node: Node, path: bytes = b"", view=None):
         super().__init__()
         self._repo = repo
         self._node = node
@@ -25,18 +25,25 @@ class ChunkFile(io.RawIOBase):
         self._ids = node.chunk_ids()
         self._pos = 0
         self._cache = (-1, b"")
-        with repo.index.read() as v:
-            sizes = []
-            for cid in self._ids:
-                e = v.chunk(cid)
-                if e is None:
-                    raise IntegrityError(f"{self._path}: chunk {cid.hex()} is missing from the index")
-                sizes.append(e.raw_length)
+        if view is None:
+            with repo.index.read() as v:
+                sizes = self._sizes(v)
+        else:
+            sizes = self._sizes(view)
         self._starts = [0] + list(accumulate(sizes))   # data-stream offset of each chunk
         ext = node.sparse or [[0, self._starts[-1]]]
         self._ext_file = [e[0] for e in ext]
         self._ext_len = [e[1] for e in ext]
         self._ext_stream = [0] + list(accumulate(self._ext_len))
+
+    def _sizes(self, view) -> list:
+        sizes = []
+        for cid in self._ids:
+            e = view.chunk(cid)
+            if e is None:
+                raise IntegrityError(f"{self._path}: chunk {cid.hex()} is missing from the index")
+            sizes.append(e.raw_length)
+        return sizes
 
     def readable(self) -> bool:
         return True
@@ -111,6 +118,8 @@ class ChunkFile(io.RawIOBase):
             while view:
                 while soff >= self._ext_stream[k + 1]:
                     k += 1
+                    if k + 1 >= len(self._ext_stream):
+                        raise IntegrityError(f"{self._path}: stored data is longer than the file's extents")
                 take = min(len(view), self._ext_stream[k + 1] - soff)
                 yield self._ext_file[k] + soff - self._ext_stream[k], view[:take]
                 view = view[take:]

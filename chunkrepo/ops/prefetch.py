@@ -1,8 +1,9 @@
 """Reading the chunks of upcoming files ahead of a consumer (tar, restore).
 
 The consumer walks entries in order; a small thread pool reads, decompresses
-and verifies the chunks of the next files meanwhile (zstd and blake3 release
-the GIL), bounded by a byte budget so memory stays flat whatever the backup.
+and verifies the next chunks meanwhile (zstd and blake3 release the GIL).  The
+chunks of all files form one ordered stream, and at most `budget` raw bytes of
+it are in flight or waiting, so memory stays flat whatever the file sizes.
 """
 
 import collections
@@ -11,62 +12,108 @@ from typing import Iterable, Iterator, Optional
 
 from ..model.nodes import REG
 
-_DEFAULT_BUDGET = 48 << 20
+_DEFAULT_BUDGET = 16 << 20
+_MAX_ENTRIES_AHEAD = 4096
+
+
+class _ChunkStream:
+    def __init__(self, repo, view, pool, budget: int):
+        self.repo, self.view, self.pool, self.budget = repo, view, pool, budget
+        self.waiting: "collections.deque[bytes]" = collections.deque()   # ids not yet submitted
+        self.inflight: "collections.deque[tuple]" = collections.deque()  # (future, raw size)
+        self.nbytes = 0
+
+    def add(self, ids) -> None:
+        self.waiting.extend(ids)
+        self.fill()
+
+    def full(self) -> bool:
+        return bool(self.waiting)
+
+    def fill(self) -> None:
+        while self.waiting and (self.nbytes < self.budget or not self.inflight):
+            cid = self.waiting.popleft()
+            entry = self.view.chunk(cid)
+            size = entry.raw_length if entry is not None else 0
+            self.inflight.append((self.pool.submit(_read, self.repo, cid, entry), size))
+            self.nbytes += size
+
+    def next(self) -> bytes:
+        fut, size = self.inflight.popleft()
+        self.nbytes -= size
+        self.fill()
+        return fut.result()
+
+    def cancel(self) -> None:
+        self.waiting.clear()
+        for fut, _ in self.inflight:
+            fut.cancel()
+        self.inflight.clear()
 
 
 class Prefetched:
-    """A file's chunk futures, in order; data() yields their bytes."""
+    """The chunks of one file, in order, out of the shared stream."""
 
-    __slots__ = ("futures",)
+    __slots__ = ("_stream", "_left")
 
-    def __init__(self, futures):
-        self.futures = futures
+    def __init__(self, stream: _ChunkStream, count: int):
+        self._stream = stream
+        self._left = count
 
     def data(self) -> Iterator[bytes]:
-        for f in self.futures:
-            yield f.result()
+        while self._left:
+            self._left -= 1
+            yield self._stream.next()
+
+    def skip_rest(self) -> None:
+        """Drop what the consumer did not take, keeping the stream aligned."""
+        while self._left:
+            self._left -= 1
+            try:
+                self._stream.next()
+            except Exception:   # the consumer did not want these bytes, nor their errors
+                pass
+
+
+def _wants_data(e) -> bool:
+    return e.node.kind == REG and e.hardlink_to is None and bool(e.node.chunks)
 
 
 def prefetch(repo, entries: Iterable, workers: int = 2, budget: int = _DEFAULT_BUDGET,
-             wants_data=None) -> Iterator[tuple]:
+             wants_data=_wants_data) -> Iterator[tuple]:
     """Yield (entry, Prefetched or None) in the order of entries.
 
-    wants_data(entry) says whether an entry's content will be read (default:
-    regular files that are not hard-link repeats).  At most `budget` raw bytes
-    of chunks are read ahead of the consumer.
+    The consumer may read an entry's chunks through Prefetched.data() before it
+    asks for the next entry; chunks it leaves are read and dropped.
     """
-    if wants_data is None:
-        def wants_data(e):
-            return e.node.kind == REG and e.hardlink_to is None and e.node.chunks
     pool = concurrent.futures.ThreadPoolExecutor(workers, "chunkrepo-prefetch")
     ahead: "collections.deque[tuple]" = collections.deque()
-    inflight = 0
     try:
         with repo.index.read() as view:
-            for e in entries:
-                pf: Optional[Prefetched] = None
-                size = 0
-                if wants_data(e):
-                    futures = []
-                    for cid in e.node.chunk_ids():
-                        entry = view.chunk(cid)
-                        futures.append(pool.submit(_read, repo, cid, entry))
-                        size += entry.raw_length if entry is not None else 0
-                    pf = Prefetched(futures)
-                ahead.append((e, pf, size))
-                inflight += size
-                while ahead and (inflight > budget or len(ahead) > 4096):
-                    done = ahead.popleft()
-                    inflight -= done[2]
-                    yield done[0], done[1]
-        while ahead:
-            done = ahead.popleft()
-            yield done[0], done[1]
+            stream = _ChunkStream(repo, view, pool, budget)
+            it = iter(entries)
+            exhausted = False
+            while True:
+                while not exhausted and not stream.full() and len(ahead) < _MAX_ENTRIES_AHEAD:
+                    e = next(it, None)
+                    if e is None:
+                        exhausted = True
+                        break
+                    pf = None
+                    if wants_data(e):
+                        ids = e.node.chunk_ids()
+                        stream.add(ids)
+                        pf = Prefetched(stream, len(ids))
+                    ahead.append((e, pf))
+                if not ahead:
+                    return
+                e, pf = ahead.popleft()
+                yield e, pf
+                if pf is not None:
+                    pf.skip_rest()
     finally:
-        for _, pf, _ in ahead:
-            if pf is not None:
-                for f in pf.futures:
-                    f.cancel()
+        if ahead:
+            stream.cancel()
         pool.shutdown(wait=True)
 
 

@@ -56,6 +56,7 @@ from ..codec.hashing import ID_SIZE
 from ..errors import ChunkrepoError, IntegrityError, StorageError, TargetNotEmpty
 from ..model.nodes import BLK, CHR, DIR, FIFO, REG, SOCK, SYMLINK
 from .file_reader import ChunkFile
+from .prefetch import prefetch
 from .traverse import find_node, split_path, walk
 
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
@@ -122,6 +123,8 @@ class _Restorer:
         self._gids: dict = {}
         self._first: dict = {}    # backup path of a hard link's first name -> (parent key, name, rel dir)
         self._xattr_unsupported = 0
+        self.view = None          # the index snapshot of the walk
+        self.prefetched = None    # chunks read ahead for the current entry (ops.prefetch)
 
     # -- helpers --------------------------------------------------------------
     def error(self, shown: str, msg: str) -> None:
@@ -212,7 +215,8 @@ class _Restorer:
         try:
             # one read snapshot of the index for the single-chunk fast path
             with self.repo.index.read() as self.view:
-                for entry in walk(self.repo, self.root_tid, self.start):
+                entries = walk(self.repo, self.root_tid, self.start)
+                for entry, self.prefetched in prefetch(self.repo, entries):
                     self.entry(stack, entry)
         finally:
             self.view = None
@@ -333,10 +337,11 @@ class _Restorer:
                     pass
 
     def fill(self, fd: int, node, shown: str) -> None:
+        pf, self.prefetched = self.prefetched, None    # chunks read ahead, when this is their file
         if node.sparse is None and len(node.chunks) == ID_SIZE:
             # most files are one chunk: skip ChunkFile's setup (same checks, fewer lookups)
             try:
-                data = self.repo.read_chunk(node.chunks, self.view)
+                data = next(pf.data()) if pf is not None else self.repo.read_chunk(node.chunks, self.view)
             except ChunkrepoError as e:
                 raise IntegrityError(f"{shown}: {e}") from None
             if len(data) != node.size:
@@ -347,20 +352,21 @@ class _Restorer:
                 self.res.bytes_written += k
                 mv = mv[k:]
             return
-        cf = ChunkFile(self.repo, node, shown.encode(_FS_ENCODING, "surrogateescape"))
+        cf = ChunkFile(self.repo, node, shown.encode(_FS_ENCODING, "surrogateescape"), self.view)
+        chunks = pf.data() if pf is not None else None
         sparse = node.sparse is not None
         total = 0
         write, pwrite = os.write, os.pwrite
         try:
             if sparse:
-                for off, mv in cf.iter_data():
+                for off, mv in cf.iter_data(chunks):
                     while mv:
                         k = pwrite(fd, mv, off)
                         off += k
                         total += k
                         mv = mv[k:]
             else:
-                for off, mv in cf.iter_data():
+                for off, mv in cf.iter_data(chunks):
                     if off != total:
                         raise StorageError(f"{shown}: stored content is not contiguous")
                     while mv:

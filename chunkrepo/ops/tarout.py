@@ -24,6 +24,7 @@ import tarfile
 from ..errors import ChunkrepoError, IntegrityError
 from ..model.nodes import BLK, CHR, DIR, FIFO, REG, SYMLINK
 from .file_reader import ChunkFile
+from .prefetch import prefetch
 from .traverse import walk
 
 BLOCK = 512
@@ -133,6 +134,8 @@ class _Writer:
         self.name = tar_format
         self.format = _FORMATS[tar_format]
         self.written = 0
+        self.view = None          # the index snapshot the walk reads
+        self.prefetched = None    # chunk futures of the current entry (ops.prefetch)
         self.stats = {"entries": 0, "files": 0, "dirs": 0, "symlinks": 0, "hardlinks": 0,
                       "devices": 0, "fifos": 0, "sparse": 0, "skipped": 0, "xattrs_dropped": 0,
                       "content_bytes": 0, "archive_bytes": 0, "warnings": []}
@@ -244,9 +247,10 @@ class _Writer:
         where = _fs(e.path)
         pos = 0         # next file offset expected
         total = 0       # bytes written
-        f = ChunkFile(self.repo, node, e.path)
+        f = ChunkFile(self.repo, node, e.path, self.view)
+        pf, self.prefetched = self.prefetched, None     # chunks read ahead for this entry
         try:
-            for off, view in f.iter_data():
+            for off, view in f.iter_data(pf.data() if pf is not None else None):
                 if off < pos or off + len(view) > node.size:
                     raise IntegrityError(f"/{where}: stored data does not match the file's layout")
                 if fill_holes and off > pos:
@@ -283,7 +287,8 @@ def write_tar(repo, root_tid, out, start="/", recursive=True, tar_format="pax") 
     read or fails its hash, TarFormatError for what the format cannot hold.
     """
     w = _Writer(repo, out, tar_format)
-    for e in walk(repo, root_tid, start, recursive):
-        w.entry(e)
+    with repo.index.read() as w.view:
+        for e, w.prefetched in prefetch(repo, walk(repo, root_tid, start, recursive)):
+            w.entry(e)
     w.finish()
     return w.stats
