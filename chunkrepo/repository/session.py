@@ -16,6 +16,7 @@ from ..codec.hashing import hash_bytes
 from ..errors import IntegrityError, NotFound
 from ..index import BlobEntry
 from ..model import BackupRecord, Tree
+from .crash_points import crash_point
 from .lock import WriterLock
 from .packs import KIND_DATA, KIND_TREE, PackWriter, pack_id_from_name, read_trailer
 
@@ -96,6 +97,7 @@ class WriteSession:
 
     def _seal(self, w: PackWriter) -> None:
         entries = w.seal()
+        crash_point("pack-sealed")
         with self._writers_lock:
             self._writers.remove(w)
         self._sealed.put((w.pack_id, entries, w.size))
@@ -151,6 +153,7 @@ class WriteSession:
             except queue.Empty:
                 return n
             self._commit_pack(pack_id, entries, size)
+            crash_point("checkpoint-committed")
             n += 1
 
     def _commit_pack(self, pack_id: bytes, entries, size: int) -> None:
@@ -201,7 +204,9 @@ class WriteSession:
         """Make a backup part of the repository: record in storage, then index."""
         self.flush()
         self.storage.put(f"backups/{rec.id}", records.encode_json(rec.to_dict()))
+        crash_point("backup-stored")
         self._register_backup(rec)
+        crash_point("backup-committed")
 
     def _register_backup(self, rec: BackupRecord) -> None:
         with self.index.write() as w:

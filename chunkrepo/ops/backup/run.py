@@ -1,6 +1,7 @@
 """The backup orchestrator: walk, decide borrow-or-read, commit."""
 
 import concurrent.futures
+import errno
 import fnmatch
 import grp
 import os
@@ -314,6 +315,8 @@ class Backup:
                     self.res.skipped += 1
                 return None
             except OSError as e:
+                if e.errno == errno.ELOOP:   # O_NOFOLLOW met a symlink: replaced since the walk
+                    break
                 self.error(path, e.strerror or str(e))
                 with self._lock:
                     self.res.skipped += 1
