@@ -167,3 +167,13 @@ def test_not_a_repository(tmp_path):
         Repo(tmp_path)
     with pytest.raises(NotARepository):
         Repo(tmp_path / "absent")
+
+
+def test_the_repository_itself_is_left_out(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "data.txt").write_text("x")
+    with Repo.init(src / "repo") as r:
+        res = r.backup([src])
+        names = {os.path.basename(e.path) for e in r.list_backup(res.id)}
+    assert b"data.txt" in names and b"repo" not in names and b"config" not in names

@@ -95,7 +95,7 @@ class FileSaver:
     def _state(self):
         st = getattr(self._local, "state", None)
         if st is None:
-            cap = 3 * self.params.max_size
+            cap = 2 * self.params.max_size   # the least that keeps a moved tail clear of its source
             st = self._local.state = (Chunker(self.params), bytearray(cap))
         return st
 

@@ -148,6 +148,7 @@ class Backup:
         self.pool = concurrent.futures.ThreadPoolExecutor(max(1, opts.workers), "chunkrepo-read")
         self.trust_before = 0
         self.excludes = list(opts.excludes)
+        self.own_repo = os.fsencode(repo.path)
         self._lock = threading.Lock()
         self._last_progress = 0.0
 
@@ -157,6 +158,8 @@ class Backup:
             self.res.errors.append(f"{os.fsdecode(path)}: {msg}")
 
     def excluded(self, path: bytes, name: bytes) -> bool:
+        if path == self.own_repo:
+            return True      # never back up the repository into itself
         if not self.excludes:
             return False
         p, n = os.fsdecode(path), os.fsdecode(name)
