@@ -102,6 +102,10 @@ def read_xattrs(path: bytes, all_namespaces: bool):
     return out or None
 
 
+def _chunks_present(view, chunks: bytes) -> bool:
+    return all(view.has_chunk(chunks[i:i + 32]) for i in range(0, len(chunks), 32))
+
+
 def _selection(paths: List[bytes], listed: bool) -> Optional[dict]:
     """Nested dict of the path components to back up; None means 'everything below'.
 
@@ -143,6 +147,7 @@ class Backup:
         self.saver = FileSaver(session, repo.config.chunker)
         self.trees = TreeSaver(session, self.submit_batch)
         self.hardlinks: dict = {}
+        self._borrowed: list = []    # per directory being scanned: borrowed files to verify
         self.batch = Batch()
         self.inflight = threading.BoundedSemaphore(2 * max(1, opts.workers) + 2)
         self.pool = concurrent.futures.ThreadPoolExecutor(max(1, opts.workers), "chunkrepo-read")
@@ -196,6 +201,7 @@ class Backup:
         else:
             listing = [(n, None) for n in sorted(selection)]
         base = path if path.endswith(b"/") else path + b"/"
+        self._borrowed.append([])
         for cname, entry in listing:
             cpath = base + cname
             if self.excluded(cpath, cname):
@@ -216,6 +222,7 @@ class Backup:
                                     full=selection is None or sub is None)
             if child is not None:
                 children.append(child)
+        self._verify_borrowed(children, self._borrowed.pop())
         pd = PendingDir(dnode, children)
         self.trees.add(pd)
         self._progress()
@@ -255,28 +262,46 @@ class Backup:
             if isinstance(first, PendingFile):
                 return PendingFile(first.batch, first.index, alias=name)
             return first._replace(name=name) if first is not None else None
-        node = self.borrow(name, st, prev)
+        node = self.borrow(name, st, prev, verify_now=key is not None)
         if node is not None:
             self.res.files_borrowed += 1
             self.res.bytes_done += st.st_size
+            if key is None:    # its chunks are checked with the rest of the directory's
+                self._borrowed[-1].append((node, path, st, prev))
         else:
             node = self.queue_read(path, name, st, prev)
         if key is not None:
             self.hardlinks[key] = node
         return node
 
-    def borrow(self, name, st, prev) -> Optional[Node]:
+    def borrow(self, name, st, prev, verify_now: bool) -> Optional[Node]:
         """The previous chunk list, when nothing says the file changed."""
         if (prev is None or prev.kind != REG or prev.size != st.st_size
                 or prev.mtime_ns != st.st_mtime_ns or prev.ctime_ns != st.st_ctime_ns
                 or prev.ino != st.st_ino or prev.mtime_ns >= self.trust_before):
             return None
-        c = prev.chunks
-        with self.repo.index.read() as v:
-            for i in range(0, len(c), 32):
-                if not v.has_chunk(c[i:i + 32]):
+        if verify_now:
+            with self.repo.index.read() as v:
+                if not _chunks_present(v, prev.chunks):
                     return None    # backshift's Missing_chunk: read the file again
-        return self.node(name, st, xattrs=prev.xattrs, chunks=c, sparse=prev.sparse)
+        if (prev.mode == st.st_mode and prev.uid == st.st_uid and prev.gid == st.st_gid
+                and prev.nlink == st.st_nlink and prev.dev == st.st_dev
+                and prev.user == self.names.user(st.st_uid) and prev.group == self.names.group(st.st_gid)):
+            return prev        # the very same entry: no new object
+        return self.node(name, st, xattrs=prev.xattrs, chunks=prev.chunks, sparse=prev.sparse)
+
+    def _verify_borrowed(self, children: list, borrowed: list) -> None:
+        """Every borrowed chunk must still be in the index (one snapshot per
+        directory); a file whose chunk is missing is read again (Missing_chunk)."""
+        if not borrowed:
+            return
+        with self.repo.index.read() as v:
+            missing = [b for b in borrowed if not _chunks_present(v, b[0].chunks)]
+        for node, path, st, prev in missing:
+            i = next(i for i, c in enumerate(children) if c is node)
+            children[i] = self.queue_read(path, node.name, st, prev)
+            self.res.files_borrowed -= 1
+            self.res.bytes_done -= st.st_size
 
     def queue_read(self, path, name, st, prev) -> PendingFile:
         batch = self.batch
