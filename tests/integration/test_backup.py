@@ -177,3 +177,18 @@ def test_the_repository_itself_is_left_out(tmp_path):
         res = r.backup([src])
         names = {os.path.basename(e.path) for e in r.list_backup(res.id)}
     assert b"data.txt" in names and b"repo" not in names and b"config" not in names
+
+
+def test_metadata_only_changes_are_recorded(repo, tmp_path):
+    src = _tree(tmp_path / "src")
+    first = repo.backup([src])
+    os.chmod(src / "d" / "copy.txt", 0o600)
+    os.unlink(src / "link")
+    os.symlink("d/copy.txt", src / "link")
+    os.utime(src / "link", ns=(0, os.lstat(src / "small.txt").st_mtime_ns), follow_symlinks=False)
+    second = repo.backup([src])
+    assert repo.get_backup(first.id).root != repo.get_backup(second.id).root
+    entries = {os.path.basename(e.path): e.node for e in repo.list_backup(second.id, src)}
+    assert entries[b"copy.txt"].mode & 0o777 == 0o600
+    assert entries[b"link"].target == b"d/copy.txt"
+    assert second.bytes_read == 0    # content unchanged: borrowed, not read

@@ -184,9 +184,10 @@ class Backup:
 
     # -- the walk -------------------------------------------------------------
     def scan_dir(self, path: bytes, name: bytes, st, prev: Optional[Node], selection, top_dev: int):
-        prev_children = {}
+        prev_children, prev_entries = {}, None
         if prev is not None and prev.subtree is not None:
-            prev_children = self.repo.read_tree(prev.subtree).by_name()
+            prev_entries = self.repo.read_tree(prev.subtree).entries
+            prev_children = {n.name: n for n in prev_entries}
         children: list = []
         dnode = self.node(name, st, xattrs=read_xattrs(path, self.all_xattrs))
         self.res.dirs += 1
@@ -223,7 +224,7 @@ class Backup:
             if child is not None:
                 children.append(child)
         self._verify_borrowed(children, self._borrowed.pop())
-        pd = PendingDir(dnode, children)
+        pd = PendingDir(dnode, children, prev, prev_entries)
         self.trees.add(pd)
         self._progress()
         return pd
@@ -242,6 +243,10 @@ class Backup:
             self.error(path, "is a socket: skipped")
             self.res.skipped += 1
             return None
+        if prev is not None and self.same_stat(prev, st) and prev.rdev == (
+                st.st_rdev if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else 0):
+            self.res.files += 1
+            return prev    # unchanged symlink, fifo or device (ctime covers target and xattrs)
         kw = {"xattrs": read_xattrs(path, self.all_xattrs)}
         if stat.S_ISLNK(mode):
             try:
@@ -284,11 +289,17 @@ class Backup:
             with self.repo.index.read() as v:
                 if not _chunks_present(v, prev.chunks):
                     return None    # backshift's Missing_chunk: read the file again
-        if (prev.mode == st.st_mode and prev.uid == st.st_uid and prev.gid == st.st_gid
-                and prev.nlink == st.st_nlink and prev.dev == st.st_dev
-                and prev.user == self.names.user(st.st_uid) and prev.group == self.names.group(st.st_gid)):
+        if self.same_stat(prev, st):
             return prev        # the very same entry: no new object
         return self.node(name, st, xattrs=prev.xattrs, chunks=prev.chunks, sparse=prev.sparse)
+
+    def same_stat(self, prev: Node, st) -> bool:
+        """Every recorded stat field (and the owner names) equal: the entry can be reused."""
+        return (prev.mode == st.st_mode and prev.mtime_ns == st.st_mtime_ns
+                and prev.ctime_ns == st.st_ctime_ns and prev.ino == st.st_ino
+                and prev.uid == st.st_uid and prev.gid == st.st_gid and prev.nlink == st.st_nlink
+                and prev.dev == st.st_dev and (prev.size == st.st_size or not stat.S_ISREG(st.st_mode))
+                and prev.user == self.names.user(st.st_uid) and prev.group == self.names.group(st.st_gid))
 
     def _verify_borrowed(self, children: list, borrowed: list) -> None:
         """Every borrowed chunk must still be in the index (one snapshot per

@@ -41,12 +41,14 @@ class PendingFile:
 class PendingDir:
     """A directory whose record is written once all children are resolved."""
 
-    __slots__ = ("node", "children", "result")
+    __slots__ = ("node", "children", "result", "prev", "prev_entries")
 
-    def __init__(self, node: Node, children: list):
+    def __init__(self, node: Node, children: list, prev: Optional[Node] = None, prev_entries=None):
         self.node = node            # the directory's own entry, subtree still None
         self.children = children    # Node | PendingFile | PendingDir
         self.result: Optional[Node] = None
+        self.prev = prev            # the same directory in the previous backup
+        self.prev_entries = prev_entries
 
     def ready(self) -> bool:
         return all(c.done() for c in self.children if isinstance(c, PendingFile))
@@ -92,7 +94,14 @@ class TreeSaver:
                 node = c
             if node is not None:
                 entries.append(node)
-        entries.sort(key=lambda n: n.name)
-        tid = self.session.add_tree(Tree(entries))
-        pd.result = pd.node._replace(subtree=tid)
+        prev = pd.prev
+        if (prev is not None and pd.prev_entries is not None and len(entries) == len(pd.prev_entries)
+                and all(a is b for a, b in zip(entries, pd.prev_entries))):
+            tid = prev.subtree       # the very same entries: the same record, nothing to encode
+        else:
+            entries.sort(key=lambda n: n.name)
+            tid = self.session.add_tree(Tree(entries))
+        result = pd.node._replace(subtree=tid)
+        pd.result = prev if prev is not None and result == prev else result
         pd.children = []
+        pd.prev_entries = None
