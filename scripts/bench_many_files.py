@@ -1,0 +1,82 @@
+#!/usr/bin/env python3
+"""The many-files scenario: cost must grow with what changed, not with the host.
+
+    python3 scripts/bench_many_files.py --files 10000 100000 1000000
+
+For each N: a tree of N small files (100 files per directory, 40-2,000 bytes,
+generated once under --root and reused), then: first backup, unchanged backup,
+`ls` of the last backup, with wall time, peak RSS, and the bytes the unchanged
+backup added to the repository (packs + backup record + index growth).
+"""
+
+import argparse
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+
+
+def make_tree(root: str, n: int) -> None:
+    done = os.path.join(root, ".complete")
+    if os.path.exists(done):
+        return
+    shutil.rmtree(root, ignore_errors=True)
+    rnd = random.Random(n)
+    for i in range(n):
+        d = os.path.join(root, f"d{i // 10000:03d}", f"e{(i // 100) % 100:02d}")
+        if i % 100 == 0:
+            os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, f"f{i:07d}.txt"), "wb") as f:
+            f.write(rnd.randbytes(rnd.randint(20, 1000)).hex().encode())
+    # make every file old enough to be trusted by the racy-timestamp rule
+    subprocess.run(["find", root, "-exec", "touch", "-h", "-d", "2 days ago", "{}", "+"], check=True)
+    open(done, "w").close()
+
+
+def timed(cmd):
+    fd, tf = tempfile.mkstemp()
+    os.close(fd)
+    p = subprocess.run(["/usr/bin/time", "-o", tf, "-f", "%e %M"] + cmd, stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE)
+    wall, rss = open(tf).read().split()[-2:]
+    os.unlink(tf)
+    if p.returncode not in (0, 3):
+        sys.exit(p.stderr.decode())
+    return float(wall), int(rss) / 1024, p.stdout
+
+
+def du(path):
+    return sum(os.lstat(os.path.join(dp, f)).st_size for dp, _, fs in os.walk(path) for f in fs)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--files", type=int, nargs="+", default=[10000, 100000])
+    ap.add_argument("--root", default="/tmp/chunkrepo-many")
+    ap.add_argument("--exe", default=None)
+    args = ap.parse_args()
+    exe = [args.exe] if args.exe else [sys.executable, "-m", "chunkrepo"]
+    print("| files | first backup s | RSS MiB | unchanged backup s | RSS MiB | added by unchanged KiB "
+          "| ls s | ls lines |")
+    print("|---|---|---|---|---|---|---|---|")
+    for n in args.files:
+        src = os.path.join(args.root, f"tree-{n}")
+        make_tree(src, n)
+        repo = tempfile.mkdtemp(prefix="chunkrepo-many-repo-")
+        shutil.rmtree(repo)
+        subprocess.run(exe + ["init", "--repo", repo], check=True, capture_output=True)
+        b1, r1, _ = timed(exe + ["backup", "--repo", repo, src])
+        size1 = du(repo)
+        b2, r2, out = timed(exe + ["backup", "--repo", repo, src])
+        added = du(repo) - size1
+        ls, _, listing = timed(exe + ["ls", "--repo", repo, out.split()[-1].decode()])
+        lines = listing.count(b"\n")
+        print(f"| {n} | {b1:.2f} | {r1:.0f} | {b2:.2f} | {r2:.0f} | {added / 1024:.1f} | {ls:.2f} "
+              f"| {lines} |", flush=True)
+        shutil.rmtree(repo)
+
+
+if __name__ == "__main__":
+    main()
