@@ -16,6 +16,9 @@ from .model.nodes import REG
 from .ops.backup import BackupOptions, BackupResult, run_backup
 from .ops.check import check_repository
 from .ops.file_reader import ChunkFile
+from .ops.forget import ForgetResult, forget
+from .ops.prune import DEFAULT_REPACK_THRESHOLD, PruneReport, prune_repository
+from .ops.retention import Policy
 from .ops.restore import restore_tree
 from .ops.tarout import write_tar
 from .ops.traverse import Entry, find_node, walk
@@ -87,3 +90,14 @@ class Repo:
     def check(self, read_data: bool = False, progress=None):
         """Verify the repository; returns a CheckReport (report.ok is False on damage)."""
         return check_repository(self._repo, read_data=read_data, progress=progress)
+
+    def forget(self, backup_ids: Sequence[str] = (), policy: Optional[Policy] = None,
+               dry_run: bool = False, prune: bool = False,
+               repack_threshold: float = DEFAULT_REPACK_THRESHOLD) -> ForgetResult:
+        """Remove backups by id (full or unique prefix) or by a retention policy; prune after if asked."""
+        return forget(self._repo, backup_ids, policy, dry_run=dry_run, prune=prune,
+                      repack_threshold=repack_threshold)
+
+    def prune(self, dry_run: bool = False, repack_threshold: float = DEFAULT_REPACK_THRESHOLD) -> PruneReport:
+        """Free the space of blobs no backup references (repack_threshold is a fraction, 0.05 = 5%)."""
+        return prune_repository(self._repo, repack_threshold, dry_run=dry_run)

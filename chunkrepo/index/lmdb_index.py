@@ -6,13 +6,44 @@ from contextlib import contextmanager
 from typing import Iterator, NamedTuple, Optional
 
 import lmdb
+import msgpack
 
 from ..codec.hashing import ID_SIZE
 from ..errors import IntegrityError, StorageError
 
 _ENTRY = struct.Struct("<16sQIIQ")  # pack id, offset, stored length, raw length, refcount
 _MAP_SIZE = 1 << 40  # sparse without writemap: costs nothing until used
-_DBS = (b"chunks", b"trees", b"treedata", b"packs", b"backups", b"meta")
+_DBS = (b"chunks", b"trees", b"treedata", b"packs", b"backups", b"meta", b"garbage", b"pending")
+_NEW_DBS = (b"garbage", b"pending")   # may be absent in an index opened read-only
+_GARBAGE = struct.Struct("<BI")       # kind (0 chunk, 1 tree), stored length
+KIND_CHUNK = 0
+KIND_TREE = 1
+GARBAGE_META = "garbage"              # meta key: the garbage set is maintained in this index
+
+
+class PackInfo(NamedTuple):
+    """The `packs` value: msgpack [size, count, dead_bytes, dead_blobs] (missing fields are 0)."""
+    size: int
+    count: int
+    dead_bytes: int = 0
+    dead_blobs: int = 0
+
+    def encode(self) -> bytes:
+        return msgpack.packb(list(self), use_bin_type=True)
+
+    @classmethod
+    def decode(cls, raw) -> "PackInfo":
+        v = msgpack.unpackb(bytes(raw), raw=False)
+        if not isinstance(v, list) or not 2 <= len(v) <= 4 or not all(isinstance(x, int) for x in v):
+            raise ValueError(f"bad pack record {v!r}")
+        return cls(*v)
+
+
+class GarbageEntry(NamedTuple):
+    pack: bytes
+    id: bytes
+    kind: int
+    length: int
 
 
 class BlobEntry(NamedTuple):
@@ -84,19 +115,136 @@ class ReadView:
         v = self.txn.get(key.encode(), db=self._ix.meta)
         return bytes(v) if v is not None else None
 
+    def pack_info(self, pid: bytes) -> Optional[PackInfo]:
+        v = self.txn.get(pid, db=self._ix.packs)
+        return PackInfo.decode(v) if v is not None else None
+
+    def blob(self, kind: int, bid: bytes) -> Optional[BlobEntry]:
+        return self.chunk(bid) if kind == KIND_CHUNK else self.tree(bid)
+
+    # -- the garbage set: stored blobs nothing references, keyed pack id + blob id --
+    def garbage(self, start: bytes = b"") -> Iterator[GarbageEntry]:
+        """Garbage entries in key order (so grouped by pack), from start on."""
+        if self._ix.garbage is None:
+            return
+        with self.txn.cursor(db=self._ix.garbage) as cur:
+            found = cur.set_range(start) if start else cur.first()
+            if not found:
+                return
+            for k, v in cur:
+                k = bytes(k)
+                kind, length = _GARBAGE.unpack(v)
+                yield GarbageEntry(k[:16], k[16:], kind, length)
+
+    def garbage_of_pack(self, pid: bytes) -> Iterator[GarbageEntry]:
+        for g in self.garbage(pid):
+            if g.pack != pid:
+                return
+            yield g
+
+    def is_garbage(self, pid: bytes, bid: bytes) -> bool:
+        return self._ix.garbage is not None and self.txn.get(pid + bid, db=self._ix.garbage) is not None
+
+    def garbage_count(self) -> int:
+        if self._ix.garbage is None:
+            return 0
+        return self.txn.stat(self._ix.garbage)["entries"]
+
+    # -- packs waiting for their readers to move on before the file is deleted --
+    def pending(self) -> Iterator[tuple]:
+        """(pack id, txn id that dropped it, size) of packs to delete."""
+        if self._ix.pending is None:
+            return
+        with self.txn.cursor(db=self._ix.pending) as cur:
+            for k, v in cur:
+                txnid, size = msgpack.unpackb(bytes(v))
+                yield bytes(k), txnid, size
+
+    def is_pending(self, pid: bytes) -> bool:
+        return self._ix.pending is not None and self.txn.get(pid, db=self._ix.pending) is not None
+
 
 class WriteView(ReadView):
-    """Updates inside one LMDB write transaction; all or nothing."""
+    """Updates inside one LMDB write transaction; all or nothing.
+
+    The garbage set and the per-pack dead accounting follow every change of a
+    blob's entry or refcount made through this view: a blob whose refcount is
+    0 is in `garbage` under (its pack, its id) and counts as dead in its pack's
+    record; a blob going 0 -> 1 leaves both.  Pack records are updated once,
+    when the transaction ends (Index.write).
+    """
+
+    def __init__(self, index, txn):
+        super().__init__(index, txn)
+        self._dead: dict = {}    # pack id -> [dead bytes delta, dead blobs delta]
+
+    def _mark_dead(self, kind: int, pid: bytes, bid: bytes, length: int) -> None:
+        if self.txn.put(pid + bid, _GARBAGE.pack(kind, length), db=self._ix.garbage, overwrite=False):
+            d = self._dead.setdefault(pid, [0, 0])
+            d[0] += length
+            d[1] += 1
+
+    def _mark_live(self, pid: bytes, bid: bytes, length: int) -> None:
+        if self.txn.delete(pid + bid, db=self._ix.garbage):
+            d = self._dead.setdefault(pid, [0, 0])
+            d[0] -= length
+            d[1] -= 1
+
+    def _put_entry(self, kind: int, db, key: bytes, e: BlobEntry) -> None:
+        old = self.txn.get(key, db=db)
+        if old is not None:
+            o = BlobEntry.unpack(old)
+            if o.refcount == 0:
+                self._mark_live(o.pack, key, o.length)
+        self.txn.put(key, e.pack_value(), db=db)
+        if e.refcount == 0:
+            self._mark_dead(kind, e.pack, key, e.length)
 
     def put_chunk(self, cid: bytes, e: BlobEntry) -> None:
-        self.txn.put(cid, e.pack_value(), db=self._ix.chunks)
+        self._put_entry(KIND_CHUNK, self._ix.chunks, cid, e)
 
-    def put_tree(self, tid: bytes, e: BlobEntry, data: bytes) -> None:
-        self.txn.put(tid, e.pack_value(), db=self._ix.trees)
-        self.txn.put(tid, data, db=self._ix.treedata)
+    def put_tree(self, tid: bytes, e: BlobEntry, data: Optional[bytes] = None) -> None:
+        self._put_entry(KIND_TREE, self._ix.trees, tid, e)
+        if data is not None:
+            self.txn.put(tid, data, db=self._ix.treedata)
 
-    def put_pack(self, pid: bytes, info: bytes) -> None:
+    def add_dead_copy(self, kind: int, pid: bytes, bid: bytes, length: int) -> None:
+        """A blob stored in pack pid that the index does not point to (a duplicate)."""
+        self._mark_dead(kind, pid, bid, length)
+
+    def drop_blob(self, kind: int, bid: bytes) -> Optional[BlobEntry]:
+        """Remove a blob from the index (prune); returns the entry it had."""
+        db = self._ix.chunks if kind == KIND_CHUNK else self._ix.trees
+        old = self.txn.get(bid, db=db)
+        if old is None:
+            return None
+        e = BlobEntry.unpack(old)
+        if e.refcount != 0:
+            raise IntegrityError(f"refusing to drop blob {bid.hex()}: reference count {e.refcount}")
+        self.txn.delete(bid, db=db)
+        if kind == KIND_TREE:
+            self.txn.delete(bid, db=self._ix.treedata)
+        self._mark_live(e.pack, bid, e.length)
+        return e
+
+    def drop_garbage(self, pid: bytes, bid: bytes) -> bool:
+        return self.txn.delete(pid + bid, db=self._ix.garbage)
+
+    def put_pack(self, pid: bytes, info) -> None:
+        if isinstance(info, PackInfo):
+            info = info.encode()
         self.txn.put(pid, info, db=self._ix.packs)
+
+    def delete_pack(self, pid: bytes) -> None:
+        self.txn.delete(pid, db=self._ix.packs)
+        self._dead.pop(pid, None)
+
+    def put_pending(self, pid: bytes, size: int) -> None:
+        """Schedule pack pid's file for deletion once no reader older than this txn remains."""
+        self.txn.put(pid, msgpack.packb([self.txn.id(), size]), db=self._ix.pending)
+
+    def delete_pending(self, pid: bytes) -> None:
+        self.txn.delete(pid, db=self._ix.pending)
 
     def put_backup(self, bid: str, record: bytes) -> None:
         self.txn.put(bid.encode(), record, db=self._ix.backups)
@@ -116,6 +264,10 @@ class WriteView(ReadView):
         if rc < 0:
             raise IntegrityError(f"reference count of {key.hex()} would go negative")
         self.txn.put(key, e._replace(refcount=rc).pack_value(), db=db)
+        if e.refcount == 0 and rc > 0:
+            self._mark_live(e.pack, key, e.length)
+        elif rc == 0 and e.refcount > 0:
+            self._mark_dead(KIND_CHUNK if db == self._ix.chunks else KIND_TREE, e.pack, key, e.length)
         return e.refcount
 
     def add_chunk_ref(self, cid: bytes, delta: int = 1) -> int:
@@ -128,7 +280,33 @@ class WriteView(ReadView):
     def set_refcount(self, which: str, key: bytes, rc: int) -> None:
         db = self._ix.chunks if which == "chunk" else self._ix.trees
         e = BlobEntry.unpack(self.txn.get(key, db=db))
-        self.txn.put(key, e._replace(refcount=rc).pack_value(), db=db)
+        self._put_entry(KIND_CHUNK if which == "chunk" else KIND_TREE, db, key, e._replace(refcount=rc))
+
+    def init_garbage(self) -> int:
+        """Build the garbage set of an index written before it existed (once)."""
+        if self.meta(GARBAGE_META) is not None:
+            return 0
+        n = 0
+        for kind, it in ((KIND_CHUNK, self.all_chunks()), (KIND_TREE, self.all_trees())):
+            for bid, e in list(it):
+                if e.refcount == 0:
+                    self._mark_dead(kind, e.pack, bid, e.length)
+                    n += 1
+        self.put_meta(GARBAGE_META, b"1")
+        return n
+
+    def _flush(self) -> None:
+        """Apply the dead-accounting deltas to the pack records."""
+        for pid, (db, dn) in self._dead.items():
+            if not db and not dn:
+                continue
+            raw = self.txn.get(pid, db=self._ix.packs)
+            if raw is None:
+                continue    # dropped in this transaction (prune): nothing left to account
+            p = PackInfo.decode(raw)
+            self.txn.put(pid, p._replace(dead_bytes=p.dead_bytes + db, dead_blobs=p.dead_blobs + dn).encode(),
+                         db=self._ix.packs)
+        self._dead.clear()
 
 
 class Index:
@@ -149,6 +327,9 @@ class Index:
                 try:
                     handles[name] = self.env.open_db(name, create=False)
                 except lmdb.NotFoundError:
+                    if name in _NEW_DBS:
+                        handles[name] = None
+                        continue
                     raise IntegrityError(f"index {path} lacks database {name.decode()}") from None
             else:
                 handles[name] = self.env.open_db(name)
@@ -158,6 +339,8 @@ class Index:
         self.packs = handles[b"packs"]
         self.backups = handles[b"backups"]
         self.meta = handles[b"meta"]
+        self.garbage = handles[b"garbage"]
+        self.pending = handles[b"pending"]
 
     @contextmanager
     def read(self):
@@ -168,7 +351,9 @@ class Index:
     def write(self):
         try:
             with self.env.begin(write=True) as txn:
-                yield WriteView(self, txn)
+                view = WriteView(self, txn)
+                yield view
+                view._flush()
         except lmdb.MapFullError:
             raise StorageError("index map is full") from None
         except lmdb.Error as e:
@@ -183,6 +368,19 @@ class Index:
         """One-shot lookup in a short read transaction (safe from any thread)."""
         with self.env.begin() as txn:
             return txn.get(cid, db=self.chunks) is not None
+
+    def oldest_reader(self) -> Optional[int]:
+        """The oldest snapshot (txn id) an active read transaction of any process sees.
+
+        Slots of dead processes are cleared first; idle slots show '-'."""
+        self.env.reader_check()
+        oldest = None
+        for line in self.env.readers().splitlines()[1:]:
+            parts = line.split()
+            if len(parts) == 3 and parts[2].isdigit():
+                t = int(parts[2])
+                oldest = t if oldest is None else min(oldest, t)
+        return oldest
 
     def close(self) -> None:
         self.env.close()

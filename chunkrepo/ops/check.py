@@ -10,7 +10,11 @@ records cached in the index):
   * every reference count equals a recount from scratch, as the cascade of
     session.incref_tree defines it: a root gets one per backup, and each
     directory record reachable from a backup adds one to each child record
-    and one to each chunk of its files (with multiplicity).
+    and one to each chunk of its files (with multiplicity);
+  * the garbage set is exactly the indexed blobs whose stored count is 0 plus
+    the blobs of pack trailers the index does not point to (duplicate copies),
+    and each pack record's dead bytes and dead blobs are the sums over its
+    garbage.
 With read_data, additionally every indexed blob is read (one read per pack,
 then sliced), decompressed and re-hashed.
 
@@ -29,6 +33,8 @@ from typing import Callable, Dict, List, Optional
 from ..codec import compression, records
 from ..codec.hashing import hash_bytes
 from ..errors import ChunkrepoError, IntegrityError, NotFound
+from ..index import PackInfo
+from ..index.lmdb_index import GARBAGE_META
 from ..model import BackupRecord, Tree
 from ..model.nodes import DIR, REG
 from ..repository.packs import KIND_DATA, KIND_TREE, pack_id_from_name, pack_name, read_trailer
@@ -47,6 +53,9 @@ class CheckReport:
     packs: int = 0
     bytes_checked: int = 0            # stored bytes read and re-hashed (read_data)
     unreferenced_packs: int = 0       # sealed packs not in the index yet: the next writer adopts them
+    pending_deletion: int = 0         # packs prune dropped whose files wait for readers to move on
+    garbage_blobs: int = 0            # stored blobs nothing references (prune frees them)
+    garbage_bytes: int = 0
     pending_backups: int = 0          # stored backup records not in the index yet: likewise
     read_data: bool = False
     elapsed: float = 0.0
@@ -57,6 +66,8 @@ class CheckReport:
                 "backups": self.backups, "trees": self.trees, "chunks": self.chunks,
                 "packs": self.packs, "bytes_checked": self.bytes_checked,
                 "unreferenced_packs": self.unreferenced_packs,
+                "pending_deletion": self.pending_deletion, "garbage_blobs": self.garbage_blobs,
+                "garbage_bytes": self.garbage_bytes,
                 "pending_backups": self.pending_backups, "read_data": self.read_data,
                 "elapsed": round(self.elapsed, 3)}
 
@@ -101,6 +112,9 @@ class _Checker:
         self.chunk_refs: Counter = Counter()
         self.tree_refs: Counter = Counter()
         self.roots: Dict[str, bytes] = {}
+        self.want_garbage: Dict[bytes, tuple] = {}   # pack id + blob id -> (kind, stored length)
+        self.no_trailer: set = set()                 # packs whose duplicate copies are unknown
+        self.pack_records: Dict[bytes, PackInfo] = {}
         self._done = 0
         self._total = 0
 
@@ -130,6 +144,7 @@ class _Checker:
             self._backups(v)
             self._walk_trees(v)
             self._refcounts(v)
+            self._garbage(v)
             if self.read_data:
                 self._read_all(pack_info)
             self._map_damage(v)
@@ -147,8 +162,9 @@ class _Checker:
         info = {}
         for pid, raw in v.all_packs():
             try:
-                size, count = records.unpack_msgpack(raw)
-                info[pid] = (int(size), int(count))
+                p = PackInfo.decode(raw)
+                info[pid] = (p.size, p.count)
+                self.pack_records[pid] = p
             except Exception:
                 self.error("pack record", f"index record of pack {_short(pid)} is unreadable")
                 info[pid] = (None, None)
@@ -164,8 +180,11 @@ class _Checker:
         except OSError as e:
             self.error("storage", f"cannot list packs: {e}")
             stored = set()
+        pending = {pid for pid, _, _ in v.pending()}
+        self.rep.pending_deletion = len(pending)
         self.rep.unreferenced_packs = sum(1 for n in stored
-                                          if _is_pack_name(n) and pack_id_from_name(n) not in info)
+                                          if _is_pack_name(n) and pack_id_from_name(n) not in info
+                                          and pack_id_from_name(n) not in pending)
         return info
 
     def _lose(self, entries) -> None:
@@ -176,6 +195,7 @@ class _Checker:
         for pid in sorted(pack_info):
             recorded, count = pack_info[pid]
             name = pack_name(pid)
+            self.no_trailer.add(pid)      # until its trailer is read
             entries = self.by_pack.get(pid, [])
             try:
                 real = self.storage.size(name)
@@ -209,10 +229,14 @@ class _Checker:
                 self.error("pack trailer", f"pack {_short(pid)}: trailer undecodable: {e}")
                 trailer = None
             if trailer is not None:
+                self.no_trailer.discard(pid)
                 if count is not None and len(trailer) != count:
                     self.error("pack trailer", f"pack {_short(pid)}: trailer lists {len(trailer)} "
                                                f"blobs, the index recorded {count}")
                 listed = {(e.offset, e.length, e.raw_length, bytes(e.id), e.kind) for e in trailer}
+                indexed = set(entries)
+                for t in listed - indexed:       # a copy the index does not point to: garbage
+                    self.want_garbage[pid + t[3]] = (t[4], t[1])
                 stray = [e for e in entries if e not in listed]
                 if stray:
                     self.error("pack trailer", f"pack {_short(pid)}: {len(stray)} index entries do not "
@@ -307,15 +331,56 @@ class _Checker:
 
     def _refcounts(self, v) -> None:
         for cid, e in v.all_chunks():
+            if e.refcount == 0:
+                self.want_garbage[e.pack + cid] = (KIND_DATA, e.length)
             want = self.chunk_refs.get(cid, 0)
             if e.refcount != want:
                 self.error("reference count", f"chunk {_short(cid)} has reference count {e.refcount}, "
                                               f"recount gives {want}")
         for tid, e in v.all_trees():
+            if e.refcount == 0:
+                self.want_garbage[e.pack + tid] = (KIND_TREE, e.length)
             want = self.tree_refs.get(tid, 0)
             if e.refcount != want:
                 self.error("reference count", f"directory record {_short(tid)} has reference count "
                                               f"{e.refcount}, recount gives {want}")
+
+    def _garbage(self, v) -> None:
+        """The garbage set and the packs' dead accounting against the stored counts and trailers."""
+        if v.meta(GARBAGE_META) is None and v.garbage_count() == 0:
+            return        # an index no write session has opened since the garbage set exists
+        dead: Dict[bytes, list] = defaultdict(lambda: [0, 0])
+        for g in v.garbage():
+            key = g.pack + g.id
+            self.rep.garbage_blobs += 1
+            self.rep.garbage_bytes += g.length
+            d = dead[g.pack]
+            d[0] += g.length
+            d[1] += 1
+            want = self.want_garbage.pop(key, None)
+            if want is None:
+                if g.pack in self.no_trailer:
+                    continue
+                e = v.blob(g.kind, g.id)
+                why = (f"its reference count is {e.refcount}" if e is not None and e.pack == g.pack
+                       else "the pack holds no such unreferenced copy")
+                self.error("garbage set", f"blob {_short(g.id)} of pack {_short(g.pack)} is in the garbage "
+                                          f"set, but {why}")
+            elif want != (g.kind, g.length):
+                self.error("garbage set", f"blob {_short(g.id)} of pack {_short(g.pack)}: garbage entry "
+                                          f"says kind {g.kind}, {g.length} bytes; expected {want}")
+        for key in sorted(self.want_garbage):
+            pid, bid = key[:16], key[16:]
+            self.error("garbage set", f"blob {_short(bid)} of pack {_short(pid)} is unreferenced but not "
+                                      f"in the garbage set (prune would never free it)")
+        for pid, p in sorted(self.pack_records.items()):
+            got = tuple(dead.get(pid, (0, 0)))
+            if (p.dead_bytes, p.dead_blobs) != got:
+                self.error("pack accounting", f"pack {_short(pid)} records {p.dead_blobs} dead blobs "
+                                              f"({p.dead_bytes} bytes); its garbage holds {got[1]} "
+                                              f"({got[0]} bytes)")
+        for pid in sorted(set(dead) - set(self.pack_records)):
+            self.error("garbage set", f"garbage entries for pack {_short(pid)}, which the index does not list")
 
     # -- read_data ---------------------------------------------------------------
     def _read_pack(self, pid: bytes, entries):

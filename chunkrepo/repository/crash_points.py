@@ -14,6 +14,8 @@ _hits: dict = {}
 _lock = threading.Lock()
 
 POINTS = ("pack-sealed", "checkpoint-committed", "backup-stored", "backup-committed")
+FORGET_POINTS = ("forget-committed", "forget-record-deleted")
+PRUNE_POINTS = ("prune-packs-sealed", "prune-index-committed", "prune-before-delete")
 
 
 def crash_point(name: str) -> None:

@@ -91,10 +91,11 @@ class Repository:
 
     def read_chunk(self, cid: bytes, view=None) -> bytes:
         if view is None:
+            # read inside the snapshot: prune deletes a pack only once no reader
+            # older than the transaction that dropped it is active
             with self.index.read() as v:
-                e = v.chunk(cid)
-        else:
-            e = view.chunk(cid)
+                return self.read_chunk(cid, v)
+        e = view.chunk(cid)
         if e is None:
             raise IntegrityError(f"chunk {cid.hex()} is not in the index")
         return self.read_blob(e, cid)

@@ -14,7 +14,7 @@ from typing import Dict
 from ..codec import compression, records
 from ..codec.hashing import hash_bytes
 from ..errors import IntegrityError, NotFound
-from ..index import BlobEntry
+from ..index import BlobEntry, PackInfo
 from ..model import BackupRecord, Tree
 from .crash_points import crash_point
 from .lock import WriterLock
@@ -63,10 +63,13 @@ class WriteSession:
         """Adopt what a killed writer left: sealed packs and stored backup records."""
         self.storage.remove_stale_temporaries("packs")
         self.storage.remove_stale_temporaries("backups")
+        with self.index.write() as w:
+            w.init_garbage()       # an index written before the garbage set existed
         adopted_packs = 0
         with self.index.read() as v:
+            # a pack pending deletion was dropped by prune: its file goes, never comes back
             unknown = [n for n in self.storage.list("packs")
-                       if not v.has_pack(pack_id_from_name(n))]
+                       if not v.has_pack(pack_id_from_name(n)) and not v.is_pending(pack_id_from_name(n))]
         for name in unknown:
             try:
                 entries = read_trailer(self.storage, name)
@@ -165,14 +168,18 @@ class WriteSession:
                     data = self.repo.read_blob(BlobEntry(pack_id, e.offset, e.length, e.raw_length, 0), e.id)
                 tree_bytes[e.id] = data
         with self.index.write() as w:
+            w.put_pack(pack_id, PackInfo(size, len(entries)))
             for e in entries:
                 entry = BlobEntry(pack_id, e.offset, e.length, e.raw_length, 0)
                 if e.kind == KIND_DATA:
                     if w.chunk(e.id) is None:
-                        w.put_chunk(e.id, entry)
+                        w.put_chunk(e.id, entry)      # refcount 0: garbage until a backup references it
+                    else:
+                        w.add_dead_copy(e.kind, pack_id, e.id, e.length)
                 elif w.tree(e.id) is None:
                     w.put_tree(e.id, entry, tree_bytes[e.id])
-            w.put_pack(pack_id, records.pack_msgpack([size, len(entries)]))
+                else:
+                    w.add_dead_copy(e.kind, pack_id, e.id, e.length)
         with self._claim_lock:
             for e in entries:
                 if e.kind == KIND_DATA:
@@ -236,4 +243,25 @@ def incref_tree(w, root: bytes) -> None:
                 w.add_chunk_ref(c[i:i + 32], 1)
 
 
-__all__ = ["WriteSession", "incref_tree"]
+def decref_tree(w, root: bytes) -> None:
+    """Remove one reference from a tree; a record going 1 -> 0 releases its children.
+
+    The reverse of incref_tree: blobs reaching 0 enter the garbage set (the
+    index does that), so forgetting a backup costs what it frees."""
+    stack = [root]
+    while stack:
+        tid = stack.pop()
+        if w.add_tree_ref(tid, -1) != 1:
+            continue
+        data = w.tree_data(tid)
+        if data is None:
+            raise NotFound(f"directory record {tid.hex()} has no cached data")
+        for node in Tree.decode(data).entries:
+            if node.subtree is not None:
+                stack.append(node.subtree)
+            c = node.chunks
+            for i in range(0, len(c), 32):
+                w.add_chunk_ref(c[i:i + 32], -1)
+
+
+__all__ = ["WriteSession", "decref_tree", "incref_tree"]
