@@ -79,7 +79,9 @@ def _packs_with_garbage(index):
     start = b""
     while start is not None:
         with index.read() as v:
-            g = next(v.garbage(start), None)
+            it = v.garbage(start)
+            g = next(it, None)
+            it.close()            # its cursor, before the transaction ends
             if g is None:
                 return
             info = v.pack_info(g.pack)

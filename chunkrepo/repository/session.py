@@ -15,6 +15,7 @@ from ..codec import compression, records
 from ..codec.hashing import hash_bytes
 from ..errors import IntegrityError, NotFound
 from ..index import BlobEntry, PackInfo
+from ..index.lmdb_index import GARBAGE_META
 from ..model import BackupRecord, Tree
 from .crash_points import crash_point
 from .lock import WriterLock
@@ -63,8 +64,11 @@ class WriteSession:
         """Adopt what a killed writer left: sealed packs and stored backup records."""
         self.storage.remove_stale_temporaries("packs")
         self.storage.remove_stale_temporaries("backups")
-        with self.index.write() as w:
-            w.init_garbage()       # an index written before the garbage set existed
+        with self.index.read() as v:
+            has_garbage_set = v.meta(GARBAGE_META) is not None
+        if not has_garbage_set:
+            with self.index.write() as w:
+                w.init_garbage()   # an index written before the garbage set existed
         adopted_packs = 0
         with self.index.read() as v:
             # a pack pending deletion was dropped by prune: its file goes, never comes back

@@ -366,3 +366,33 @@ def test_a_reader_on_an_old_snapshot_keeps_the_packs_it_reads(setup):
     rep = repo.check(read_data=True)
     assert rep.ok and rep.pending_deletion == 0, rep.errors
     r.reads_back(b2)
+
+
+def test_a_damaged_pack_met_by_prune_is_reported_and_kept(setup):
+    r = setup
+    repo = r.repo
+    repo.forget([r.ids[0]])
+    ix = repo.repository.index
+    with ix.read() as v:
+        partial = [p for p in {g.pack for g in v.garbage()} if v.pack_info(p).dead_blobs < v.pack_info(p).count]
+        victim = partial[0]
+        live = [(c, e) for c, e in v.all_chunks() if e.pack == victim and e.refcount > 0]
+    cid, e = live[0]
+    path = r.path / pack_name(victim)
+    with open(path, "r+b") as f:
+        f.seek(e.offset + e.length // 2)
+        b = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([b[0] ^ 0xFF]))
+    r.repo.close()
+    p = _cli("prune", "--repo", str(r.path), "--repack-threshold", "0")
+    err = p.stderr.decode()
+    assert p.returncode == 1 and victim.hex() in err and "kept" in err and "Traceback" not in err
+    assert "packs deleted" in p.stdout.decode()
+    assert path.exists()                              # never deleted with live data in it
+    with Repo(r.path) as again:
+        with again.repository.index.read() as v:
+            assert v.chunk(cid).pack == victim and v.pack_info(victim) is not None
+        rep = again.check()
+        assert rep.ok, rep.errors                         # structure and accounting still agree
+        assert cid.hex() in " ".join(again.check(read_data=True).errors)
