@@ -190,8 +190,8 @@ class WriteView(ReadView):
             d[0] -= length
             d[1] -= 1
 
-    def _put_entry(self, kind: int, db, key: bytes, e: BlobEntry) -> None:
-        old = self.txn.get(key, db=db)
+    def _put_entry(self, kind: int, db, key: bytes, e: BlobEntry, new: bool = False) -> None:
+        old = None if new else self.txn.get(key, db=db)
         if old is not None:
             o = BlobEntry.unpack(old)
             if o.refcount == 0:
@@ -200,11 +200,12 @@ class WriteView(ReadView):
         if e.refcount == 0:
             self._mark_dead(kind, e.pack, key, e.length)
 
-    def put_chunk(self, cid: bytes, e: BlobEntry) -> None:
-        self._put_entry(KIND_CHUNK, self._ix.chunks, cid, e)
+    def put_chunk(self, cid: bytes, e: BlobEntry, new: bool = False) -> None:
+        """Set a chunk's entry (new=True: the caller knows it has none yet)."""
+        self._put_entry(KIND_CHUNK, self._ix.chunks, cid, e, new)
 
-    def put_tree(self, tid: bytes, e: BlobEntry, data: Optional[bytes] = None) -> None:
-        self._put_entry(KIND_TREE, self._ix.trees, tid, e)
+    def put_tree(self, tid: bytes, e: BlobEntry, data: Optional[bytes] = None, new: bool = False) -> None:
+        self._put_entry(KIND_TREE, self._ix.trees, tid, e, new)
         if data is not None:
             self.txn.put(tid, data, db=self._ix.treedata)
 

@@ -177,11 +177,11 @@ class WriteSession:
                 entry = BlobEntry(pack_id, e.offset, e.length, e.raw_length, 0)
                 if e.kind == KIND_DATA:
                     if w.chunk(e.id) is None:
-                        w.put_chunk(e.id, entry)      # refcount 0: garbage until a backup references it
+                        w.put_chunk(e.id, entry, new=True)  # refcount 0: garbage until a backup uses it
                     else:
                         w.add_dead_copy(e.kind, pack_id, e.id, e.length)
                 elif w.tree(e.id) is None:
-                    w.put_tree(e.id, entry, tree_bytes[e.id])
+                    w.put_tree(e.id, entry, tree_bytes[e.id], new=True)
                 else:
                     w.add_dead_copy(e.kind, pack_id, e.id, e.length)
         with self._claim_lock:
