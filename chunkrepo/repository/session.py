@@ -23,6 +23,9 @@ from .packs import KIND_DATA, KIND_TREE, PackWriter, pack_id_from_name, read_tra
 
 
 
+_MAX_PENDING_TREE_BYTES = 8 << 20
+
+
 class WriteSession:
     def __init__(self, repo):
         self.repo = repo
@@ -34,6 +37,7 @@ class WriteSession:
         self._claim_lock = threading.Lock()
         self._pending_chunks: set = set()
         self._pending_trees: Dict[bytes, bytes] = {}   # id -> record bytes, until committed
+        self._pending_tree_bytes = 0
         self._sealed: "queue.SimpleQueue" = queue.SimpleQueue()
         self._local = threading.local()
         self._writers: list = []
@@ -147,7 +151,14 @@ class WriteSession:
                 if v.tree(tid) is not None:
                     return tid
             self._pending_trees[tid] = data
+            self._pending_tree_bytes += len(data)
         self._append(KIND_TREE, tid, compression.compress(data, self.level), len(data))
+        w = self._local.writer
+        if w is not None and self._pending_tree_bytes > _MAX_PENDING_TREE_BYTES:
+            # records wait in memory until their pack is sealed: bound that on hosts
+            # with millions of files by sealing this (tree-holding) pack early
+            self._local.writer = None
+            self._seal(w)
         return tid
 
     # -- commits --------------------------------------------------------------
@@ -189,7 +200,7 @@ class WriteSession:
                 if e.kind == KIND_DATA:
                     self._pending_chunks.discard(e.id)
                 else:
-                    self._pending_trees.pop(e.id, None)
+                    self._pending_tree_bytes -= len(self._pending_trees.pop(e.id, b""))
 
     def flush(self) -> None:
         """Seal every open pack and commit everything sealed."""
