@@ -13,8 +13,8 @@ from ..errors import IntegrityError, StorageError
 
 _ENTRY = struct.Struct("<16sQIIQ")  # pack id, offset, stored length, raw length, refcount
 _MAP_SIZE = 1 << 40  # sparse without writemap: costs nothing until used
-_DBS = (b"chunks", b"trees", b"treedata", b"packs", b"backups", b"meta", b"garbage", b"pending")
-_NEW_DBS = (b"garbage", b"pending")   # may be absent in an index opened read-only
+_DBS = (b"chunks", b"trees", b"treedata", b"packs", b"backups", b"meta", b"garbage", b"pending", b"digests")
+_NEW_DBS = (b"garbage", b"pending", b"digests")   # may be absent in an index opened read-only
 _GARBAGE = struct.Struct("<BI")       # kind (0 chunk, 1 tree), stored length
 KIND_CHUNK = 0
 KIND_TREE = 1
@@ -163,6 +163,13 @@ class ReadView:
     def is_pending(self, pid: bytes) -> bool:
         return self._ix.pending is not None and self.txn.get(pid, db=self._ix.pending) is not None
 
+    # -- snapshots: content digest -> where it is stored (rebuildable from the snapshot records) --
+    def digest(self, key: bytes) -> Optional[bytes]:
+        if self._ix.digests is None:
+            return None
+        v = self.txn.get(key, db=self._ix.digests)
+        return bytes(v) if v is not None else None
+
 
 class WriteView(ReadView):
     """Updates inside one LMDB write transaction; all or nothing.
@@ -253,6 +260,9 @@ class WriteView(ReadView):
     def delete_backup(self, bid: str) -> None:
         self.txn.delete(bid.encode(), db=self._ix.backups)
 
+    def put_digest(self, key: bytes, value: bytes) -> None:
+        self.txn.put(key, value, db=self._ix.digests)
+
     def put_meta(self, key: str, value: bytes) -> None:
         self.txn.put(key.encode(), value, db=self._ix.meta)
 
@@ -342,6 +352,7 @@ class Index:
         self.meta = handles[b"meta"]
         self.garbage = handles[b"garbage"]
         self.pending = handles[b"pending"]
+        self.digests = handles[b"digests"]    # snapshots: BLAKE3 content digest -> where (ops.snapshot)
 
     @contextmanager
     def read(self):

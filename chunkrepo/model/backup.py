@@ -16,9 +16,15 @@ class BackupRecord:
     kind: str = "backup"         # "backup" or "snapshot"
     stats: dict = field(default_factory=dict)
     version: int = 1
+    # kind "snapshot" only: {"type": "file"|"dir", "digest", "name", "relpath", "original_path",
+    # "time_ns", "content_length", "files"} (see docs/snapshots.md); absent from other records
+    snapshot: Optional[dict] = None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["snapshot"] is None:
+            del d["snapshot"]      # records without it keep their bytes (and so their ids)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "BackupRecord":
