@@ -20,6 +20,8 @@ from .ops.forget import ForgetResult, forget
 from .ops.prune import DEFAULT_REPACK_THRESHOLD, PruneReport, prune_repository
 from .ops.retention import Policy
 from .ops.restore import restore_tree
+from .ops.snapshot.materialise import clone as clone_version
+from .ops.snapshot.store import SnapshotResult, take_snapshot
 from .ops.tarout import write_tar
 from .ops.traverse import Entry, find_node, walk
 from .repository import Repository
@@ -101,3 +103,14 @@ class Repo:
     def prune(self, dry_run: bool = False, repack_threshold: float = DEFAULT_REPACK_THRESHOLD) -> PruneReport:
         """Free the space of blobs no backup references (repack_threshold is a fraction, 0.05 = 5%)."""
         return prune_repository(self._repo, repack_threshold, dry_run=dry_run)
+
+    # -- snapshots (docs/snapshots.md) -------------------------------------------------
+    def snapshot(self, path, workspace_dir=None) -> SnapshotResult:
+        """Store a file or directory as a snapshot; result.digest is its BLAKE3 content digest."""
+        return take_snapshot(self._repo, path, workspace_dir)
+
+    def clone(self, source: str, dest, path=None, mode: str = "symlink", download: bool = True):
+        """Materialise a backup (or path inside it) or a snapshot digest at dest as links into
+        the local read-only cache (mode: symlink, hardlink, reflink or copy); download=False
+        makes the links without fetching the content.  Returns a PlaceResult."""
+        return clone_version(self._repo, source, os.fspath(dest), path, mode, download)

@@ -8,13 +8,7 @@ import click
 
 from ..api import Repo
 from ..errors import NotARepository
-
-REPO_ENV = "CHUNKREPO_REPO"
-
-
-def default_repo_path() -> str:
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return os.path.join(base, "chunkrepo", "repo")
+from ..paths import REPO_ENV, default_repo_path  # noqa: F401  (resolution shared with the Python API)
 
 
 def repo_option(f):

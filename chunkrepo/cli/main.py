@@ -9,6 +9,7 @@ import click
 from .. import __version__
 from ..errors import ChunkrepoError
 from . import cmd_backup, cmd_check, cmd_forget, cmd_init, cmd_list, cmd_ls, cmd_prune, cmd_restore, cmd_tar
+from . import cmd_cache, cmd_clone, cmd_snapshot
 
 
 class _Group(click.Group):
@@ -54,7 +55,8 @@ def cli():
     """chunkrepo: deduplicating backups with tar-compatible listings and archives."""
 
 
-for _mod in (cmd_init, cmd_backup, cmd_list, cmd_ls, cmd_tar, cmd_restore, cmd_check, cmd_forget, cmd_prune):
+for _mod in (cmd_init, cmd_backup, cmd_list, cmd_ls, cmd_tar, cmd_restore, cmd_check, cmd_forget, cmd_prune,
+             cmd_snapshot, cmd_clone, cmd_cache):
     cli.add_command(_mod.command)
 
 

@@ -20,6 +20,7 @@ from ...model import BackupRecord, Node, Tree, node_from_stat
 from ...model.nodes import DIR, REG
 from .file_saver import FileChanged, FileSaver
 from .tree_saver import Batch, PendingDir, PendingFile, TreeSaver
+from ..snapshot.cachelink import CacheLinks     # snapshots: links into chunkrepo's cache
 
 TRUST_GRANULARITY_NS = 1_000_000_000   # borg's racy-timestamp rule, at 1 s
 _BATCH_FILES = 64
@@ -154,6 +155,7 @@ class Backup:
         self.trust_before = 0
         self.excludes = list(opts.excludes)
         self.own_repo = os.fsencode(repo.path)
+        self.cache_links = CacheLinks(repo)      # snapshots hook (see _cache_link)
         self._lock = threading.Lock()
         self._last_progress = 0.0
 
@@ -256,7 +258,21 @@ class Backup:
                 self.res.skipped += 1
                 return None
         self.res.files += 1
-        return self.node(name, st, **kw)
+        node = self.node(name, st, **kw)
+        if stat.S_ISLNK(mode):
+            return self._cache_link(path, node)
+        return node
+
+    def _cache_link(self, path: bytes, node: Node) -> Node:
+        """Snapshots hook: a symlink into chunkrepo's cache (a restored or cloned snapshot) is
+        stored as the regular file it stands for, with the chunks the repository already has."""
+        as_file = self.cache_links.file_node(path, node)
+        if as_file is None:
+            return node
+        self.res.files_borrowed += 1
+        self.res.bytes_total += as_file.size
+        self.res.bytes_done += as_file.size
+        return as_file
 
     def scan_file(self, path, name, st, prev):
         self.res.files += 1

@@ -1,0 +1,43 @@
+"""The backup's hook for symlinks into chunkrepo's own cache (restored or cloned trees).
+
+`chunkrepo backup DEST` of a clone stores a link into the cache as the regular file it stands
+for (mode 0644, the link's owner and times), with the chunk list the repository already has
+for that digest: nothing is read.  A link whose digest the repository does not know is left
+to the caller (stored as the symlink it is).
+"""
+
+import os
+import stat
+from typing import Optional
+
+from ...model import Node
+from .cache import LocalCache
+from .store import LINK_FILE_MODE, stored_content
+
+
+class CacheLinks:
+    def __init__(self, repo, cache: Optional[LocalCache] = None):
+        self.repo = repo
+        self.cache = cache or LocalCache()
+        self.enabled = True
+
+    def file_node(self, path: bytes, link_node: Node) -> Optional[Node]:
+        """The regular-file node a symlink into the cache stands for, or None."""
+        if not self.enabled:
+            return None
+        d = self.cache.digest_of_link_target(path, link_node.target)
+        if d is None:
+            return None
+        info = stored_content(self.repo, d, self.cache)
+        if info is None:
+            return None
+        size, chunks, sparse = info
+        return link_node._replace(mode=stat.S_IFREG | LINK_FILE_MODE, size=size, nlink=1, target=b"",
+                                  chunks=chunks, sparse=sparse)
+
+
+def link_target(path: bytes) -> Optional[bytes]:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return None
