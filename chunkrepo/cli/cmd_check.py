@@ -5,6 +5,7 @@ import sys
 import click
 
 from .common import json_option, open_repo, print_json, repo_option
+from .progress import CheckProgress
 
 
 @click.command("check")
@@ -14,7 +15,8 @@ from .common import json_option, open_repo, print_json, repo_option
 def command(repo_path, read_data, as_json):
     """Verify the repository; exit status 1 when anything is damaged."""
     with open_repo(repo_path) as repo:
-        report = repo.check(read_data=read_data)
+        with CheckProgress(read_data) as progress:
+            report = repo.check(read_data=read_data, progress=progress if progress.enabled else None)
     if as_json:
         print_json(report.to_dict())
     else:

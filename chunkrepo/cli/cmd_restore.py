@@ -1,9 +1,14 @@
 """chunkrepo restore: recreate a backup (or a part of it) in a directory."""
 
+import os
+
 import click
 
 from ..errors import ChunkrepoError
+from ..ops.restore import restore_tree
+from ..ops.traverse import split_path
 from .common import json_option, open_repo, print_json, repo_option
+from .progress import RestoreProgress
 
 
 @click.command("restore")
@@ -15,11 +20,16 @@ from .common import json_option, open_repo, print_json, repo_option
 def command(repo_path, backup, path, target, as_json):
     """Restore BACKUP (or PATH in it) into TARGET (which must be empty or absent)."""
     with open_repo(repo_path) as repo:
-        res = repo.restore(backup, target, path)
-    d = res.to_dict() if hasattr(res, "to_dict") else dict(res.__dict__)
+        rec = repo.get_backup(backup)
+        # the whole backup's size is known from its stats; a part of it shows no ETA
+        total = (rec.stats or {}).get("bytes_total") if not split_path(path) else None
+        with RestoreProgress(total) as progress:
+            res = restore_tree(repo.repository, bytes.fromhex(rec.root), os.fspath(target), path,
+                               progress=progress if progress.enabled else None)
+    d = res.to_dict()
     if as_json:
         print_json(d)
-    for err in d.get("errors", []):
+    for err in d["errors"]:
         click.echo(f"chunkrepo: {err}", err=True)
-    if d.get("errors"):
+    if d["errors"]:
         raise ChunkrepoError(f"restore finished with {len(d['errors'])} errors")

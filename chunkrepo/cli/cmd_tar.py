@@ -6,7 +6,10 @@ import sys
 import click
 
 from ..errors import ChunkrepoError
+from ..ops.tarout import write_tar
+from ..ops.traverse import split_path
 from .common import open_repo, repo_option
+from .progress import TarProgress
 
 
 @click.command("tar")
@@ -20,15 +23,19 @@ from .common import open_repo, repo_option
 def command(repo_path, backup, path, output, tar_format, nonrecursive):
     """Write BACKUP (or PATH in it) as a tar archive."""
     with open_repo(repo_path) as repo:
+        rec = repo.get_backup(backup)
         if output == "-":
             if sys.stdout.isatty():
                 raise ChunkrepoError("refusing to write a tar to a terminal: use -o FILE or a pipe")
             out = os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=1 << 20)
         else:
             out = open(output, "wb", buffering=1 << 20)
+        total = (rec.stats or {}).get("bytes_total") if not split_path(path) and not nonrecursive else None
         ok = False
         try:
-            repo.produce_tar(backup, out, path, recursive=not nonrecursive, tar_format=tar_format)
+            with TarProgress(total) as progress:
+                write_tar(repo.repository, bytes.fromhex(rec.root), out, path, recursive=not nonrecursive,
+                          tar_format=tar_format, progress=progress if progress.enabled else None)
             out.flush()
             ok = True
         finally:

@@ -20,6 +20,7 @@ stats["skipped"] and left out, as `chunkrepo ls` leaves them out.
 
 import os
 import tarfile
+import time
 
 from ..errors import ChunkrepoError, IntegrityError
 from ..model.nodes import BLK, CHR, DIR, FIFO, REG, SYMLINK
@@ -31,6 +32,7 @@ BLOCK = 512
 RECORD = 20 * BLOCK                 # GNU tar's default blocking factor
 _ZEROS = memoryview(bytes(1 << 20))  # source of hole and padding zeros
 _FORMATS = {"pax": tarfile.PAX_FORMAT, "gnu": tarfile.GNU_FORMAT, "ustar": tarfile.USTAR_FORMAT}
+_PROGRESS_EVERY = 0.2              # seconds between progress calls
 _TYPES = {REG: tarfile.REGTYPE, DIR: tarfile.DIRTYPE, SYMLINK: tarfile.SYMTYPE,
           CHR: tarfile.CHRTYPE, BLK: tarfile.BLKTYPE, FIFO: tarfile.FIFOTYPE}
 
@@ -126,7 +128,7 @@ _PAX_HEADS: dict = {}
 
 
 class _Writer:
-    def __init__(self, repo, out, tar_format: str):
+    def __init__(self, repo, out, tar_format: str, progress=None):
         if tar_format not in _FORMATS:
             raise ChunkrepoError(f"unknown tar format {tar_format!r} (use pax, gnu or ustar)")
         self.repo = repo
@@ -136,9 +138,17 @@ class _Writer:
         self.written = 0
         self.view = None          # the index snapshot the walk reads
         self.prefetched = None    # chunk futures of the current entry (ops.prefetch)
+        self.progress = progress
+        self.next_report = time.monotonic() + _PROGRESS_EVERY
         self.stats = {"entries": 0, "files": 0, "dirs": 0, "symlinks": 0, "hardlinks": 0,
                       "devices": 0, "fifos": 0, "sparse": 0, "skipped": 0, "xattrs_dropped": 0,
                       "content_bytes": 0, "archive_bytes": 0, "warnings": []}
+
+    def tick(self, pending: int = 0) -> None:
+        """Call progress with the stats (plus pending content bytes of the current file), if due."""
+        if self.progress is not None and time.monotonic() >= self.next_report:
+            self.progress(dict(self.stats, content_bytes=self.stats["content_bytes"] + pending))
+            self.next_report = time.monotonic() + _PROGRESS_EVERY
 
     def write(self, data) -> None:
         self.out.write(data)
@@ -259,6 +269,7 @@ class _Writer:
                 self.write(view)
                 total += len(view)
                 pos = off + len(view)
+                self.tick(total)
         finally:
             f.close()
         if fill_holes:
@@ -278,17 +289,22 @@ class _Writer:
         self.stats["archive_bytes"] = self.written
 
 
-def write_tar(repo, root_tid, out, start="/", recursive=True, tar_format="pax") -> dict:
+def write_tar(repo, root_tid, out, start="/", recursive=True, tar_format="pax", progress=None) -> dict:
     """Stream the backup tree root_tid (from start) as a tar to the binary file out.
 
     Returns stats: entries, files, dirs, symlinks, hardlinks, devices, fifos,
     sparse, skipped (sockets), xattrs_dropped, content_bytes, archive_bytes,
     warnings.  Raises IntegrityError (naming the path) for content that cannot be
     read or fails its hash, TarFormatError for what the format cannot hold.
+    progress, if given, is called with (a copy of) the running stats about
+    every 0.2 s and once at the end.
     """
-    w = _Writer(repo, out, tar_format)
+    w = _Writer(repo, out, tar_format, progress)
     with repo.index.read() as w.view:
         for e, w.prefetched in prefetch(repo, walk(repo, root_tid, start, recursive)):
             w.entry(e)
+            w.tick()
     w.finish()
+    if progress is not None:
+        progress(dict(w.stats))
     return w.stats
