@@ -79,15 +79,20 @@ class Repo:
         return ChunkFile(self._repo, node, os.fsencode(path))
 
     def produce_tar(self, backup_id: str, out, start="/", recursive: bool = True,
-                    tar_format: str = "pax"):
-        """Write a tar of the backup (or of start below it) to the binary file out."""
-        rec = self._repo.resolve_backup(backup_id)
-        return write_tar(self._repo, bytes.fromhex(rec.root), out, start, recursive, tar_format)
+                    tar_format: str = "pax", progress=None):
+        """Write a tar of the backup (or of start below it) to the binary file out.
 
-    def restore(self, backup_id: str, target, start="/"):
+        progress, if given, is called with the running stats about every 0.2 s.
+        """
+        rec = self._repo.resolve_backup(backup_id)
+        return write_tar(self._repo, bytes.fromhex(rec.root), out, start, recursive, tar_format,
+                         progress=progress)
+
+    def restore(self, backup_id: str, target, start="/", progress=None):
         """Recreate the backup (or start below it) inside the directory target."""
         rec = self._repo.resolve_backup(backup_id)
-        return restore_tree(self._repo, bytes.fromhex(rec.root), os.fspath(target), start)
+        return restore_tree(self._repo, bytes.fromhex(rec.root), os.fspath(target), start,
+                            progress=progress)
 
     def check(self, read_data: bool = False, progress=None):
         """Verify the repository; returns a CheckReport (report.ok is False on damage)."""

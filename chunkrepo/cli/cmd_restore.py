@@ -1,11 +1,8 @@
 """chunkrepo restore: recreate a backup (or a part of it) in a directory."""
 
-import os
-
 import click
 
 from ..errors import ChunkrepoError
-from ..ops.restore import restore_tree
 from ..ops.traverse import split_path
 from .common import json_option, open_repo, print_json, repo_option
 from .progress import RestoreProgress
@@ -24,8 +21,7 @@ def command(repo_path, backup, path, target, as_json):
         # the whole backup's size is known from its stats; a part of it shows no ETA
         total = (rec.stats or {}).get("bytes_total") if not split_path(path) else None
         with RestoreProgress(total) as progress:
-            res = restore_tree(repo.repository, bytes.fromhex(rec.root), os.fspath(target), path,
-                               progress=progress if progress.enabled else None)
+            res = repo.restore(rec.id, target, path, progress=progress if progress.enabled else None)
     d = res.to_dict()
     if as_json:
         print_json(d)

@@ -6,7 +6,6 @@ import sys
 import click
 
 from ..errors import ChunkrepoError
-from ..ops.tarout import write_tar
 from ..ops.traverse import split_path
 from .common import open_repo, repo_option
 from .progress import TarProgress
@@ -34,8 +33,8 @@ def command(repo_path, backup, path, output, tar_format, nonrecursive):
         ok = False
         try:
             with TarProgress(total) as progress:
-                write_tar(repo.repository, bytes.fromhex(rec.root), out, path, recursive=not nonrecursive,
-                          tar_format=tar_format, progress=progress if progress.enabled else None)
+                repo.produce_tar(rec.id, out, path, recursive=not nonrecursive, tar_format=tar_format,
+                                 progress=progress if progress.enabled else None)
             out.flush()
             ok = True
         finally:

@@ -36,7 +36,7 @@ from ..errors import ChunkrepoError, IntegrityError, NotFound
 from ..index import PackInfo
 from ..index.lmdb_index import GARBAGE_META
 from ..model import BackupRecord, Tree
-from ..model.nodes import DIR, REG
+from ..model.nodes import DIR
 from ..repository.packs import KIND_DATA, KIND_TREE, pack_id_from_name, pack_name, read_trailer
 
 _MAX_PER_KIND = 50     # individual messages per kind of error; the rest are summarized

@@ -31,7 +31,6 @@ import time
 import unicodedata
 from typing import Iterator, Optional
 
-from ..model.nodes import BLK, CHR, DIR, SYMLINK
 
 _PLAIN = re.compile(rb"[^\x20-\x5b\x5d-\x7e]")      # bytes that need a look
 _LETTER = {7: "\\a", 8: "\\b", 9: "\\t", 10: "\\n", 11: "\\v", 12: "\\f", 13: "\\r", 92: "\\\\"}

@@ -8,7 +8,7 @@ it are in flight or waiting, so memory stays flat whatever the file sizes.
 
 import collections
 import concurrent.futures
-from typing import Iterable, Iterator, Optional
+from typing import Iterable, Iterator
 
 from ..model.nodes import REG
 

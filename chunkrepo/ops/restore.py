@@ -68,7 +68,7 @@ from dataclasses import dataclass, field
 from typing import Callable, List, Optional
 
 from ..codec.hashing import ID_SIZE
-from ..errors import ChunkrepoError, IntegrityError, StorageError, TargetNotEmpty
+from ..errors import ChunkrepoError, StorageError, TargetNotEmpty
 from ..model.nodes import BLK, CHR, DIR, FIFO, REG, SOCK, SYMLINK
 from .file_reader import ChunkFile
 from .prefetch import prefetch
