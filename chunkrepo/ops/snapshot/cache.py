@@ -41,14 +41,6 @@ def content_key(node) -> str:
     return h.hexdigest()
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class LocalCache:
     def __init__(self, root: Optional[str] = None):
         self.root = os.path.abspath(root) if root else paths.cache_dir()
@@ -125,8 +117,7 @@ class LocalCache:
             dest = self.object_path(got)
             if not self.has(got, size):
                 os.makedirs(os.path.dirname(dest), exist_ok=True)
-                os.rename(tmp.name, dest)
-                _fsync_dir(os.path.dirname(dest))
+                os.rename(tmp.name, dest)   # no fsync of the directory: a lost rename is fetched again
             return got
         finally:
             if os.path.exists(tmp.name):

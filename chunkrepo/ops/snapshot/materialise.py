@@ -1,5 +1,6 @@
 """From the repository to the cache, and from the cache to user paths (restore, clone)."""
 
+import concurrent.futures
 import os
 import shutil
 import stat
@@ -17,13 +18,31 @@ from .cache import LocalCache, is_digest
 from .place import is_placed, place, place_symlink, same_content
 from .store import Located, dir_listing, locate
 
+_WORKERS = 3
+
 
 def materialise_file(repo, cache: LocalCache, digest: str, node) -> str:
     """The cache object of a stored file, written (and verified) once."""
     if not cache.has(digest, node.size):
         cache.put_file(ChunkFile(repo, node, digest.encode()), digest, node.size)
-    cache.put_note(digest, node)
     return cache.object_path(digest)
+
+
+def materialise_many(repo, cache: LocalCache, items) -> tuple:
+    """Materialise (digest, node) pairs missing from the cache, a few at a time (reads, blake3,
+    zstd, writes and fsync release the GIL); returns (objects written, bytes)."""
+    todo, seen = [], set()
+    for d, node in items:
+        if d not in seen and not cache.has(d, node.size):
+            seen.add(d)
+            todo.append((d, node))
+    if len(todo) > 1:
+        with concurrent.futures.ThreadPoolExecutor(_WORKERS, "chunkrepo-cache") as pool:
+            for f in [pool.submit(materialise_file, repo, cache, d, n) for d, n in todo]:
+                f.result()
+    elif todo:
+        materialise_file(repo, cache, *todo[0])
+    return len(todo), sum(n.size for _, n in todo)
 
 
 def check_overwrite(overwrite) -> None:
@@ -172,17 +191,8 @@ def place_tree(repo, cache: LocalCache, plan: List[Planned], target, mode: str =
                       f"e.g. {os.fsdecode(replace[0])}", stacklevel=3)
     res = PlaceResult(path=os.fsdecode(btarget), mode=mode, kept=len(kept), replaced=len(replace))
     if download:
-        for p in plan:
-            if p.type == mf.FILE and not cache.has(p.digest, p.size):
-                materialise_file(repo, cache, p.digest, p.node)
-                res.objects_written += 1
-                res.bytes_written += p.size
-            elif p.type == mf.FILE and p.node is not None:
-                cache.put_note(p.digest, p.node)
-    else:
-        for p in plan:
-            if p.type == mf.FILE and p.node is not None:
-                cache.put_note(p.digest, p.node)
+        res.objects_written, res.bytes_written = materialise_many(
+            repo, cache, [(p.digest, p.node) for p in plan if p.type == mf.FILE])
     os.makedirs(btarget, exist_ok=True)
     created_dirs = []
     for p in plan:
@@ -249,9 +259,7 @@ def _tree_matches(root: str, plan: List[Planned], cache: LocalCache) -> bool:
 def restore_dir_safe(repo, cache: LocalCache, loc: Located) -> str:
     plan = _plan_snapshot_dir(repo, loc)
     dest = cache.dir_path(loc.digest)
-    for p in plan:
-        if p.type == mf.FILE:
-            materialise_file(repo, cache, p.digest, p.node)
+    materialise_many(repo, cache, [(p.digest, p.node) for p in plan if p.type == mf.FILE])
     if os.path.isdir(dest) and _tree_matches(dest, plan, cache):
         return dest
     work = tempfile.mkdtemp(dir=cache.tmpdir(), prefix="dir-")

@@ -141,10 +141,17 @@ class _HashingReader:
 def stored_content(repo, digest: str, cache: Optional[LocalCache] = None):
     """(size, chunks, sparse) of a file digest whose chunks are all in the repository, or None."""
     info = None
-    loc = _locate_indexed(repo, digest)
-    if loc is not None and loc.type == "file":
-        info = (loc.node.size, loc.node.chunks, loc.node.sparse)
-    elif cache is not None:
+    with repo.index.read() as v:
+        raw = v.digest(bytes.fromhex(digest))
+        if raw is not None:
+            row = msgpack.unpackb(raw, raw=False)
+            if row[0] == "f" and len(row) >= 6 and v.backup(row[1]) is not None:
+                info = (row[3], row[4], row[5])       # no tree walk: links are met by the thousand
+    if info is None:
+        loc = _locate_indexed(repo, digest)
+        if loc is not None and loc.type == "file":
+            info = (loc.node.size, loc.node.chunks, loc.node.sparse)
+    if info is None and cache is not None:
         info = cache.note(digest)
     if info is None:
         return None
@@ -250,7 +257,7 @@ class _Snapshotter:
         self.stats["files"] += 1
         self.stats["bytes_total"] += node.size
         self.entries.append((rel, mf.FILE, node.mode & 0o7777, node.size, bytes.fromhex(digest)))
-        self.files.append((rel, digest, node.size))
+        self.files.append((rel, digest, node.size, node))
 
     def scan_dir(self, path: bytes, rel: bytes, name: bytes, st) -> Node:
         self.stats["dirs"] += 1
@@ -395,11 +402,11 @@ def take_snapshot(repo, path, workspace_dir=None, cache: Optional[LocalCache] = 
                            stats=stats, snapshot=info)
         rec.id = hash_bytes(records.encode_json(rec.to_dict()))[:16].hex()
         session.commit_backup(rec)
-        _index_record(repo, rec, [(bpath + (b"/" + r if r else b""), d) for r, d, _ in snap.files])
+        _index_record(repo, rec, [(bpath + (b"/" + r if r else b""), d, n) for r, d, _, n in snap.files])
     for w in snap.warnings:
         warnings.warn(w)
     return SnapshotResult(rec.id, digest, info["type"], info["name"], rel, apath, start_ns, length,
-                          stats, [(os.fsdecode(r), d, s) for r, d, s in snap.files], snap.warnings)
+                          stats, [(os.fsdecode(r), d, s) for r, d, s, _ in snap.files], snap.warnings)
 
 
 # -- the digests index ------------------------------------------------------------
@@ -409,8 +416,9 @@ def _index_record(repo, rec: BackupRecord, files) -> None:
         if info.get("type") == "dir":
             w.put_digest(bytes.fromhex(info["digest"]),
                          msgpack.packb(["d", rec.id, os.fsencode(info["tree_path"])], use_bin_type=True))
-        for tpath, d in files:
-            w.put_digest(bytes.fromhex(d), msgpack.packb(["f", rec.id, tpath], use_bin_type=True))
+        for tpath, d, node in files:
+            row = ["f", rec.id, tpath] + ([node.size, node.chunks, node.sparse] if node is not None else [])
+            w.put_digest(bytes.fromhex(d), msgpack.packb(row, use_bin_type=True))
         w.put_digest(_MARK + rec.id.encode(), b"")
 
 
@@ -418,8 +426,9 @@ def _record_files(repo, rec: BackupRecord):
     info = rec.snapshot or {}
     item = os.fsencode(info["tree_path"])
     if info.get("type") == "file":
-        return [(item, info["digest"])]
-    return [(item + b"/" + e.path, e.digest) for e in mf.decode(read_manifest(repo, rec)) if e.type == mf.FILE]
+        return [(item, info["digest"], None)]
+    return [(item + b"/" + e.path, e.digest, None)
+            for e in mf.decode(read_manifest(repo, rec)) if e.type == mf.FILE]
 
 
 def index_missing(repo) -> int:
@@ -460,7 +469,7 @@ def _locate_indexed(repo, digest: str) -> Optional[Located]:
         raw = v.digest(bytes.fromhex(digest))
         if raw is None:
             return None
-        t, bid, path = msgpack.unpackb(raw, raw=False)
+        t, bid, path = msgpack.unpackb(raw, raw=False)[:3]
         rec_raw = v.backup(bid)
     if rec_raw is None:
         return None     # forgotten since: the scan may find another copy
@@ -497,7 +506,7 @@ def locate(repo, digest: str) -> Located:
             if r.snapshot.get("type") != "dir":
                 continue
             try:
-                for tpath, fd in _record_files(repo, r):
+                for tpath, fd, _ in _record_files(repo, r):
                     if fd == d:
                         loc = _make_located(repo, "file", d, r, tpath)
                         if loc is not None:
