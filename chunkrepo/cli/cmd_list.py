@@ -18,7 +18,7 @@ def _when(ns):
 @click.option("--last", "last_n", type=click.IntRange(min=1), help="Only the last N backups.")
 @json_option
 def command(repo_path, last_n, as_json):
-    """List the backups, oldest first."""
+    """List the backups (and snapshots), oldest first: id, kind, host, subset, start, finish, files, bytes."""
     with open_repo(repo_path) as repo:
         recs = repo.list_backups(last_n)
     if as_json:
@@ -27,5 +27,5 @@ def command(repo_path, last_n, as_json):
         return
     for r in recs:
         st = r.stats
-        click.echo(f"{r.id}  {r.host}  {r.subset}  {_when(r.start_ns)}  {_when(r.end_ns)}  "
+        click.echo(f"{r.id}  {r.kind:8}  {r.host}  {r.subset}  {_when(r.start_ns)}  {_when(r.end_ns)}  "
                    f"{st.get('files', 0)} files  {st.get('bytes_total', 0)} bytes")

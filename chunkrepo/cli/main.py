@@ -27,7 +27,7 @@ class _Group(click.Group):
         except OSError as e:
             if e.errno == errno.EPIPE:
                 _quiet_broken_pipe()
-            where = f"{e.filename}: " if e.filename else ""
+            where = f"{os.fsdecode(e.filename)}: " if e.filename else ""
             _fail(f"{where}{e.strerror or e}", 1)
         except (click.exceptions.Exit, click.ClickException, SystemExit):
             raise
