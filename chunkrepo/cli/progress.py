@@ -10,7 +10,6 @@ import sys
 import threading
 from typing import Optional
 
-from tqdm import tqdm
 
 
 def _screen() -> tuple:
@@ -36,6 +35,7 @@ class Progress:
         if enabled:
             cols, rows = _screen()
             scale = unit == "B"
+            from tqdm import tqdm   # only on a terminal: tqdm costs ~30 ms to import
             self._bar = tqdm(total=total or None, unit=unit, unit_scale=scale, unit_divisor=1024 if scale else 1000,
                              file=sys.stderr, ncols=cols, nrows=rows, leave=False, mininterval=0.2, desc=desc)
 
