@@ -242,20 +242,7 @@ class WriteSession:
 
 def incref_tree(w, root: bytes) -> None:
     """Add one reference to a tree; a record going 0 -> 1 references its children."""
-    stack = [root]
-    while stack:
-        tid = stack.pop()
-        if w.add_tree_ref(tid, 1) != 0:
-            continue
-        data = w.tree_data(tid)
-        if data is None:
-            raise NotFound(f"directory record {tid.hex()} has no cached data")
-        for node in Tree.decode(data).entries:
-            if node.subtree is not None:
-                stack.append(node.subtree)
-            c = node.chunks
-            for i in range(0, len(c), 32):
-                w.add_chunk_ref(c[i:i + 32], 1)
+    _cascade(w, root, +1)
 
 
 def decref_tree(w, root: bytes) -> None:
@@ -263,10 +250,15 @@ def decref_tree(w, root: bytes) -> None:
 
     The reverse of incref_tree: blobs reaching 0 enter the garbage set (the
     index does that), so forgetting a backup costs what it frees."""
+    _cascade(w, root, -1)
+
+
+def _cascade(w, root: bytes, delta: int) -> None:
+    edge = 0 if delta > 0 else 1     # the count before the change that (un)references children
     stack = [root]
     while stack:
         tid = stack.pop()
-        if w.add_tree_ref(tid, -1) != 1:
+        if w.add_tree_ref(tid, delta) != edge:
             continue
         data = w.tree_data(tid)
         if data is None:
@@ -276,7 +268,7 @@ def decref_tree(w, root: bytes) -> None:
                 stack.append(node.subtree)
             c = node.chunks
             for i in range(0, len(c), 32):
-                w.add_chunk_ref(c[i:i + 32], -1)
+                w.add_chunk_ref(c[i:i + 32], delta)
 
 
 __all__ = ["WriteSession", "decref_tree", "incref_tree"]
