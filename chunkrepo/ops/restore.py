@@ -104,7 +104,8 @@ class RestoreResult:
 
 
 _WRITERS = 3              # writer threads
-_BUDGET = 32 << 20        # bytes handed to writers and not written yet
+_BUDGET = 16 << 20        # bytes handed to writers and not written yet
+_PREFETCH_BUDGET = 8 << 20   # chunks read ahead of the walk (ops.prefetch)
 _JOB_COST = 128 << 10     # the least a queued file counts: at most _BUDGET/_JOB_COST files queued
 _RUN = 16                 # files of one directory handed to the same writer in a row
 _PROGRESS_EVERY = 0.2     # seconds between progress calls
@@ -349,7 +350,7 @@ class _Restorer:
             # one read snapshot of the index for the single-chunk fast path
             with self.repo.index.read() as self.view:
                 entries = walk(self.repo, self.root_tid, self.start)
-                for entry, self.prefetched in prefetch(self.repo, entries):
+                for entry, self.prefetched in prefetch(self.repo, entries, budget=_PREFETCH_BUDGET):
                     if self.fatal is not None:
                         raise self.fatal
                     self.entry(stack, entry)
