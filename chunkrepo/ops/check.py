@@ -76,6 +76,9 @@ def _short(b: bytes) -> str:
     return b.hex()
 
 
+_WINDOW = 8 << 20    # bytes of a pack read at once by check --read-data
+
+
 def _verify_pack_bytes(buf, entries):
     """Worker: decompress and hash each (offset, length, raw_length, id, kind) of one pack."""
     bad = []
@@ -384,8 +387,22 @@ class _Checker:
 
     # -- read_data ---------------------------------------------------------------
     def _read_pack(self, pid: bytes, entries):
-        buf = self.storage.get(pack_name(pid))
-        return _verify_pack_bytes(buf, entries)
+        """Verify a pack's blobs reading it in windows of about _WINDOW bytes
+        (few large reads, and memory independent of the pack size)."""
+        name, size = pack_name(pid), self.pack_real_size[pid]
+        bad, checked, i = [], 0, 0
+        while i < len(entries):
+            start, j = entries[i][0], i + 1
+            while j < len(entries) and entries[j][0] + entries[j][1] - start <= _WINDOW:
+                j += 1
+            group = entries[i:j]
+            end = min(max(e[0] + e[1] for e in group), size)
+            buf = self.storage.get(name, start, end - start) if end > start else b""
+            b, c = _verify_pack_bytes(buf, [(o - start, n, r, bid, k) for o, n, r, bid, k in group])
+            bad += b
+            checked += c
+            i = j
+        return bad, checked
 
     def _read_all(self, pack_info) -> None:
         todo = [pid for pid in sorted(pack_info) if pid in self.pack_real_size and self.by_pack.get(pid)]
@@ -393,7 +410,7 @@ class _Checker:
         for _ in range(skipped):
             self._tick()
         # two packs in flight: one being read while the other is hashed (zstd and
-        # blake3 release the GIL), so memory stays at about two packs
+        # blake3 release the GIL); each is read in windows, so memory stays at a few windows
         with concurrent.futures.ThreadPoolExecutor(2, "chunkrepo-check") as pool:
             inflight = []
             it = iter(todo)
