@@ -51,8 +51,47 @@ class WriterLock:
 
 
 def _describe(raw: bytes) -> str:
+    """'PID 123 on HOST since TIME (5 minutes ago)' from the holder info."""
     try:
         d = json.loads(raw)
-        return f"PID {d['pid']} on {d['host']} since {d['since']}"
+        since = datetime.datetime.fromisoformat(d["since"])
+        text = f"PID {d['pid']} on {d['host']} since {d['since']}"
     except (ValueError, KeyError, TypeError):
         return "another process"
+    return f"{text} ({_age(datetime.datetime.now(since.tzinfo) - since)} ago)"
+
+
+def _age(delta: datetime.timedelta) -> str:
+    secs = max(0, int(delta.total_seconds()))
+    for unit, n in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if secs >= n:
+            k = secs // n
+            return f"{k} {unit}{'s' if k != 1 else ''}"
+    return f"{secs} second{'s' if secs != 1 else ''}"
+
+
+def inspect_lock(path: str) -> tuple:
+    """(held, description): is a live writer holding the lock, and who it was.
+
+    Used by `chunkrepo unlock`.  A lock held by a live process is never
+    broken; holder info left behind by a dead process (flock is already
+    free) is cleared.
+    """
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return False, None
+    try:
+        info = os.pread(fd, 4096, 0)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True, _describe(info)
+        try:
+            if info:
+                os.ftruncate(fd, 0)
+            return False, _describe(info) if info else None
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)

@@ -1,0 +1,25 @@
+"""chunkrepo unlock: say who holds the writer lock; clear what a dead writer left."""
+
+import os
+
+import click
+
+from ..errors import RepoLocked
+from ..repository.lock import inspect_lock
+from .common import open_repo, repo_option
+
+
+@click.command("unlock")
+@repo_option
+def command(repo_path):
+    """Report the writer lock.  A running writer's lock is never broken (the
+    kernel frees it when that process ends); holder information left by a
+    writer that died is cleared."""
+    with open_repo(repo_path) as repo:
+        held, who = inspect_lock(os.path.join(repo.path, "lock"))
+    if held:
+        raise RepoLocked(f"repository is locked by {who}, which is still running: not unlocked")
+    if who:
+        click.echo(f"cleared the lock information of {who}: that writer is gone", err=True)
+    else:
+        click.echo("the repository is not locked", err=True)
