@@ -94,9 +94,12 @@ class Repo:
         return restore_tree(self._repo, bytes.fromhex(rec.root), os.fspath(target), start,
                             progress=progress)
 
-    def check(self, read_data: bool = False, progress=None):
-        """Verify the repository; returns a CheckReport (report.ok is False on damage)."""
-        return check_repository(self._repo, read_data=read_data, progress=progress)
+    def check(self, read_data: bool = False, progress=None, read_data_subset: Optional[str] = None):
+        """Verify the repository; returns a CheckReport (report.ok is False on damage).
+
+        read_data_subset: 'n/k' or 'P%' of the packs to read and re-hash."""
+        return check_repository(self._repo, read_data=read_data, progress=progress,
+                                read_data_subset=read_data_subset)
 
     def forget(self, backup_ids: Sequence[str] = (), policy: Optional[Policy] = None,
                dry_run: bool = False, prune: bool = False,

@@ -24,7 +24,10 @@ packs' bytes at a time.
 """
 
 import concurrent.futures
+import math
 import os
+import random
+import re
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -52,6 +55,7 @@ class CheckReport:
     chunks: int = 0
     packs: int = 0
     bytes_checked: int = 0            # stored bytes read and re-hashed (read_data)
+    packs_read: int = 0               # packs read and re-hashed (all, or --read-data-subset's)
     unreferenced_packs: int = 0       # sealed packs not in the index yet: the next writer adopts them
     pending_deletion: int = 0         # packs prune dropped whose files wait for readers to move on
     garbage_blobs: int = 0            # stored blobs nothing references (prune frees them)
@@ -64,7 +68,7 @@ class CheckReport:
         return {"ok": self.ok, "errors": list(self.errors),
                 "damaged": {k: list(v) for k, v in sorted(self.damaged.items())},
                 "backups": self.backups, "trees": self.trees, "chunks": self.chunks,
-                "packs": self.packs, "bytes_checked": self.bytes_checked,
+                "packs": self.packs, "bytes_checked": self.bytes_checked, "packs_read": self.packs_read,
                 "unreferenced_packs": self.unreferenced_packs,
                 "pending_deletion": self.pending_deletion, "garbage_blobs": self.garbage_blobs,
                 "garbage_bytes": self.garbage_bytes,
@@ -106,6 +110,7 @@ class _Checker:
         self.storage = repo.storage
         self.rep = report
         self.read_data = read_data
+        self.subset: Optional[str] = None
         self.progress = progress
         self._kind_counts: Counter = Counter()
         self.bad_chunks: set = set()      # chunk ids missing or damaged
@@ -406,6 +411,8 @@ class _Checker:
 
     def _read_all(self, pack_info) -> None:
         todo = [pid for pid in sorted(pack_info) if pid in self.pack_real_size and self.by_pack.get(pid)]
+        todo = select_packs(todo, self.subset)
+        self.rep.packs_read = len(todo)
         skipped = len(pack_info) - len(todo)
         for _ in range(skipped):
             self._tick()
@@ -513,11 +520,38 @@ def _is_pack_name(name: str) -> bool:
         return False
 
 
-def check_repository(repo, read_data: bool = False, progress=None) -> CheckReport:
-    """Verify repo (a repository.Repository); damage is reported in the result, not raised."""
+def select_packs(pids: list, spec: Optional[str]) -> list:
+    """The packs --read-data-subset names: 'n/k' (the n-th of k fixed slices by
+    pack id, so k nights cover everything) or 'P%' (a random P percent)."""
+    if not spec:
+        return pids
+    m = re.fullmatch(r"(\d+)/(\d+)", spec)
+    if m:
+        n, k = int(m.group(1)), int(m.group(2))
+        if not 1 <= n <= k:
+            raise ChunkrepoError(f"--read-data-subset {spec}: want n/k with 1 <= n <= k")
+        return [p for p in pids if int.from_bytes(p[:4], "big") % k == n - 1]
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)%", spec)
+    if m:
+        pct = float(m.group(1))
+        if not 0 < pct <= 100:
+            raise ChunkrepoError(f"--read-data-subset {spec}: want a percentage above 0 and at most 100")
+        want = min(len(pids), math.ceil(len(pids) * pct / 100))
+        return sorted(random.sample(pids, want))
+    raise ChunkrepoError(f"--read-data-subset {spec}: want n/k (e.g. 1/10) or a percentage (e.g. 10%)")
+
+
+def check_repository(repo, read_data: bool = False, progress=None,
+                     read_data_subset: Optional[str] = None) -> CheckReport:
+    """Verify repo (a repository.Repository); damage is reported in the result, not raised.
+
+    read_data_subset ('n/k' or 'P%') reads only those packs (implies read_data)."""
     t0 = time.monotonic()
+    select_packs([], read_data_subset)          # bad input: one clear error before any work
+    read_data = read_data or bool(read_data_subset)
     rep = CheckReport(read_data=read_data)
     chk = _Checker(repo, rep, read_data, progress)
+    chk.subset = read_data_subset
     try:
         chk.run()
     except (ChunkrepoError, OSError) as e:

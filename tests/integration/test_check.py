@@ -171,3 +171,27 @@ def test_index_entries_missing_or_cache_tampered(setup):
     # the pack copy of the record is intact, so the recount still sees through it:
     # no reference count complaints follow from the tampered cache
     assert not any("reference count" in e for e in rep.errors), rep.errors
+
+
+def test_read_data_subset_slices_cover_every_pack_once(tmp_path):
+    from chunkrepo.errors import ChunkrepoError
+    from chunkrepo.ops.check import select_packs
+    Repo.init(tmp_path / "r", Config(pack_size=1 << 20)).close()
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(12):
+        (src / f"f{i}").write_bytes(os.urandom(300_000))
+    with Repo(tmp_path / "r") as repo:
+        repo.backup([src])
+        full = repo.check(read_data=True)
+        slices = [repo.check(read_data_subset=f"{n}/3") for n in (1, 2, 3)]
+        assert all(r.ok for r in slices)
+        assert sum(r.packs_read for r in slices) == full.packs_read > 3
+        assert sum(r.bytes_checked for r in slices) == full.bytes_checked
+        half = repo.check(read_data_subset="50%")
+        assert half.ok and half.packs_read == -(-full.packs_read // 2)
+        for bad in ("0/3", "4/3", "0%", "101%", "x"):
+            with pytest.raises(ChunkrepoError, match="read-data-subset"):
+                repo.check(read_data_subset=bad)
+    pids = [bytes([i]) * 16 for i in range(10)]
+    assert sorted(p for n in (1, 2) for p in select_packs(pids, f"{n}/2")) == pids
