@@ -31,8 +31,8 @@ from .repository.config import Config
 class Repo:
     """An open chunkrepo repository (use as a context manager)."""
 
-    def __init__(self, path):
-        self._repo = Repository(os.fspath(path))
+    def __init__(self, path, wrap_storage=None):
+        self._repo = Repository(os.fspath(path), wrap_storage)
         self.path = self._repo.path
 
     @classmethod

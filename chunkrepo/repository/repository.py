@@ -40,11 +40,15 @@ def _release_index(path: str) -> None:
 class Repository:
     """An open repository.  Reading needs no lock; writing goes through a WriteSession."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, wrap_storage=None):
+        """wrap_storage: a function applied to the storage (features such as fault
+        injection are wrappers around a storage; tests use it)."""
         self.path = os.path.abspath(path)
         if not os.path.isdir(self.path):
             raise NotARepository(f"no repository at {self.path} (run 'chunkrepo init' first)")
         self.storage = LocalStorage(self.path)
+        if wrap_storage is not None:
+            self.storage = wrap_storage(self.storage)
         try:
             raw = self.storage.get(CONFIG_NAME)
         except NotFound:
