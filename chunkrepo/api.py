@@ -19,6 +19,7 @@ from .ops.file_reader import ChunkFile
 from .ops.forget import ForgetResult, forget
 from .ops.prune import DEFAULT_REPACK_THRESHOLD, PruneReport, prune_repository
 from .ops.retention import Policy
+from .ops.rebuild_index import rebuild_index
 from .ops.restore import restore_tree
 from .ops.snapshot.materialise import clone as clone_version
 from .ops.snapshot.store import SnapshotResult, take_snapshot
@@ -39,6 +40,11 @@ class Repo:
     def init(cls, path, config: Optional[Config] = None) -> "Repo":
         Repository.init(os.fspath(path), config).close()
         return cls(path)
+
+    @staticmethod
+    def rebuild_index(path):
+        """Recreate the index of the repository at path from its packs and backup records."""
+        return rebuild_index(os.fspath(path), Repository)
 
     @property
     def repository(self) -> Repository:

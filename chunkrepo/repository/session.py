@@ -78,24 +78,30 @@ class WriteSession:
             # a pack pending deletion was dropped by prune: its file goes, never comes back
             unknown = [n for n in self.storage.list("packs")
                        if not v.has_pack(pack_id_from_name(n)) and not v.is_pending(pack_id_from_name(n))]
+        damaged = []
         for name in unknown:
             try:
                 entries = read_trailer(self.storage, name)
             except IntegrityError:
+                damaged.append(name)
                 continue   # a damaged pack is check's business, never adopted
             self._commit_pack(pack_id_from_name(name), entries, self.storage.size(name))
             adopted_packs += 1
         adopted_backups = 0
         with self.index.read() as v:
             missing = [n for n in self.storage.list("backups") if v.backup(n.rsplit("/", 1)[1]) is None]
+        unregistered = []
         for name in missing:
             rec = BackupRecord.from_dict(records.decode_json(self.storage.get(name)))
             try:
                 self._register_backup(rec)
                 adopted_backups += 1
             except IntegrityError:
+                unregistered.append(rec.id)   # its records are not all in the store
                 continue
-        return {"packs": adopted_packs, "backups": adopted_backups}
+        self.recovered = {"packs": adopted_packs, "backups": adopted_backups,
+                          "damaged_packs": damaged, "unregistered_backups": unregistered}
+        return self.recovered
 
     # -- blobs ----------------------------------------------------------------
     def _writer(self) -> PackWriter:

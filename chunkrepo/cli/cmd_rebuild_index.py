@@ -1,0 +1,26 @@
+"""chunkrepo rebuild-index: recreate the index from the packs and backup records."""
+
+import click
+
+from ..api import Repo
+from ..errors import ChunkrepoError
+from .common import default_repo_path, json_option, print_json, repo_option
+
+
+@click.command("rebuild-index")
+@repo_option
+@json_option
+def command(repo_path, as_json):
+    """Recreate the index from the store alone (pack trailers, directory records, backup records)."""
+    res = Repo.rebuild_index(repo_path or default_repo_path())
+    if as_json:
+        print_json(res.to_dict())
+    else:
+        click.echo(f"index rebuilt from {res.packs} packs and {res.backups} backup records "
+                   f"in {res.elapsed:.1f} s", err=True)
+    for name in res.damaged_packs:
+        click.echo(f"chunkrepo: {name}: damaged trailer, its blobs were not adopted", err=True)
+    for bid in res.unregistered_backups:
+        click.echo(f"chunkrepo: backup {bid}: some of its records are missing; not registered", err=True)
+    if res.damaged_packs or res.unregistered_backups:
+        raise ChunkrepoError("the index was rebuilt, but the store is damaged: run 'chunkrepo check --read-data'")
