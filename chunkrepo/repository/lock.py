@@ -7,10 +7,13 @@ leaves a stale lock on the same host.  Readers take no lock.
 import datetime
 import fcntl
 import json
+import logging
 import os
 import socket
 
 from ..errors import RepoLocked
+
+log = logging.getLogger("chunkrepo")
 
 
 class WriterLock:
@@ -26,6 +29,18 @@ class WriterLock:
             holder = _describe(os.pread(fd, 4096, 0))
             os.close(fd)
             raise RepoLocked(f"repository is locked by {holder}") from None
+        try:
+            left = os.pread(fd, 4096, 0)
+        except OSError:
+            left = b""
+        if left.strip():     # release() empties the file: its writer died, or runs elsewhere
+            if _other_host(left):
+                # flock may not reach across hosts (network file systems): never take that over
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
+                raise RepoLocked(f"repository is locked by {_describe(left)}; if that writer is gone, "
+                                 f"run 'chunkrepo unlock'")
+            log.warning("chunkrepo: taking over the lock of %s: that writer is gone", _describe(left))
         info = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                            "since": datetime.datetime.now().astimezone().isoformat(timespec="seconds")})
         try:
@@ -37,7 +52,10 @@ class WriterLock:
 
     def release(self) -> None:
         if self._fd is not None:
-            os.ftruncate(self._fd, 0)
+            try:
+                os.ftruncate(self._fd, 0)
+            except OSError:
+                pass     # the holder info is advice; the flock must still go
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
@@ -50,12 +68,20 @@ class WriterLock:
         self.release()
 
 
+def _other_host(raw: bytes) -> bool:
+    try:
+        return json.loads(raw)["host"] != socket.gethostname()
+    except (ValueError, KeyError, TypeError):
+        return False
+
+
 def _describe(raw: bytes) -> str:
     """'PID 123 on HOST since TIME (5 minutes ago)' from the holder info."""
     try:
         d = json.loads(raw)
         since = datetime.datetime.fromisoformat(d["since"])
-        text = f"PID {d['pid']} on {d['host']} since {d['since']}"
+        elsewhere = d["host"] != socket.gethostname()
+        text = f"PID {d['pid']} on {d['host']}{' (another host)' if elsewhere else ''} since {d['since']}"
     except (ValueError, KeyError, TypeError):
         return "another process"
     return f"{text} ({_age(datetime.datetime.now(since.tzinfo) - since)} ago)"
