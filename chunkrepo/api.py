@@ -27,12 +27,17 @@ from .ops.tarout import write_tar
 from .ops.traverse import Entry, find_node, walk
 from .repository import Repository
 from .repository.config import Config
+from .storage.faults import from_env as faults_from_env
 
 
 class Repo:
     """An open chunkrepo repository (use as a context manager)."""
 
     def __init__(self, path, wrap_storage=None):
+        """wrap_storage: a function wrapping the repository's storage (storage.faults in
+        tests; $CHUNKREPO_FAULTS sets one for a CLI run)."""
+        if wrap_storage is None:
+            wrap_storage = faults_from_env()
         self._repo = Repository(os.fspath(path), wrap_storage)
         self.path = self._repo.path
 

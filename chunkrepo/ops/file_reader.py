@@ -5,7 +5,7 @@ import io
 import os
 from itertools import accumulate
 
-from ..errors import IntegrityError
+from ..errors import ChunkrepoError, IntegrityError
 from ..model import Node
 
 
@@ -59,8 +59,8 @@ class ChunkFile(io.RawIOBase):
         if self._cache[0] != i:
             try:
                 self._cache = (i, self._repo.read_chunk(self._ids[i]))
-            except IntegrityError as e:
-                raise IntegrityError(f"{self._path}: {e}") from None
+            except ChunkrepoError as e:     # damaged data, or the storage failing (EIO)
+                raise _with_path(e, self._path) from None
         return self._cache[1]
 
     def _read_stream(self, soff: int, n: int) -> bytes:
@@ -128,10 +128,8 @@ class ChunkFile(io.RawIOBase):
     def _checked(self, source):
         try:
             yield from source
-        except IntegrityError as e:
-            if self._path and self._path not in str(e):
-                raise IntegrityError(f"{self._path}: {e}") from None
-            raise
+        except ChunkrepoError as e:
+            raise _with_path(e, self._path) from None
 
     def seek(self, offset: int, whence: int = 0) -> int:
         base = {0: 0, 1: self._pos, 2: self.size}[whence]
@@ -140,3 +138,10 @@ class ChunkFile(io.RawIOBase):
 
     def tell(self) -> int:
         return self._pos
+
+
+def _with_path(e: ChunkrepoError, path: str) -> ChunkrepoError:
+    """The same kind of error, its message naming the file (once)."""
+    if not path or str(e).startswith(path) or path in str(e):
+        return e
+    return type(e)(f"{path}: {e}")

@@ -3,11 +3,18 @@ failed renames.  For tests of what a backup or a prune leaves behind when the
 storage fails under it; features are wrappers around a storage.
 
     Repo(path, wrap_storage=lambda s: FaultyStorage(s, [Fault("write", "packs/", after=3)]))
+
+A CLI run in a subprocess takes its faults from the environment (read only by
+chunkrepo.api.Repo, through from_env):
+
+    CHUNKREPO_FAULTS="write:packs/:2:ENOSPC;get:packs/:0:EIO:1"    op:prefix[:after[:kind[:times]]]
 """
 
 import errno
 import os
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
+from typing import List, Optional
 
 from ..errors import StorageError
 from .local import _storage_error
@@ -24,12 +31,18 @@ class Fault:
     kind: str = "ENOSPC"    # "ENOSPC" | "EIO" | "short" (half written, then ENOSPC)
     times: int = 1 << 30    # how many times it fires (then the storage heals)
     hits: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def fires(self, op: str, name: str) -> bool:
         if op != self.op or not name.startswith(self.prefix):
             return False
-        self.hits += 1
-        return self.after < self.hits <= self.after + self.times
+        with self._lock:          # backups write packs from several threads
+            self.hits += 1
+            return self.after < self.hits <= self.after + self.times
+
+    @property
+    def fired(self) -> int:
+        return max(0, min(self.hits - self.after, self.times))
 
     def error(self, what: str) -> StorageError:
         code = _ERRNO.get(self.kind, errno.ENOSPC)
@@ -101,3 +114,40 @@ class FaultyStorage:
 
     def __getattr__(self, attr):      # size, exists, list, close, remove_stale_temporaries, ...
         return getattr(self._inner, attr)
+
+
+FAULTS_ENV = "CHUNKREPO_FAULTS"
+_OPS = ("write", "commit", "put", "get", "delete")
+_KINDS = ("ENOSPC", "EIO", "short")
+
+
+def parse_faults(spec: str) -> List[Fault]:
+    """'op:prefix[:after[:kind[:times]]]' separated by ';' -> Faults (ValueError if malformed)."""
+    faults = []
+    for item in filter(None, (x.strip() for x in spec.split(";"))):
+        parts = item.split(":")
+        if not 2 <= len(parts) <= 5 or parts[0] not in _OPS:
+            raise ValueError(f"bad fault {item!r}: op:prefix[:after[:kind[:times]]] with op one of {_OPS}")
+        kw = {"op": parts[0], "prefix": parts[1]}
+        if len(parts) > 2:
+            kw["after"] = int(parts[2])
+        if len(parts) > 3:
+            if parts[3] not in _KINDS:
+                raise ValueError(f"bad fault {item!r}: kind must be one of {_KINDS}")
+            kw["kind"] = parts[3]
+        if len(parts) > 4:
+            kw["times"] = int(parts[4])
+        faults.append(Fault(**kw))
+    return faults
+
+
+def from_env() -> Optional[callable]:
+    """A wrap_storage function for the faults in $CHUNKREPO_FAULTS, or None if it is unset."""
+    spec = os.environ.get(FAULTS_ENV)
+    if not spec:
+        return None
+    try:
+        faults = parse_faults(spec)
+    except ValueError as e:
+        raise StorageError(f"{FAULTS_ENV}: {e}") from None
+    return lambda storage: FaultyStorage(storage, faults)

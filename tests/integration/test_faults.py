@@ -3,6 +3,11 @@ writes and failed renames during backup and prune fail with one clear error and
 leave a repository that checks clean, keeps every earlier backup, and takes the
 next backup or prune without trouble."""
 
+import io
+import os
+import subprocess
+import sys
+
 import pytest
 
 from chunkrepo import Repo
@@ -10,6 +15,8 @@ from chunkrepo.errors import StorageError
 from chunkrepo.repository.config import Config
 from chunkrepo.storage.faults import Fault, FaultyStorage
 from tests.conftest import age, write_random
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _src(root, seed):
@@ -83,3 +90,109 @@ def test_prune_fails_cleanly(tmp_path, fault):
         assert repo.check(read_data=True).ok
     _src(src, 2)
     _healthy(path, kept, src)
+
+
+@pytest.mark.parametrize("fault, message", [
+    (Fault("put", "backups/", kind="EIO"), "writing backups/.*Input/output error"),
+    (Fault("write", "backups/", kind="short"), "no space left on device while writing backups/"),
+])
+def test_backup_record_that_cannot_be_stored(tmp_path, fault, message):
+    path = tmp_path / "repo"
+    Repo.init(path, Config(pack_size=1 << 20)).close()
+    src = _src(tmp_path / "src", 1)
+    with Repo(path) as repo:
+        before = repo.backup([src])
+    _src(src, 2)
+    with Repo(path, wrap_storage=lambda s: FaultyStorage(s, [fault])) as repo:
+        with pytest.raises(StorageError, match=message):
+            repo.backup([src])
+        assert [r.id for r in repo.list_backups()] == [before.id]
+    assert fault.fired == 1
+    assert not list((path / "backups").iterdir()) or \
+        {p.name for p in (path / "backups").iterdir()} == {before.id}    # no half record left
+    _healthy(path, before, src)
+
+
+def test_prune_cannot_read_a_pack_it_would_rewrite(tmp_path):
+    """EIO reading the live blobs of a pack to repack: reported, that pack kept whole."""
+    path = tmp_path / "repo"
+    Repo.init(path, Config(pack_size=1 << 20)).close()
+    src = _src(tmp_path / "src", 1)
+    with Repo(path) as repo:
+        first = repo.backup([src])
+        (src / "f1-1.bin").unlink()
+        kept = repo.backup([src])
+        repo.forget([first.id])
+        plan = repo.prune(dry_run=True)
+    assert plan.packs_rewritten >= 1          # else this test would test nothing
+    fault = Fault("get", "packs/", kind="EIO")
+    with Repo(path, wrap_storage=lambda s: FaultyStorage(s, [fault])) as repo:
+        rep = repo.prune()
+    assert fault.fired >= 1
+    assert rep.errors and all("Input/output error" in e and "pack kept" in e for e in rep.errors)
+    with Repo(path) as repo:
+        assert repo.check(read_data=True).ok
+        rep = repo.prune()
+        assert rep.errors == [] and rep.packs_rewritten >= 1
+        assert repo.check(read_data=True).ok
+    _src(src, 2)
+    _healthy(path, kept, src)
+
+
+def test_read_error_during_tar_restore_and_open_names_the_file(tmp_path):
+    path = tmp_path / "repo"
+    Repo.init(path, Config(pack_size=1 << 20)).close()
+    src = _src(tmp_path / "src", 1)
+    with Repo(path) as repo:
+        b = repo.backup([src])
+
+    def faulty():
+        return Repo(path, wrap_storage=lambda s: FaultyStorage(s, [Fault("get", "packs/", kind="EIO")]))
+
+    rel = str(src / "f1-0.bin").lstrip("/")
+    with faulty() as repo:
+        with pytest.raises(StorageError) as exc:
+            repo.produce_tar(b.id, io.BytesIO())
+        msg = str(exc.value)
+        assert msg.startswith(str(src).lstrip("/") + "/f1-") and "Input/output error" in msg, msg
+        with pytest.raises(StorageError, match=f"^/{rel}: reading packs/.*Input/output error"):
+            with repo.open_file(b.id, src / "f1-0.bin") as f:
+                f.read()
+        res = repo.restore(b.id, tmp_path / "out")
+        assert len(res.errors) == 5
+        assert all(e.startswith(str(src) + "/f1-") and "Input/output error" in e for e in res.errors)
+    assert not any(p.is_file() for p in (tmp_path / "out").rglob("*"))   # no partial files
+    with Repo(path) as repo:                  # the data was never damaged
+        res = repo.restore(b.id, tmp_path / "out2")
+        assert res.errors == []
+        assert (tmp_path / "out2" / rel).read_bytes() == (src / "f1-0.bin").read_bytes()
+
+
+def _cli(faults, *args):
+    env = dict(os.environ, PYTHONPATH=ROOT, CHUNKREPO_FAULTS=faults)
+    return subprocess.run([sys.executable, "-m", "chunkrepo", *args], capture_output=True, env=env)
+
+
+def test_cli_fails_with_one_line_under_faults_from_the_environment(tmp_path):
+    path = tmp_path / "repo"
+    Repo.init(path, Config(pack_size=1 << 20)).close()
+    src = _src(tmp_path / "src", 1)
+    with Repo(path) as repo:
+        before = repo.backup([src])
+    _src(src, 2)
+    p = _cli("write:packs/:1:ENOSPC", "backup", "--repo", str(path), str(src))
+    err = p.stderr.decode()
+    assert p.returncode == 1 and err.startswith("chunkrepo: error: no space left on device while writing packs/")
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    p = _cli("get:packs/:0:EIO", "tar", "--repo", str(path), before.id, "-o", str(tmp_path / "x.tar"))
+    err = p.stderr.decode()
+    assert p.returncode == 1 and f"{str(src).lstrip('/')}/f1-" in err and "Input/output error" in err, err
+    assert not (tmp_path / "x.tar").exists()
+    p = _cli("get:packs/:0:EIO", "restore", "--repo", str(path), before.id, "--target", str(tmp_path / "o"))
+    err = p.stderr.decode()
+    assert p.returncode == 1 and f"chunkrepo: {src}/f1-0.bin: reading packs/" in err, err
+    p = _cli("get:packs/:0:sometimes", "list-backups", "--repo", str(path))
+    assert p.returncode == 1 and "CHUNKREPO_FAULTS" in p.stderr.decode()
+    p = _cli("", "backup", "--repo", str(path), str(src))      # no faults: all is well
+    assert p.returncode == 0, p.stderr.decode()
+    _healthy(path, before, src)
