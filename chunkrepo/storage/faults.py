@@ -20,7 +20,7 @@ from ..errors import StorageError
 from .local import _storage_error
 
 # what each kind of fault raises
-_ERRNO = {"ENOSPC": errno.ENOSPC, "EIO": errno.EIO}
+_ERRNO = {"ENOSPC": errno.ENOSPC, "EIO": errno.EIO, "late": errno.EIO}
 
 
 @dataclass
@@ -28,7 +28,8 @@ class Fault:
     op: str                 # "write" | "commit" | "put" | "get" | "delete"
     prefix: str = ""        # object names it applies to
     after: int = 0          # matching calls that succeed before the fault
-    kind: str = "ENOSPC"    # "ENOSPC" | "EIO" | "short" (half written, then ENOSPC)
+    kind: str = "ENOSPC"    # "ENOSPC" | "EIO" | "short" (half written, then ENOSPC) |
+                            # "late" (commit only: the object is in place, then EIO)
     times: int = 1 << 30    # how many times it fires (then the storage heals)
     hits: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
@@ -67,6 +68,9 @@ class _FaultyWriter:
 
     def commit(self) -> None:
         f = self._s._match("commit", self._name)
+        if f is not None and f.kind == "late":   # renamed, then fsync of the folder fails
+            self._inner.commit()
+            raise f.error(f"writing {self._name}")
         if f is not None:       # the data is written, the rename that publishes it fails
             self._inner.abort()
             raise f.error(f"renaming {self._name} into place")
@@ -118,7 +122,7 @@ class FaultyStorage:
 
 FAULTS_ENV = "CHUNKREPO_FAULTS"
 _OPS = ("write", "commit", "put", "get", "delete")
-_KINDS = ("ENOSPC", "EIO", "short")
+_KINDS = ("ENOSPC", "EIO", "short", "late")
 
 
 def parse_faults(spec: str) -> List[Fault]:

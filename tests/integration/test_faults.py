@@ -46,6 +46,7 @@ def _healthy(path, before, src):
     (Fault("write", "packs/", after=3, kind="short"), "no space left on device"),
     (Fault("commit", "packs/", after=1, kind="EIO"), "renaming packs/"),
     (Fault("commit", "backups/", kind="ENOSPC"), "no space left on device"),
+    (Fault("commit", "packs/", after=1, kind="late"), "writing packs/.*Input/output error"),
 ])
 def test_backup_fails_cleanly(tmp_path, fault, message):
     path = tmp_path / "repo"
@@ -66,6 +67,8 @@ def test_backup_fails_cleanly(tmp_path, fault, message):
     Fault("write", "packs/", kind="ENOSPC"),        # the repacked pack cannot be written
     Fault("commit", "packs/", kind="EIO"),
     Fault("delete", "packs/", kind="EIO"),          # an old pack cannot be removed
+    Fault("write", "packs/", after=2, kind="short"),
+    Fault("commit", "packs/", kind="late"),         # the new pack is in place, then EIO
 ])
 def test_prune_fails_cleanly(tmp_path, fault):
     path = tmp_path / "repo"
@@ -196,3 +199,28 @@ def test_cli_fails_with_one_line_under_faults_from_the_environment(tmp_path):
     p = _cli("", "backup", "--repo", str(path), str(src))      # no faults: all is well
     assert p.returncode == 0, p.stderr.decode()
     _healthy(path, before, src)
+
+
+def test_backup_record_in_place_when_the_error_comes(tmp_path):
+    """The record was renamed into place, then fsync failed: the user saw an error, yet
+    the backup is complete; the next write session adopts it and it reads back whole."""
+    path = tmp_path / "repo"
+    Repo.init(path, Config(pack_size=1 << 20)).close()
+    src = _src(tmp_path / "src", 1)
+    with Repo(path) as repo:
+        before = repo.backup([src])
+    _src(src, 2)
+    fault = Fault("commit", "backups/", kind="late")
+    with Repo(path, wrap_storage=lambda s: FaultyStorage(s, [fault])) as repo:
+        with pytest.raises(StorageError, match="writing backups/"):
+            repo.backup([src])
+        assert len(repo.list_backups()) == 1
+        assert repo.check(read_data=True).ok
+    with Repo(path) as repo:
+        res = repo.backup([src])              # recovery registers the record left in place
+        recs = repo.list_backups()
+        assert len(recs) == 3 and res.bytes_new == 0
+        adopted = [r for r in recs if r.id not in (before.id, res.id)][0]
+        with repo.open_file(adopted.id, src / "f2-3.bin") as f:
+            assert f.read() == (src / "f2-3.bin").read_bytes()
+        assert repo.check(read_data=True).ok
