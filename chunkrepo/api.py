@@ -10,17 +10,20 @@
 import os
 from typing import Iterator, List, Optional, Sequence
 
-from .errors import NotFound
+from .errors import ChunkrepoError, NotFound
 from .model import BackupRecord
 from .model.nodes import REG
 from .ops.backup import BackupOptions, BackupResult, run_backup
+from .ops.backup.fsspec_source import run_url_backup
 from .ops.check import check_repository
 from .ops.file_reader import ChunkFile
 from .ops.forget import ForgetResult, forget
 from .ops.prune import DEFAULT_REPACK_THRESHOLD, PruneReport, prune_repository
 from .ops.retention import Policy
 from .ops.rebuild_index import rebuild_index
+from .ops.fsspec_url import is_url
 from .ops.restore import restore_tree
+from .ops.restore_fsspec import restore_to_url
 from .ops.snapshot.materialise import clone as clone_version
 from .ops.snapshot.store import SnapshotResult, take_snapshot
 from .ops.tarout import write_tar
@@ -66,10 +69,18 @@ class Repo:
 
     def backup(self, paths: Sequence, host: Optional[str] = None, subset: Optional[str] = None,
                excludes: Sequence[str] = (), one_file_system: bool = False,
-               progress=None, **kw) -> BackupResult:
+               progress=None, source_options: Optional[dict] = None, **kw) -> BackupResult:
+        """Back up local paths, or one fsspec URL (s3://bucket/data, memory://..., file:///...)
+        whose filesystem gets source_options (endpoint_url=..., see docs/design.md)."""
         opts = BackupOptions(host=host, subset=subset, excludes=tuple(excludes),
                              one_file_system=one_file_system, progress=progress, **kw)
-        return run_backup(self._repo, [os.fspath(p) for p in paths], opts)
+        paths = [os.fspath(p) for p in paths]
+        urls = [p for p in paths if is_url(p)]
+        if urls:
+            if len(paths) != 1 or opts.listed_paths:
+                raise ChunkrepoError("a URL is backed up on its own: one URL, no other paths")
+            return run_url_backup(self._repo, urls[0], opts, source_options)
+        return run_backup(self._repo, paths, opts)
 
     def list_backups(self, last_n: Optional[int] = None) -> List[BackupRecord]:
         recs = self._repo.list_backups()
@@ -99,9 +110,19 @@ class Repo:
         return write_tar(self._repo, bytes.fromhex(rec.root), out, start, recursive, tar_format,
                          progress=progress)
 
-    def restore(self, backup_id: str, target, start="/", progress=None):
-        """Recreate the backup (or start below it) inside the directory target."""
+    def restore(self, backup_id: str, target, start="/", progress=None, target_options: Optional[dict] = None,
+                mirror: bool = False, overwrite: bool = False):
+        """Recreate the backup (or start below it) inside the directory target, or at the
+        fsspec URL target (whose filesystem gets target_options).  For a URL, overwrite
+        replaces existing objects, and mirror also deletes what the backup does not have
+        after a safety backup of the target (result.safety_backup)."""
         rec = self._repo.resolve_backup(backup_id)
+        if is_url(target):
+            return restore_to_url(self._repo, bytes.fromhex(rec.root), target, start, target_options,
+                                  mirror=mirror, overwrite=overwrite)
+        if mirror or overwrite:
+            raise ChunkrepoError("--mirror and --overwrite need a URL target "
+                                 "(file:///path for a local directory)")
         return restore_tree(self._repo, bytes.fromhex(rec.root), os.fspath(target), start,
                             progress=progress)
 
