@@ -37,6 +37,7 @@ Objects changing while read
 """
 
 import datetime
+import errno
 import socket
 import stat
 import time
@@ -211,6 +212,10 @@ class UrlBackup(Backup):
                     self.res.skipped += 1
                 return None
             except _Changed:
+                continue
+            except OSError as e:
+                if e.errno != errno.EBUSY:   # s3fs's FileExpired: the ETag changed under a ranged GET
+                    problem = f"could not be read ({type(e).__name__}: {one_line(e)})"
                 continue
             except Exception as e:       # the read failed: the library's own exceptions included
                 problem = f"could not be read ({type(e).__name__}: {one_line(e)})"
