@@ -68,6 +68,7 @@ def _existing(fs, root: str) -> Optional[dict]:
         return None
     if info.get("type") != "directory":
         raise TargetNotEmpty(f"restore target {root} exists and is not a directory")
+    fs.invalidate_cache()         # the listing must be today's, not a cached one
     found = fs.find(root, withdirs=True, detail=True)
     return {p.rstrip("/"): i for p, i in found.items() if p.rstrip("/") != root}
 

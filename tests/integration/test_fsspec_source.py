@@ -277,6 +277,10 @@ def test_s3_prefix_backup_restore_and_unchanged_multipart(repo, s3, moto_endpoin
     assert (r2.bytes_read, r2.files_borrowed, r2.parent) == (0, 4, r1.id)
     assert repo.get_backup(r2.id).root == repo.get_backup(r1.id).root
 
+    fs.pipe(f"{bucket}/data/a.txt", b"ALPHA\n")   # the backup's (cached) filesystem must list afresh
+    r3 = repo.backup([url], source_options=opts)
+    assert (r3.bytes_read, r3.files_borrowed) == (6, 3)
+
 
 def _pin_last_modified(bucket, key, when):
     """Give an object moto holds a chosen LastModified (moto's state is in this process)."""

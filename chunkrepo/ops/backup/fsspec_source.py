@@ -141,6 +141,9 @@ class UrlBackup(Backup):
         prev_entries, prev_children = self.prev_listing(prev)
         self.res.dirs += 1
         try:
+            # never the listing cache: fsspec keeps filesystem instances (and their cached
+            # listings) for the life of the process, so a second backup would see the first's
+            self.fs.invalidate_cache(key)
             listing = self.fs.ls(key, detail=True)
         except Exception as e:       # the library's own exceptions included
             self.error(key, f"cannot list directory: {one_line(e)}")
