@@ -16,11 +16,9 @@ import uuid
 
 import pytest
 
-from chunkrepo import Repo
 from chunkrepo.errors import ChunkrepoError, NotFound, TargetNotEmpty
 from chunkrepo.ops.backup import BackupOptions
-from chunkrepo.ops.backup.fsspec_source import ObjectInfo, run_url_backup, unchanged
-from chunkrepo.ops.backup.fsspec_source import file_node
+from chunkrepo.ops.backup.fsspec_source import ObjectInfo, file_node, run_url_backup, unchanged
 
 fsspec = pytest.importorskip("fsspec")
 FUTURE = 10 * 10**9      # a clock this far ahead makes the racy-timestamp rule trust fresh mtimes
