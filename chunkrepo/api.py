@@ -119,7 +119,7 @@ class Repo:
         rec = self._repo.resolve_backup(backup_id)
         if is_url(target):
             return restore_to_url(self._repo, bytes.fromhex(rec.root), target, start, target_options,
-                                  mirror=mirror, overwrite=overwrite)
+                                  mirror=mirror, overwrite=overwrite, progress=progress)
         if mirror or overwrite:
             raise ChunkrepoError("--mirror and --overwrite need a URL target "
                                  "(file:///path for a local directory)")

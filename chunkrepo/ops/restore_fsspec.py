@@ -29,7 +29,7 @@ What is written
 
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 from ..errors import ChunkrepoError, TargetNotEmpty
 from ..model.nodes import DIR, REG
@@ -44,6 +44,7 @@ from .traverse import find_node, split_path, walk
 _WRITE_BLOCK = 8 << 20        # the filesystem's write buffer (an S3 part), at least 5 MiB
 _ZEROS = bytes(1 << 20)
 _PREFETCH_BUDGET = 16 << 20
+_PROGRESS_EVERY = 0.2         # seconds between progress calls
 
 
 @dataclass
@@ -91,9 +92,10 @@ def _abandon(fs, f, path: str, old: Optional[dict]) -> None:
 
 
 class _UrlRestorer:
-    def __init__(self, repo, root_tid: bytes, fs, root: str, start, before: Optional[dict]):
+    def __init__(self, repo, root_tid: bytes, fs, root: str, start, before: Optional[dict], progress=None):
         self.repo, self.root_tid, self.fs, self.root = repo, root_tid, fs, root
         self.start = start
+        self.progress = progress
         self.before = before or {}      # what the target held (path -> info)
         self.res = UrlRestoreResult()
         self.written: set = set()       # paths below root that the restore made (mirror keeps them)
@@ -103,6 +105,7 @@ class _UrlRestorer:
         base = b"/".join(parts[:-1])
         base_len = len(base) + 1 if base else 0
         self.fs.makedirs(self.root, exist_ok=True)
+        next_report = time.monotonic() + _PROGRESS_EVERY
         for (path, node, link_to), pf in prefetch(self.repo, walk(self.repo, self.root_tid, self.start),
                                                   budget=_PREFETCH_BUDGET):
             rel = path[base_len:]
@@ -120,6 +123,9 @@ class _UrlRestorer:
                 self.write_file(dest, node, shown, pf.data() if pf is not None else None)
             else:
                 self.res.skipped_special += 1
+            if self.progress is not None and time.monotonic() >= next_report:
+                self.progress(self.res)
+                next_report = time.monotonic() + _PROGRESS_EVERY
 
     def write_file(self, dest: str, node, shown: str, chunks) -> None:
         f = self.fs.open(dest, "wb", block_size=_WRITE_BLOCK)
@@ -170,11 +176,14 @@ def _zeros(f, pos: int, upto: int) -> int:
 
 
 def restore_to_url(repo, root_tid: bytes, url: str, start="/", options: Optional[dict] = None,
-                   mirror: bool = False, overwrite: bool = False, fs=None) -> UrlRestoreResult:
+                   mirror: bool = False, overwrite: bool = False, fs=None,
+                   progress: Optional[Callable[[RestoreResult], None]] = None) -> UrlRestoreResult:
     """Write the backup whose root record is root_tid (or start below it) to the fsspec URL.
 
-    See the module docstring.  Raises NotFound (start not in the backup, or a
-    missing bucket), TargetNotEmpty, and ChunkrepoError when the filesystem fails.
+    See the module docstring.  Raises NotFound (start not in the backup),
+    TargetNotEmpty, and ChunkrepoError when the filesystem fails.  options go
+    to the filesystem; fs, if given, is used instead of opening one; progress
+    is called as ops.restore calls it.
     """
     t0 = time.monotonic()
     opened, root, shown = open_url(url, options or {})
@@ -191,12 +200,14 @@ def restore_to_url(repo, root_tid: bytes, url: str, start="/", options: Optional
                 f"({safety.skipped + safety.files_changed_during_backup}): nothing was mirrored")
     elif before and not overwrite:
         raise TargetNotEmpty(f"restore target {shown} is not empty (use --overwrite or --mirror)")
-    job = _UrlRestorer(repo, root_tid, fs, root, start, before)
+    job = _UrlRestorer(repo, root_tid, fs, root, start, before, progress)
     job.res.safety_backup = safety.id if safety is not None else None
     with fs_errors(shown):
         job.run()
         if mirror and before:
             job.delete_extras(before)
     job.res.elapsed = time.monotonic() - t0
+    if progress is not None:
+        progress(job.res)
     return job.res
 

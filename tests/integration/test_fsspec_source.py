@@ -5,6 +5,7 @@ of tests/conftest.py (branch `contract`) can replace it once merged.
 """
 
 import io
+import json
 import logging
 import os
 import random
@@ -280,6 +281,17 @@ def test_s3_prefix_backup_restore_and_unchanged_multipart(repo, s3, moto_endpoin
     assert (r3.bytes_read, r3.files_borrowed) == (6, 3)
 
 
+def test_s3_directory_markers_and_an_object_shadowed_by_a_prefix(repo, s3):
+    fs, opts, bucket = s3
+    fill(fs, f"{bucket}/data", {"a": b"object a", "a/b": b"b", "d/": b"", "e": b"e"})
+    url = f"s3://{bucket}/data"
+    r = repo.backup([url], source_options=opts)
+    assert r.errors == [f"{url}/a: an object and a prefix share this name: the object is not stored"]
+    assert r.skipped == 1
+    assert [(e.path, e.node.kind) for e in repo.list_backup(r.id)] == [
+        (b"a", "d"), (b"a/b", "f"), (b"d", "d"), (b"e", "f")]
+
+
 def _pin_last_modified(bucket, key, when):
     """Give an object moto holds a chosen LastModified (moto's state is in this process)."""
     from moto.s3.models import s3_backends
@@ -359,6 +371,9 @@ def test_cli_backup_ls_tar_restore_mirror(tmp_path, s3, moto_endpoint):
     lines = cli("ls", "--repo", repo, bid).stdout.decode().splitlines()
     assert [ln.split()[-1] for ln in lines] == ["a.txt", "sub/", "sub/b.bin"]
     assert lines[0].startswith("-rw-r--r--") and lines[1].startswith("drwxr-xr-x")
+    first = json.loads(cli("ls", "--repo", repo, bid, "/a.txt", "--json").stdout)
+    fs.invalidate_cache()
+    assert first["etag"] == fs.info(f"{bucket}/data/a.txt")["ETag"]
 
     tar = cli("tar", "--repo", repo, bid).stdout
     with tarfile.open(fileobj=io.BytesIO(tar)) as t:

@@ -119,6 +119,25 @@ def _name(key: str) -> bytes:
     return key.rstrip("/").rpartition("/")[2].encode("utf-8", "surrogateescape")
 
 
+def _entries(listing, key: str):
+    """(name, info) of a directory listing sorted by name, without the directory's own
+    marker object ('data/').  An object store may list an object and a prefix of the
+    same name ('a' and 'a/b'): the prefix is kept, the object marked 'shadowed'."""
+    by_name: dict = {}
+    for info in listing:
+        name = _name(info["name"])
+        if not name or info["name"].rstrip("/") == key:
+            continue
+        other = by_name.get(name)
+        if other is not None:
+            obj, prefix = (other, info) if info.get("type") == "directory" else (info, other)
+            by_name[name] = prefix
+            by_name[name + b"\0"] = dict(obj, shadowed=True)   # reported just after it
+            continue
+        by_name[name] = info
+    return sorted(by_name.items())
+
+
 class UrlBackup(Backup):
     """run.Backup walking a filesystem's listing; `shown` prefixes paths in messages."""
 
@@ -126,16 +145,17 @@ class UrlBackup(Backup):
         super().__init__(repo, session, opts)
         self.fs = fs
         self.root = root
+        self.cut = len(root.rstrip("/"))      # key[cut:] is '/' + the path in the backup
         self.shown = shown
         self.cache_links.enabled = False      # no symlinks into the local cache here
 
     def error(self, key: str, msg: str) -> None:
         """key: the object's path in the filesystem; messages name its URL."""
         with self._lock:
-            self.res.errors.append(f"{self.shown}{key[len(self.root):]}: {msg}")
+            self.res.errors.append(f"{self.shown}{key[self.cut:]}: {msg}")
 
     def _rel(self, key: str) -> bytes:
-        return key[len(self.root):].encode("utf-8", "surrogateescape") or b"/"
+        return key[self.cut:].encode("utf-8", "surrogateescape") or b"/"
 
     def scan_url_dir(self, key: str, name: bytes, info: dict, prev: Optional[Node]) -> PendingDir:
         prev_entries, prev_children = self.prev_listing(prev)
@@ -151,10 +171,14 @@ class UrlBackup(Backup):
             listing = []
         self._borrowed.append([])
         children: list = []
-        for cname, cinfo in sorted((_name(i["name"]), i) for i in listing):
+        for cname, cinfo in _entries(listing, key):
             ckey = cinfo["name"].rstrip("/")
-            if not cname or ckey == key or self.excluded(self._rel(ckey), cname):
-                continue      # the directory's own marker object, or excluded
+            if cinfo.get("shadowed"):
+                self.error(ckey, "an object and a prefix share this name: the object is not stored")
+                self.res.skipped += 1
+                continue
+            if self.excluded(self._rel(ckey), cname):
+                continue
             child = self.scan_url_entry(ckey, cname, cinfo, prev_children.get(cname))
             if child is not None:
                 children.append(child)
