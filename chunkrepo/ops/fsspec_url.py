@@ -10,14 +10,19 @@ name or password a URL may carry.
 
 import contextlib
 import posixpath
+import re
 from typing import Dict, Iterable, Tuple
 from urllib.parse import urlsplit
 
 from ..errors import ChunkrepoError, NotFound
 
 
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
 def is_url(s) -> bool:
-    return isinstance(s, str) and "://" in s
+    """A string starting with 'scheme://' (a local path never does, unless made to)."""
+    return isinstance(s, str) and _SCHEME.match(s) is not None
 
 
 def normalise(url: str) -> str:

@@ -20,6 +20,7 @@ import pytest
 from chunkrepo.errors import ChunkrepoError, NotFound, TargetNotEmpty
 from chunkrepo.ops.backup import BackupOptions
 from chunkrepo.ops.backup.fsspec_source import ObjectInfo, file_node, run_url_backup, unchanged
+from tests.conftest import age
 
 fsspec = pytest.importorskip("fsspec")
 FUTURE = 10 * 10**9      # a clock this far ahead makes the racy-timestamp rule trust fresh mtimes
@@ -130,6 +131,22 @@ def test_memory_backup_restores_byte_identical_and_second_backup_reads_nothing(r
     fs.pipe(f"{root}/a.txt", b"ALPHA!\n")                  # a new size is seen without an ETag
     r3 = repo.backup([f"memory:/{root}"], clock=later_clock)
     assert (r3.bytes_read, r3.files_borrowed) == (7, 3)
+
+
+def test_file_url_backup_skips_symlinks_and_trusts_old_mtimes(repo, tmp_path):
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    (src / "d" / "f").write_bytes(b"local file")
+    (src / "d" / "link").symlink_to("f")
+    age(src / "d" / "f")
+    url = f"file://{src}"
+    r1 = repo.backup([url])
+    assert r1.errors == [f"{url}/d/link: is not a regular file or directory (other): skipped"]
+    assert [e.path for e in repo.list_backup(r1.id)] == [b"d", b"d/f"]
+    r2 = repo.backup([url])
+    assert (r2.bytes_read, r2.files_borrowed) == (0, 1)
+    repo.restore(r2.id, tmp_path / "out")
+    assert local_contents(tmp_path / "out") == {"d/f": b"local file"}
 
 
 def test_restore_of_a_subtree_to_a_url_and_refusals(repo, mem):
@@ -272,6 +289,7 @@ def test_s3_prefix_backup_restore_and_unchanged_multipart(repo, s3, moto_endpoin
     repo.restore(r1.id, f"s3://{bucket}-copy/data", target_options=opts)
     assert contents(fs, f"{bucket}-copy/data") == files
 
+    assert repo.check(read_data=True).ok
     r2 = repo.backup([url], source_options=opts)
     assert (r2.bytes_read, r2.files_borrowed, r2.parent) == (0, 4, r1.id)
     assert repo.get_backup(r2.id).root == repo.get_backup(r1.id).root
