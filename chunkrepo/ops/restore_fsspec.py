@@ -161,9 +161,11 @@ class _UrlRestorer:
         dirs = sorted((p for p in extras if before[p].get("type") == "directory"), reverse=True)
         if files:
             self.fs.rm(files)
-        for d in dirs:
-            if self.fs.exists(d):
-                self.fs.rm(d, recursive=True)
+        for d in dirs:       # deepest first, never recursively: only what is empty now goes
+            try:
+                self.fs.rmdir(d)
+            except Exception:    # gone with its files (object stores), or not empty
+                pass
         self.res.deleted = len(files)
 
 

@@ -163,26 +163,36 @@ def test_restore_of_a_subtree_to_a_url_and_refusals(repo, mem):
     fs.rm(root + "-x", recursive=True)
 
 
-def test_mirror_deletes_extras_and_its_safety_backup_undoes_it(repo, mem):
-    fs, root = mem
+@pytest.fixture(params=["memory", "s3"])
+def source(request, mem):
+    """(filesystem, options, root path, URL of a path): memory:// compares mtimes, S3 ETags."""
+    if request.param == "memory":
+        fs, root = mem
+        return fs, {}, root, lambda p: f"memory:/{p}"
+    fs, opts, bucket = request.getfixturevalue("s3")
+    return fs, opts, f"{bucket}/data", lambda p: f"s3://{p}"
+
+
+def test_mirror_deletes_extras_and_its_safety_backup_undoes_it(repo, source):
+    fs, opts, root, url_of = source
     fill(fs, root, SOURCE)
-    bid = repo.backup([f"memory:/{root}"]).id
+    bid = repo.backup([url_of(root)], source_options=opts).id
     target = root + "-site"
     before = {"a.txt": b"old alpha", "extra.txt": b"x", "old/dir/z": b"zz", "sub/deep/c": b"c" * 1000}
     fill(fs, target, before)
 
-    res = repo.restore(bid, f"memory:/{target}", overwrite=True)        # replaces, deletes nothing
+    repo.restore(bid, url_of(target), target_options=opts, overwrite=True)    # replaces, deletes nothing
     assert contents(fs, target) == {**before, **SOURCE}
     fs.rm(target, recursive=True)
     fill(fs, target, before)
 
-    res = repo.restore(bid, f"memory:/{target}", mirror=True)
+    res = repo.restore(bid, url_of(target), target_options=opts, mirror=True)
     assert contents(fs, target) == SOURCE
     assert res.deleted == 2 and not fs.exists(f"{target}/old")
     safety = repo.get_backup(res.safety_backup)
-    assert safety.paths == [f"memory:/{target}"]
+    assert safety.paths == [url_of(target)]
 
-    undo = repo.restore(safety.id, f"memory:/{target}", mirror=True)
+    undo = repo.restore(safety.id, url_of(target), target_options=opts, mirror=True)
     assert contents(fs, target) == before
     assert undo.deleted == 2 and undo.safety_backup not in (None, safety.id)
     fs.rm(target, recursive=True)
@@ -228,18 +238,9 @@ class _TornFile:
         self.f.close()
 
 
-@pytest.fixture(params=["memory", "s3"])
-def source(request, mem):
-    """(filesystem, options, root path, URL): memory:// compares mtimes, S3 ETags."""
-    if request.param == "memory":
-        fs, root = mem
-        return fs, {}, root, f"memory:/{root}"
-    fs, opts, bucket = request.getfixturevalue("s3")
-    return fs, opts, f"{bucket}/data", f"s3://{bucket}/data"
-
-
 def test_object_changing_during_read_is_retried_then_kept_from_the_previous_backup(repo, source):
-    fs, opts, root, url = source
+    fs, opts, root, url_of = source
+    url = url_of(root)
     key = f"{root}/moving"
     fill(fs, root, {"moving": rnd(300_000, 2), "still": b"s"})
 
