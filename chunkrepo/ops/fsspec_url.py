@@ -77,8 +77,12 @@ def fs_errors(shown: str):
         raise ChunkrepoError(f"{shown}: {one_line(e)}") from None
 
 
+_USERINFO = re.compile(r"[^/\s@:'\"]+:[^/\s@'\"]+@")    # user:password@ in a library's message
+
+
 def one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
+    """The exception's message on one line, without credentials a URL may have carried."""
+    text = _USERINFO.sub("", " ".join(str(e).split())) or type(e).__name__
     return text if len(text) < 300 else text[:297] + "..."
 
 

@@ -61,14 +61,14 @@ class UrlRestoreResult(RestoreResult):
         return d
 
 
-def _existing(fs, root: str) -> Optional[dict]:
+def _existing(fs, root: str, shown: str) -> Optional[dict]:
     """Everything below root (path -> info, root excluded); None when root does not exist."""
     try:
         info = fs.info(root)
     except FileNotFoundError:
         return None
     if info.get("type") != "directory":
-        raise TargetNotEmpty(f"restore target {root} exists and is not a directory")
+        raise TargetNotEmpty(f"restore target {shown} exists and is not a directory")
     fs.invalidate_cache()         # the listing must be today's, not a cached one
     found = fs.find(root, withdirs=True, detail=True)
     return {p.rstrip("/"): i for p, i in found.items() if p.rstrip("/") != root}
@@ -192,7 +192,7 @@ def restore_to_url(repo, root_tid: bytes, url: str, start="/", options: Optional
     fs = fs or opened
     find_node(repo, root_tid, start)          # NotFound before touching the target
     with fs_errors(shown):
-        before = _existing(fs, root)
+        before = _existing(fs, root, shown)
     safety = None
     if before and mirror:
         safety = run_url_backup(repo, url, BackupOptions(), options, fs=fs)
