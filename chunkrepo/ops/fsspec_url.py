@@ -94,4 +94,7 @@ def open_url(url: str, options: Dict[str, object]) -> Tuple[object, str, str]:
         # every command that never sees a URL would pay
         from fsspec.core import url_to_fs
         fs, path = url_to_fs(url, **options)
+    if not path.strip("/") and path != "/":
+        # s3:// alone is every bucket of the account: never what a backup (or a mirror!) means
+        raise ChunkrepoError(f"{shown}: the URL names no bucket or directory")
     return fs, path.rstrip("/") or path, shown

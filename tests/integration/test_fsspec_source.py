@@ -413,6 +413,7 @@ def test_cli_backup_ls_tar_restore_mirror(tmp_path, s3, moto_endpoint):
     (["backup", "nosuchproto://x/y"], "Protocol not known"),
     (["backup", "s3://b-missing-bucket-x/data", "--source-option", "{ep}"], "no such file"),
     (["backup", "memory://x", "--source-option", "novalue"], "expected key=value"),
+    (["backup", "s3://", "--source-option", "{ep}"], "names no bucket"),
     (["restore", "latest", "--target", "/tmp/x", "--mirror"], "need a URL target"),
 ])
 def test_cli_bad_urls_are_one_line_errors(tmp_path, moto_endpoint, args, message):
