@@ -19,8 +19,10 @@ class CopyProgress(Progress):
 
 
 @click.command("copy")
-@click.option("--from", "source", required=True, metavar="REPO", help="The repository to copy from (read, never locked).")
-@click.option("--to", "target", required=True, metavar="REPO", help="The repository to copy into (takes its writer lock).")
+@click.option("--from", "source", required=True, metavar="REPO",
+              help="The repository to copy from (read, never locked).")
+@click.option("--to", "target", required=True, metavar="REPO",
+              help="The repository to copy into (takes its writer lock).")
 @click.argument("backups", nargs=-1, metavar="[BACKUP]...")
 @click.option("--dry-run", "-n", is_flag=True, help="Only show what would be copied and sent.")
 @json_option

@@ -20,12 +20,17 @@ chunker parameters (later backups into the target then cut differently and
 deduplicate less against what was copied).
 """
 
+import collections
+import concurrent.futures
 import time
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence
 
 from ..errors import ChunkrepoError, IntegrityError
 from ..model import BackupRecord, Tree
+
+_READ_AHEAD = 16     # chunks read, decompressed and verified ahead of the writer
+_READERS = 4         # mostly waiting on the source storage (a ranged read per chunk)
 
 
 @dataclass
@@ -55,12 +60,13 @@ def select_backups(source, refs: Sequence[str]) -> List[BackupRecord]:
 class _Copier:
     """Walks one source tree and sends what the target lacks (post-order, iterative)."""
 
-    def __init__(self, source, target, session, res: CopyResult, progress):
+    def __init__(self, source, target, session, res: CopyResult, progress, pool):
         self.source = source
         self.target = target
         self.session = session          # None on a dry run
         self.res = res
         self.progress = progress
+        self.pool = pool                # reads source chunks ahead of the (single) writer
         self.done: set = set()          # records whose whole subtree is in the target (or planned)
         self.chunks_seen: set = set()   # dry run: chunks counted as sent already
         self._last = 0.0
@@ -93,23 +99,41 @@ class _Copier:
         return e is not None and e.refcount >= 1
 
     def _send_chunks(self, tree: Tree) -> None:
-        with self.source.index.read() as src:
-            for node in tree.entries:
-                for cid in node.chunk_ids():
-                    if not self._claim(cid):
-                        self.res.chunks_present += 1
-                        continue
-                    if self.session is None:
-                        entry = src.chunk(cid)
-                        if entry is None:
-                            raise IntegrityError(f"chunk {cid.hex()} is not in the source's index")
-                        size = entry.raw_length
-                    else:
-                        data = self.source.read_chunk(cid, src)
-                        self.session.store_chunk(cid, data)
-                        size = len(data)
-                    self.res.chunks_sent += 1
-                    self.res.bytes_sent += size
+        wanted = []
+        for node in tree.entries:
+            for cid in node.chunk_ids():
+                if self._claim(cid):
+                    wanted.append(cid)
+                else:
+                    self.res.chunks_present += 1
+        if self.session is None:
+            with self.source.index.read() as src:
+                for cid in wanted:
+                    entry = src.chunk(cid)
+                    if entry is None:
+                        raise IntegrityError(f"chunk {cid.hex()} is not in the source's index")
+                    self._sent(entry.raw_length)
+            return
+        for cid, data in self._read_ahead(wanted):
+            self.session.store_chunk(cid, data)
+            self._sent(len(data))
+
+    def _read_ahead(self, cids):
+        """(id, verified bytes) in order; the pool reads and decompresses up to _READ_AHEAD ahead."""
+        window: "collections.deque" = collections.deque()
+        for cid in cids:
+            window.append((cid, self.pool.submit(self.source.read_chunk, cid)))
+            if len(window) >= _READ_AHEAD:
+                c, fut = window.popleft()
+                yield c, fut.result()
+        while window:
+            c, fut = window.popleft()
+            yield c, fut.result()
+
+    def _sent(self, size: int) -> None:
+        self.res.chunks_sent += 1
+        self.res.bytes_sent += size
+        self.report()
 
     def _claim(self, cid: bytes) -> bool:
         if self.session is not None:
@@ -144,11 +168,12 @@ def copy_backups(source, target, refs: Sequence[str] = (), dry_run: bool = False
         raise ChunkrepoError("source and target are the same repository")
     res = CopyResult(dry_run=dry_run)
     recs = select_backups(source, refs)
-    if dry_run:
-        _copy_all(_Copier(source, target, None, res, progress), recs)
-    else:
-        with target.write_session() as session:
-            _copy_all(_Copier(source, target, session, res, progress), recs)
+    with concurrent.futures.ThreadPoolExecutor(_READERS, "chunkrepo-copy") as pool:
+        if dry_run:
+            _copy_all(_Copier(source, target, None, res, progress, pool), recs)
+        else:
+            with target.write_session() as session:
+                _copy_all(_Copier(source, target, session, res, progress, pool), recs)
     res.elapsed = time.monotonic() - t0
     return res
 
