@@ -14,9 +14,11 @@ from click.testing import CliRunner
 
 from chunkrepo import Repo
 from chunkrepo.cli.main import cli
+from chunkrepo.index import KIND_CHUNK
 from chunkrepo.repository.config import Config
 from chunkrepo.repository.packs import KIND_DATA, read_trailer
 from tests.conftest import age, write_random
+from tests.integration.test_progress import _stderr
 
 
 def _tree(root, seed, n=6, size=700_000):
@@ -235,3 +237,44 @@ def test_target_locked_by_a_writer(tmp_path, two_repos):
     assert r.exit_code != 0
     assert r.output.startswith("chunkrepo: error: repository is locked by"), r.output
     assert _copy_json(a, b)["backups_copied"]     # free again: it goes through
+
+
+def test_a_record_the_target_holds_unreferenced_is_still_descended(tmp_path, two_repos):
+    """B holds the backup's directory records with refcount 0 (its own backup of the same
+    tree, forgotten) but lost some of their chunks (as when prune drops a dead pack and keeps
+    another): the copy must send those chunks, not trust the records."""
+    a, b = two_repos
+    src = _tree(tmp_path / "src", seed=7, n=3, size=300_000)
+    with Repo(a) as r:
+        bid = r.backup([src]).id
+    with Repo(b) as r:
+        own = r.backup([src]).id
+        with Repo(a) as ra:
+            assert r.get_backup(own).root == ra.get_backup(bid).root     # the very same records
+        r.forget([own])
+        with r.repository.index.read() as v:
+            lost = [cid for cid, _ in v.all_chunks()][:2]
+        with r.repository.index.write() as w:
+            for cid in lost:
+                e = w.drop_blob(KIND_CHUNK, cid)
+                w.add_dead_copy(KIND_CHUNK, e.pack, cid, e.length)
+        assert r.check().ok
+    res = _copy_json(a, b)
+    assert res["backups_copied"] == [bid]
+    assert res["chunks_sent"] == 2
+    _assert_same_backups(a, b, [bid], tmp_path)
+
+
+def test_progress_only_on_a_terminal(tmp_path, two_repos):
+    a, b = two_repos
+    src = _tree(tmp_path / "src", seed=8, n=2, size=200_000)
+    with Repo(a) as r:
+        r.backup([src])
+    cmd = [sys.executable, "-m", "chunkrepo", "copy", "--from", str(a), "--to", str(b)]
+    code, on_tty = _stderr(cmd, tty=True)
+    assert code == 0, on_tty
+    assert "\r" in on_tty and "copy" in on_tty and "1 backups, 3 chunks sent" in on_tty
+    Repo.init(tmp_path / "C").close()
+    code, piped = _stderr(cmd[:-1] + [str(tmp_path / "C")], tty=False)
+    assert code == 0, piped
+    assert "\r" not in piped and piped.startswith("copied 1 backups (0 already there); sent 3 chunks")
