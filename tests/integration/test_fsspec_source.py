@@ -20,6 +20,8 @@ import pytest
 from chunkrepo.errors import ChunkrepoError, NotFound, TargetNotEmpty
 from chunkrepo.ops.backup import BackupOptions
 from chunkrepo.ops.backup.fsspec_source import ObjectInfo, file_node, run_url_backup, unchanged
+from chunkrepo.ops.traverse import find_node
+from chunkrepo.repository.packs import pack_name
 from tests.conftest import age
 
 fsspec = pytest.importorskip("fsspec")
@@ -195,6 +197,38 @@ def test_mirror_deletes_extras_and_its_safety_backup_undoes_it(repo, source):
     undo = repo.restore(safety.id, url_of(target), target_options=opts, mirror=True)
     assert contents(fs, target) == before
     assert undo.deleted == 2 and undo.safety_backup not in (None, safety.id)
+    fs.rm(target, recursive=True)
+
+
+def _damage_last_chunk(repo, bid, path):
+    r = repo.repository
+    node = find_node(r, bytes.fromhex(r.resolve_backup(bid).root), path)
+    with r.index.read() as v:
+        e = v.chunk(node.chunk_ids()[-1])
+    with open(os.path.join(r.path, pack_name(e.pack)), "r+b") as f:
+        f.seek(e.offset + e.length // 2)
+        b = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([b[0] ^ 0xFF]))
+    r.storage.close()   # drop cached descriptors (the file was edited in place)
+
+
+def test_a_file_that_cannot_be_restored_leaves_no_partial_object(repo, source):
+    fs, opts, root, url_of = source
+    fill(fs, root, {"broken": rnd(2 << 20, 8), "new-broken": rnd(2 << 20, 9), "ok": b"ok"})
+    bid = repo.backup([url_of(root)], source_options=opts).id
+    _damage_last_chunk(repo, bid, "/broken")
+    _damage_last_chunk(repo, bid, "/new-broken")
+    target = root + "-t"
+    fill(fs, target, {"broken": b"the old version"})
+
+    res = repo.restore(bid, url_of(target), target_options=opts, overwrite=True)
+    assert (res.files, res.skipped, len(res.errors)) == (1, 2, 2)
+    assert all("the file was not restored" in e for e in res.errors)
+    # an object store still has the old version (the upload was dropped); a filesystem
+    # that replaced it on open has nothing there rather than a partial file
+    kept = {"broken": b"the old version"} if url_of("x").startswith("s3") else {}
+    assert contents(fs, target) == {"ok": b"ok", **kept}
     fs.rm(target, recursive=True)
 
 
