@@ -151,6 +151,17 @@ def test_file_url_backup_skips_symlinks_and_trusts_old_mtimes(repo, tmp_path):
     assert local_contents(tmp_path / "out") == {"d/f": b"local file"}
 
 
+def test_the_repository_is_left_out_of_a_local_url_backup_only(repo, mem, tmp_path):
+    (tmp_path / "f").write_bytes(b"f")
+    r = repo.backup([f"file://{tmp_path}"])
+    assert [e.path for e in repo.list_backup(r.id)] == [b"f"]     # not repo/ itself
+    fs, root = mem
+    same_name = os.path.relpath(repo.path, "/") + "/x"      # /REPO/x, but in memory://
+    fill(fs, root, {same_name: b"x"})
+    r = repo.backup([f"memory:/{root}"])
+    assert f"/{same_name}".encode() in [b"/" + e.path for e in repo.list_backup(r.id)]
+
+
 def test_restore_of_a_subtree_to_a_url_and_refusals(repo, mem):
     fs, root = mem
     fill(fs, root, SOURCE)

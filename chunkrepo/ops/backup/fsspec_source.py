@@ -38,6 +38,7 @@ Objects changing while read
 
 import datetime
 import errno
+import os
 import socket
 import stat
 import time
@@ -138,6 +139,16 @@ def _entries(listing, key: str):
     return sorted(by_name.items())
 
 
+def _repo_below(repo_path: str, fs, root: str) -> bytes:
+    """The repository's path in the backup when a local source holds it (never backed up
+    into itself), else a path no entry has."""
+    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+    path = os.path.abspath(repo_path)
+    if "file" in protocols and path.startswith(root + "/"):
+        return path[len(root):].encode("utf-8", "surrogateescape")
+    return b"\0"
+
+
 class UrlBackup(Backup):
     """run.Backup walking a filesystem's listing; `shown` prefixes paths in messages."""
 
@@ -148,6 +159,7 @@ class UrlBackup(Backup):
         self.cut = len(root.rstrip("/"))      # key[cut:] is '/' + the path in the backup
         self.shown = shown
         self.cache_links.enabled = False      # no symlinks into the local cache here
+        self.own_repo = _repo_below(repo.path, fs, root.rstrip("/"))
 
     def error(self, key: str, msg: str) -> None:
         """key: the object's path in the filesystem; messages name its URL."""
