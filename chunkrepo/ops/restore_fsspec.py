@@ -19,18 +19,24 @@ The target
 What is written
     Regular files, streamed: the chunks come from the prefetch stream
     (ops.prefetch, bounded) and go to ``fs.open(path, "wb")`` in order, holes
-    of sparse files as zeros; memory stays at the prefetch budget plus the
-    filesystem's write block.  Directories are made (object stores have none:
+    of sparse files as zeros; empty and one-chunk files are written whole by
+    a few threads (``fs.pipe_file``: one PUT each on an object store).
+    Memory stays at the prefetch budget, the write block and the few
+    one-chunk files handed to the threads.  Directories are made (object stores have none:
     an empty directory does not survive there).  Symlinks, devices, FIFOs and
     sockets are skipped and counted (``skipped_special``): a filesystem URL
     holds names and bytes.  Modes, owners and times are not set.  A file
     whose content cannot be read completely is removed, never left partial.
 """
 
+import concurrent.futures
+import dataclasses
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from ..codec.hashing import ID_SIZE
 from ..errors import ChunkrepoError, TargetNotEmpty
 from ..model.nodes import DIR, REG
 from .backup.fsspec_source import object_info, run_url_backup
@@ -45,6 +51,8 @@ _WRITE_BLOCK = 8 << 20        # the filesystem's write buffer (an S3 part), at l
 _ZEROS = bytes(1 << 20)
 _PREFETCH_BUDGET = 16 << 20
 _PROGRESS_EVERY = 0.2         # seconds between progress calls
+_PUTTERS = 4                  # threads writing one-chunk files
+_PUTS_AHEAD = 8               # one-chunk files handed to them and not yet written
 
 
 @dataclass
@@ -91,6 +99,42 @@ def _abandon(fs, f, path: str, old: Optional[dict]) -> None:
         fs.rm(path)
 
 
+class _Putter:
+    """One-chunk files written by a few threads: on an object store each is one PUT, whose
+    latency would add up on one thread.  At most _PUTS_AHEAD files (each at most the
+    chunker's max_size) are handed over and not written; the first failure stops the restore."""
+
+    def __init__(self, fs):
+        self.fs = fs
+        self.pool = concurrent.futures.ThreadPoolExecutor(_PUTTERS, "chunkrepo-put")
+        self.slots = threading.BoundedSemaphore(_PUTS_AHEAD)
+        self.written: list = []          # (path, size) of each file written (list.append: thread-safe)
+        self.failure: Optional[BaseException] = None
+
+    def put(self, dest: str, data: bytes) -> None:
+        self.slots.acquire()
+        if self.failure is not None:
+            self.slots.release()
+            raise self.failure
+        self.pool.submit(self._put, dest, data)
+
+    def _put(self, dest: str, data: bytes) -> None:
+        try:
+            self.fs.pipe_file(dest, data)
+            self.written.append((dest, len(data)))
+        except BaseException as e:
+            if self.failure is None:
+                self.failure = e
+        finally:
+            self.slots.release()
+
+    def close(self) -> None:
+        """Wait for the writes; raise the first failure."""
+        self.pool.shutdown(wait=True)
+        if self.failure is not None:
+            raise self.failure
+
+
 class _UrlRestorer:
     def __init__(self, repo, root_tid: bytes, fs, root: str, start, before: Optional[dict], progress=None):
         self.repo, self.root_tid, self.fs, self.root = repo, root_tid, fs, root
@@ -105,6 +149,19 @@ class _UrlRestorer:
         base = b"/".join(parts[:-1])
         base_len = len(base) + 1 if base else 0
         self.fs.makedirs(self.root, exist_ok=True)
+        putter = _Putter(self.fs)
+        try:
+            self.walk(base_len, putter)
+        finally:
+            try:
+                putter.close()
+            finally:
+                for dest, size in putter.written:
+                    self.written.add(dest)
+                    self.res.files += 1
+                    self.res.bytes_written += size
+
+    def walk(self, base_len: int, putter: _Putter) -> None:
         next_report = time.monotonic() + _PROGRESS_EVERY
         for (path, node, link_to), pf in prefetch(self.repo, walk(self.repo, self.root_tid, self.start),
                                                   budget=_PREFETCH_BUDGET):
@@ -119,13 +176,30 @@ class _UrlRestorer:
                 self.fs.makedirs(dest, exist_ok=True)
                 self.written.add(dest)
                 self.res.dirs += 1
+            elif node.kind == REG and node.sparse is None and len(node.chunks) <= ID_SIZE and (
+                    pf is not None or not node.chunks):
+                self.put_file(dest, node, shown, pf, putter)
             elif node.kind == REG:
                 self.write_file(dest, node, shown, pf.data() if pf is not None else None)
             else:
                 self.res.skipped_special += 1
             if self.progress is not None and time.monotonic() >= next_report:
-                self.progress(self.res)
+                done = list(putter.written)
+                self.progress(dataclasses.replace(self.res, files=self.res.files + len(done),
+                                                  bytes_written=self.res.bytes_written + sum(n for _, n in done)))
                 next_report = time.monotonic() + _PROGRESS_EVERY
+
+    def put_file(self, dest: str, node, shown: str, pf, putter: _Putter) -> None:
+        """An empty or one-chunk file: its data whole, handed to the putter."""
+        try:
+            data = next(pf.data()) if pf is not None else b""
+            if len(data) != node.size:
+                raise ChunkrepoError(f"stored content has {len(data)} bytes, expected {node.size}")
+        except ChunkrepoError as e:     # nothing was written: whatever the target had stays
+            self.res.errors.append(f"{shown}: {e}; the file was not restored")
+            self.res.skipped += 1
+            return
+        putter.put(dest, data)
 
     def write_file(self, dest: str, node, shown: str, chunks) -> None:
         f = self.fs.open(dest, "wb", block_size=_WRITE_BLOCK)
