@@ -39,7 +39,7 @@ from typing import Callable, Optional
 from ..codec.hashing import ID_SIZE
 from ..errors import ChunkrepoError, TargetNotEmpty
 from ..model.nodes import DIR, REG
-from .backup.fsspec_source import object_info, run_url_backup
+from .backup.fsspec_source import object_info, run_url_backup, same_version
 from .backup.run import BackupOptions
 from .file_reader import ChunkFile
 from .fsspec_url import fs_errors, open_url
@@ -95,7 +95,7 @@ def _abandon(fs, f, path: str, old: Optional[dict]) -> None:
         now = fs.info(path)
     except FileNotFoundError:
         return
-    if old is None or object_info(now) != object_info(old):
+    if old is None or not same_version(object_info(now), object_info(old)):
         fs.rm(path)
 
 
