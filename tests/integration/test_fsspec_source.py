@@ -162,6 +162,33 @@ def test_the_repository_is_left_out_of_a_local_url_backup_only(repo, mem, tmp_pa
     assert f"/{same_name}".encode() in [b"/" + e.path for e in repo.list_backup(r.id)]
 
 
+class _Unlistable:
+    """A filesystem whose listing of one directory fails (a permission the store refuses)."""
+
+    def __init__(self, fs, key):
+        self.fs, self.key = fs, key
+
+    def __getattr__(self, name):
+        return getattr(self.fs, name)
+
+    def ls(self, path, **kw):
+        if path.rstrip("/") == self.key:
+            raise PermissionError(f"Access Denied listing {path}")
+        return self.fs.ls(path, **kw)
+
+
+def test_a_directory_that_cannot_be_listed_is_reported_and_the_root_is_fatal(repo, mem):
+    fs, root = mem
+    fill(fs, root, SOURCE)
+    url = f"memory:/{root}"
+    r = run_url_backup(repo.repository, url, BackupOptions(), {}, fs=_Unlistable(fs, f"{root}/sub"))
+    assert r.errors == [f"{url}/sub: cannot list directory: Access Denied listing {root}/sub"]
+    assert r.skipped == 1 and [e.path for e in repo.list_backup(r.id)] == [b"a.txt", b"empty", b"sub"]
+    with pytest.raises(ChunkrepoError, match="cannot list: Access Denied"):
+        run_url_backup(repo.repository, url, BackupOptions(), {}, fs=_Unlistable(fs, root))
+    assert repo.list_backups()[-1].id == r.id
+
+
 def test_restore_of_a_subtree_to_a_url_and_refusals(repo, mem):
     fs, root = mem
     fill(fs, root, SOURCE)

@@ -43,7 +43,7 @@ import stat
 import time
 from typing import NamedTuple, Optional
 
-from ...errors import NotFound
+from ...errors import ChunkrepoError, NotFound
 from ...model import BackupRecord, Node
 from ...model.nodes import DIR, REG
 from ..fsspec_url import fs_errors, one_line, open_url
@@ -185,6 +185,8 @@ class UrlBackup(Backup):
             self.fs.invalidate_cache(key)
             listing = self.fs.ls(key, detail=True)
         except Exception as e:       # the library's own exceptions included
+            if key == self.root:     # nothing to back up: not a backup with an error
+                raise ChunkrepoError(f"{self.shown}: cannot list: {one_line(e)}") from None
             self.error(key, f"cannot list directory: {one_line(e)}")
             self.res.skipped += 1
             listing = []
