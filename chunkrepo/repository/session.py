@@ -154,7 +154,7 @@ class WriteSession:
             if tid in self._pending_trees:
                 return tid
             with self.index.read() as v:
-                if v.tree(tid) is not None:
+                if v.has_tree(tid):
                     return tid
             self._pending_trees[tid] = data
             self._pending_tree_bytes += len(data)
@@ -192,13 +192,14 @@ class WriteSession:
             w.put_pack(pack_id, PackInfo(size, len(entries)))
             for e in entries:
                 entry = BlobEntry(pack_id, e.offset, e.length, e.raw_length, 0)
-                if e.kind == KIND_DATA:
-                    if w.chunk(e.id) is None:
-                        w.put_chunk(e.id, entry, new=True)  # refcount 0: garbage until a backup uses it
+                old = w.blob(e.kind, e.id)
+                if old is None:      # refcount 0: garbage until a backup uses it
+                    if e.kind == KIND_DATA:
+                        w.put_chunk(e.id, entry, new=True)
                     else:
-                        w.add_dead_copy(e.kind, pack_id, e.id, e.length)
-                elif w.tree(e.id) is None:
-                    w.put_tree(e.id, entry, tree_bytes[e.id], new=True)
+                        w.put_tree(e.id, entry, tree_bytes[e.id], new=True)
+                elif old.lost:       # stored again: the backups that lost it are whole again
+                    self._restore_lost(w, e, entry._replace(refcount=old.refcount), tree_bytes)
                 else:
                     w.add_dead_copy(e.kind, pack_id, e.id, e.length)
         with self._claim_lock:
@@ -207,6 +208,17 @@ class WriteSession:
                     self._pending_chunks.discard(e.id)
                 else:
                     self._pending_tree_bytes -= len(self._pending_trees.pop(e.id, b""))
+
+    @staticmethod
+    def _restore_lost(w, e, entry: BlobEntry, tree_bytes: dict) -> None:
+        if e.kind == KIND_DATA:
+            w.put_chunk(e.id, entry)
+            return
+        w.put_tree(e.id, entry, tree_bytes[e.id])
+        # a lost record's children lost the references it gave them (check counts
+        # only what it can read): give them back, as when a record goes 0 -> 1
+        for sub in _reference_children(w, tree_bytes[e.id], +1):
+            _cascade(w, sub, +1)
 
     def flush(self) -> None:
         """Seal every open pack and commit everything sealed."""
@@ -264,17 +276,34 @@ def _cascade(w, root: bytes, delta: int) -> None:
     stack = [root]
     while stack:
         tid = stack.pop()
-        if w.add_tree_ref(tid, delta) != edge:
+        e = w.tree(tid)
+        if e is None and delta > 0:
+            # named by a record but not stored: lost (docs/format.md); a pack
+            # committed later, or a backup storing it again, fills it in
+            w.add_lost(KIND_TREE, tid, 1)
             continue
+        if w.add_tree_ref(tid, delta) != edge or e.lost:
+            continue       # a lost record's children hold no references from it
         data = w.tree_data(tid)
         if data is None:
             raise NotFound(f"directory record {tid.hex()} has no cached data")
-        for node in Tree.decode(data).entries:
-            if node.subtree is not None:
-                stack.append(node.subtree)
-            c = node.chunks
-            for i in range(0, len(c), 32):
-                w.add_chunk_ref(c[i:i + 32], delta)
+        stack.extend(_reference_children(w, data, delta))
+
+
+def _reference_children(w, data: bytes, delta: int) -> list:
+    """Change the refcounts of a record's chunks; return its subtrees (for the caller)."""
+    subs = []
+    for node in Tree.decode(data).entries:
+        if node.subtree is not None:
+            subs.append(node.subtree)
+        c = node.chunks
+        for i in range(0, len(c), 32):
+            cid = c[i:i + 32]
+            if delta > 0 and w.chunk(cid) is None:
+                w.add_lost(KIND_DATA, cid, 1)
+            else:
+                w.add_chunk_ref(cid, delta)
+    return subs
 
 
 __all__ = ["WriteSession", "decref_tree", "incref_tree"]
