@@ -35,7 +35,7 @@ from typing import Callable, Dict, List, Optional
 
 from ..codec import compression, records
 from ..codec.hashing import hash_bytes
-from ..errors import ChunkrepoError, IntegrityError, NotFound
+from ..errors import ChunkrepoError, IntegrityError, NotFound, StorageError
 from ..index import PackInfo
 from ..index.lmdb_index import GARBAGE_META
 from ..model import BackupRecord, Tree
@@ -96,6 +96,7 @@ class Findings:
     chunk_refs: Counter = field(default_factory=Counter)   # the recount
     tree_refs: Counter = field(default_factory=Counter)
     kinds: set = field(default_factory=set)              # kinds of the errors found ("lost": lost data)
+    unreadable_packs: set = field(default_factory=set)   # I/O errors: maybe passing, never repaired
 
 
 def _short(b: bytes) -> str:
@@ -233,6 +234,12 @@ class _Checker:
                                           and pack_id_from_name(n) not in pending)
         return info
 
+    def _unreadable(self, pid: bytes, entries) -> None:
+        """An I/O error, not proven damage: its blobs count as bad, repair leaves it alone."""
+        self.found.unreadable_packs.add(pid)
+        for _, _, _, bid, kind in entries:
+            (self.bad_chunks if kind == KIND_DATA else self.bad_trees).add(bid)
+
     def _lose(self, pid: bytes, entries) -> None:
         self.found.damaged_packs.add(pid)
         for _, _, _, bid, kind in entries:
@@ -252,9 +259,9 @@ class _Checker:
                 self._lose(pid, entries)
                 self._tick()
                 continue
-            except OSError as e:
-                self.error("missing pack", f"pack {_short(pid)} cannot be examined: {e}")
-                self._lose(pid, entries)
+            except (OSError, ChunkrepoError) as e:
+                self.error("unreadable pack", f"pack {_short(pid)} cannot be examined: {e}")
+                self._unreadable(pid, entries)
                 self._tick()
                 continue
             self.pack_real_size[pid] = real
@@ -270,7 +277,11 @@ class _Checker:
                 self._lose(pid, outside)
             try:
                 trailer = read_trailer(self.storage, name)
-            except (ChunkrepoError, OSError, ValueError) as e:
+            except (StorageError, OSError) as e:
+                self.error("unreadable pack", f"pack {_short(pid)}: trailer cannot be read: {e}")
+                self._unreadable(pid, [])
+                trailer = None
+            except (ChunkrepoError, ValueError) as e:
                 self.error("pack trailer", f"pack {_short(pid)}: trailer unreadable: {e}")
                 self.found.damaged_packs.add(pid)
                 trailer = None
@@ -486,9 +497,14 @@ class _Checker:
     def _collect(self, pid, entries, fut) -> None:
         try:
             bad, checked = fut.result()
+        except IntegrityError as e:
+            self.error("damaged blob", f"pack {_short(pid)} is damaged: {e}")
+            self._lose(pid, entries)
+            self._tick()
+            return
         except (ChunkrepoError, OSError) as e:
             self.error("unreadable pack", f"pack {_short(pid)} cannot be read: {e}")
-            self._lose(pid, entries)
+            self._unreadable(pid, entries)
             self._tick()
             return
         self.rep.bytes_checked += checked

@@ -32,7 +32,7 @@ from typing import Dict, List
 
 from ..codec import compression, records
 from ..codec.hashing import hash_bytes
-from ..errors import ChunkrepoError, NotFound
+from ..errors import NotFound, StorageError
 from ..index import BlobEntry, PackInfo
 from ..repository.packs import KIND_DATA, KIND_TREE, PackWriter, pack_name
 from .check import CheckReport, check_repository
@@ -81,8 +81,14 @@ def repair_repository(repo, read_data: bool = False, progress=None, read_data_su
                            f"{', ...' if len(f.mismatch) > 3 else ''}): run 'chunkrepo rebuild-index', "
                            f"then 'chunkrepo check --repair' again"]
             return found
-        for pid in sorted(f.damaged_packs):
-            _salvage(repo, pid, f, r)
+        for pid in sorted(f.unreadable_packs):
+            r.actions.append(f"pack {pid.hex()}: not repaired: it cannot be read (an I/O error may pass; "
+                             f"run check --repair again when the storage reads)")
+        for pid in sorted(f.damaged_packs - f.unreadable_packs):
+            try:
+                _salvage(repo, pid, f, r)
+            except _Unreadable as e:
+                r.actions.append(f"pack {pid.hex()}: not repaired: {e}")
         _fix_cached_records(repo, f, r)
         if r.packs_salvaged:
             delete_pending_packs(repo)
@@ -99,16 +105,28 @@ def repair_repository(repo, read_data: bool = False, progress=None, read_data_su
     return found
 
 
-def _good_copy(repo, name: str, off: int, length: int, raw: int, bid: bytes):
-    """(stored bytes, raw bytes) of a blob in a damaged pack, or None if it does not verify."""
+class _Unreadable(Exception):
+    pass
+
+
+def _good_copy(repo, name: str, off: int, length: int, raw: int, bid: bytes, size=None):
+    """(stored bytes, raw bytes) of a blob in a damaged pack of size bytes (None: missing),
+    or None if it does not verify.
+
+    An I/O error is not damage (it may pass): _Unreadable, and nothing is changed."""
+    if size is None or off + length > size:
+        return None           # the pack is gone, or ends before the blob does
     try:
         stored = repo.storage.get(name, off, length)
-        if len(stored) != length:
-            return None
-        data = compression.decompress(stored, raw)
-    except (ChunkrepoError, OSError):
+    except NotFound:
         return None
-    except Exception:     # a decoder's own failure on damaged bytes
+    except (StorageError, OSError) as e:
+        raise _Unreadable(str(e)) from None
+    if len(stored) != length:
+        return None           # truncated
+    try:
+        data = compression.decompress(stored, raw)
+    except Exception:         # damaged bytes (IntegrityError, or the decoder's own failure)
         return None
     return (stored, data) if hash_bytes(data) == bid else None
 
@@ -126,23 +144,21 @@ def _salvage(repo, pid: bytes, f, r: RepairReport) -> None:
             e = v.blob(kind, bid)
             if e is not None and e.pack == pid and e.refcount > 0:
                 live.append((off, length, raw, bid, kind, _cached_record(v, bid) if kind == KIND_TREE else None))
-    writer, kept, lost = None, {}, []
-    for off, length, raw, bid, kind, cached in live:
-        got = _good_copy(repo, name, off, length, raw, bid)
-        if got is None and cached is not None:
-            got = (compression.compress(cached, repo.config.compression_level), cached)
-        if got is None:
-            lost.append((kind, bid))
-            continue
-        if writer is None:
-            writer = PackWriter(repo.storage)
-        writer.add(kind, bid, got[0], raw)
-        kept[bid] = got[1] if kind == KIND_TREE else None
-    new = (writer.pack_id, writer.seal(), writer.size) if writer is not None else None
     try:
         size = repo.storage.size(name)
-    except (NotFound, OSError):
+    except NotFound:
         size = None
+    except (StorageError, OSError) as e:
+        raise _Unreadable(str(e)) from None
+    writer, kept, lost = None, {}, []
+    try:
+        for off, length, raw, bid, kind, cached in live:
+            writer = _copy_blob(repo, writer, name, (off, length, raw, bid, kind, size), cached, kept, lost)
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    new = (writer.pack_id, writer.seal(), writer.size) if writer is not None else None
     with repo.index.write() as w:
         if new is not None:
             npid, entries, nsize = new
@@ -171,6 +187,21 @@ def _salvage(repo, pid: bytes, f, r: RepairReport) -> None:
                      f"the damaged pack is removed")
 
 
+def _copy_blob(repo, writer, name, blob, cached, kept: dict, lost: list):
+    off, length, raw, bid, kind, size = blob
+    got = _good_copy(repo, name, off, length, raw, bid, size)
+    if got is None and cached is not None:
+        got = (compression.compress(cached, repo.config.compression_level), cached)
+    if got is None:
+        lost.append((kind, bid))
+        return writer
+    if writer is None:
+        writer = PackWriter(repo.storage)
+    writer.add(kind, bid, got[0], raw)
+    kept[bid] = got[1] if kind == KIND_TREE else None
+    return writer
+
+
 def _fix_cached_records(repo, f, r: RepairReport) -> None:
     """Directory records in sound packs whose cached copy in the index is bad."""
     fixes, lost = {}, []
@@ -179,7 +210,11 @@ def _fix_cached_records(repo, f, r: RepairReport) -> None:
             e = v.tree(tid)
             if e is None or e.lost or _cached_record(v, tid) is not None:
                 continue
-            got = _good_copy(repo, pack_name(e.pack), e.offset, e.length, e.raw_length, tid)
+            try:
+                name = pack_name(e.pack)
+                got = _good_copy(repo, name, e.offset, e.length, e.raw_length, tid, repo.storage.size(name))
+            except (_Unreadable, NotFound, StorageError, OSError):
+                continue            # reported by check; maybe readable later
             if got is not None:
                 fixes[tid] = (e, got[1])
             else:
@@ -217,12 +252,14 @@ def _fix_counts(repo, f, r: RepairReport) -> None:
 
 
 def _mark_damaged(repo, now: CheckReport, r: RepairReport) -> None:
+    r.damaged = {bid: list(p) for bid, p in now.damaged.items()}
+    if now.findings.unreadable_packs:
+        return        # which backups lost data is unknown while packs cannot be read: marks kept as they are
     marks = {}
     for bid, paths in now.damaged.items():
         marks[bid] = records.encode_json({"paths": paths[:_MAX_MARKED_PATHS], "paths_count": len(paths)})
     with repo.index.write() as w:
         w.set_damaged(marks)
-    r.damaged = {bid: list(p) for bid, p in now.damaged.items()}
     old = set(now.marked_damaged)
     for bid in sorted(set(marks) - old):
         r.actions.append(f"backup {bid} marked damaged ({len(now.damaged[bid])} paths lost data)")

@@ -235,3 +235,27 @@ def test_repair_takes_the_writer_lock_and_readers_keep_working(setup):
         assert repo.check().ok           # readers take no lock
     rep = repo.check(repair=True)
     assert rep.ok and rep.repair.nothing_to_do and not rep.repair.unrepaired
+
+
+def test_an_index_that_does_not_match_the_packs_points_to_rebuild_index(setup):
+    repo, src, b1, b2 = setup
+    _, e = _pack_of(repo, b1, str(src / "a.bin"))
+    ix = repo.repository.index
+    node = next(iter(repo.list_backup(b1, str(src / "a.bin")))).node
+    cid = node.chunk_ids()[0]
+    with ix.env.begin(write=True) as txn:        # the entry points next to the blob the pack holds
+        f = list(struct.unpack("<16sQIIQ", txn.get(cid, db=ix.chunks)))
+        f[1] += 1
+        txn.put(cid, struct.pack("<16sQIIQ", *f), db=ix.chunks)
+    p = cli("check", "--repair", "--json", "--repo", repo.path, check=1)
+    d = json.loads(p.stdout)
+    assert d["ok"] is False and d["repair"]["rebuild_index"] is True and d["repair"]["unrepaired"]
+    assert "rebuild-index" in d["repair"]["remaining"][0]
+    assert d["repair"]["packs_salvaged"] == 0                 # nothing touched
+    assert os.path.exists(os.path.join(repo.path, pack_name(e.pack)))
+    repo.close()
+    Repo.rebuild_index(repo.path)
+    with Repo(repo.path) as again:
+        assert again.check(read_data=True).ok
+        p = cli("check", "--repair", "--json", "--repo", repo.path, check=0)
+        assert json.loads(p.stdout)["repair"]["nothing_to_do"] is True
