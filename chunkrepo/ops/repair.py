@@ -241,8 +241,8 @@ def _fix_counts(repo, f, r: RepairReport) -> None:
             w.set_refcount("chunk" if kind == KIND_DATA else "tree", bid, rc)
         for bid, kind in f.missing.items():
             refs = f.chunk_refs if kind == KIND_DATA else f.tree_refs
-            if w.blob(kind, bid) is None:
-                w.add_lost(kind, bid, refs[bid])
+            if w.blob(kind, bid) is None:     # a reference to an unknown blob makes it lost
+                (w.add_chunk_ref if kind == KIND_DATA else w.add_tree_ref)(bid, refs[bid])
     r.refcounts_fixed += len(f.refcounts)
     r.blobs_lost += len(f.missing)
     if f.refcounts:

@@ -292,14 +292,10 @@ def _cascade(w, root: bytes, delta: int) -> None:
     stack = [root]
     while stack:
         tid = stack.pop()
-        e = w.tree(tid)
-        if e is None and delta > 0:
-            # named by a record but not stored: lost (docs/format.md); a pack
-            # committed later, or a backup storing it again, fills it in
-            w.add_lost(KIND_TREE, tid, 1)
+        # None: a lost record (or one named but never stored, now lost: docs/format.md);
+        # its children hold no references from it
+        if w.add_tree_ref(tid, delta) != edge:
             continue
-        if w.add_tree_ref(tid, delta) != edge or e.lost:
-            continue       # a lost record's children hold no references from it
         data = w.tree_data(tid)
         if data is None:
             raise NotFound(f"directory record {tid.hex()} has no cached data")
@@ -314,11 +310,7 @@ def _reference_children(w, data: bytes, delta: int) -> list:
             subs.append(node.subtree)
         c = node.chunks
         for i in range(0, len(c), 32):
-            cid = c[i:i + 32]
-            if delta > 0 and w.chunk(cid) is None:
-                w.add_lost(KIND_DATA, cid, 1)
-            else:
-                w.add_chunk_ref(cid, delta)
+            w.add_chunk_ref(c[i:i + 32], delta)
     return subs
 
 
