@@ -34,6 +34,7 @@ from ..codec import compression, records
 from ..codec.hashing import hash_bytes
 from ..errors import NotFound, StorageError
 from ..index import BlobEntry, PackInfo
+from ..repository.crash_points import crash_point
 from ..repository.packs import KIND_DATA, KIND_TREE, PackWriter, pack_name
 from .check import CheckReport, check_repository
 from .prune import delete_pending_packs
@@ -159,6 +160,7 @@ def _salvage(repo, pid: bytes, f, r: RepairReport) -> None:
             writer.abort()
         raise
     new = (writer.pack_id, writer.seal(), writer.size) if writer is not None else None
+    crash_point("repair-pack-sealed")
     with repo.index.write() as w:
         if new is not None:
             npid, entries, nsize = new
@@ -180,6 +182,7 @@ def _salvage(repo, pid: bytes, f, r: RepairReport) -> None:
         w.delete_pack(pid)
         if size is not None:
             w.put_pending(pid, size)       # the damaged file goes once no reader needs it
+    crash_point("repair-pack-committed")
     r.packs_salvaged += 1
     r.blobs_kept += len(kept)
     r.blobs_lost += len(lost)

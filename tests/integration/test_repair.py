@@ -5,6 +5,7 @@ become whole again when the next backup of the unchanged files stores the lost c
 import hashlib
 import json
 import os
+import signal
 import struct
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 from chunkrepo import Repo
 from chunkrepo.errors import RepoLocked
 from chunkrepo.repository.config import Config
+from chunkrepo.repository.crash_points import REPAIR_POINTS
 from chunkrepo.repository.lock import WriterLock
 from chunkrepo.repository.packs import pack_name
 from tests.conftest import age, write_random
@@ -259,3 +261,46 @@ def test_an_index_that_does_not_match_the_packs_points_to_rebuild_index(setup):
         assert again.check(read_data=True).ok
         p = cli("check", "--repair", "--json", "--repo", repo.path, check=0)
         assert json.loads(p.stdout)["repair"]["nothing_to_do"] is True
+
+
+def test_rebuild_index_after_a_lost_pack_keeps_every_backup(setup, tmp_path):
+    """The records name chunks no pack holds: registering them makes those chunks lost
+    (not the backups unregistered); check --repair marks the backups, a backup heals them."""
+    repo, src, b1, b2 = setup
+    path, _ = _pack_of(repo, b1, str(src / "a.bin"), 1)
+    os.remove(path)
+    damaged_paths = repo.check().damaged[b2]
+    repo.close()
+    res = Repo.rebuild_index(repo.path)
+    assert res.unregistered_backups == [] and res.damaged_packs == []
+    with Repo(repo.path) as again:
+        assert {b.id for b in again.list_backups()} == {b1, b2}
+        r = again.check(repair=True).repair
+        assert r.damaged == {b1: damaged_paths, b2: damaged_paths}
+        assert set(again.damaged_backups()) == {b1, b2}
+        _heal_and_verify(again, src, b1, b2, damaged_paths, tmp_path)
+
+
+_REPAIR = """
+import sys
+from chunkrepo import Repo
+with Repo(sys.argv[1]) as r:
+    r.check(repair=True)
+"""
+
+
+@pytest.mark.parametrize("point", REPAIR_POINTS)
+def test_repair_killed_at_each_step_is_finished_by_the_next(setup, tmp_path, point):
+    repo, src, b1, b2 = setup
+    path, e = _pack_of(repo, b1, str(src / "d" / "b.bin"), 0)
+    with open(path, "r+b") as f:
+        f.truncate(e.offset + e.length // 2)
+    p = subprocess.run([sys.executable, "-c", _REPAIR, repo.path], capture_output=True,
+                       env=dict(os.environ, CHUNKREPO_CRASH_AT=point))
+    assert p.returncode == -signal.SIGKILL, p.stderr.decode()
+    r = repo.check(repair=True).repair        # finishes the job
+    assert r.unrepaired and str(src / "d" / "b.bin") in r.damaged[b2]
+    rep = repo.check(read_data=True)
+    assert rep.unreferenced_packs == 0 and all("lost" in x for x in rep.errors), rep.errors
+    assert repo.prune().errors == []          # what the killed repair left is garbage at most
+    _heal_and_verify(repo, src, b1, b2, r.damaged[b2], tmp_path)
