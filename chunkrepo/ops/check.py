@@ -97,6 +97,14 @@ class Findings:
     tree_refs: Counter = field(default_factory=Counter)
     kinds: set = field(default_factory=set)              # kinds of the errors found ("lost": lost data)
     unreadable_packs: set = field(default_factory=set)   # I/O errors: maybe passing, never repaired
+    lost: dict = field(default_factory=dict)             # id -> kind of the blobs marked lost
+    complete: bool = True                                # False: check stopped early
+
+    def recount_is_exact(self) -> bool:
+        """The recount saw every record a backup references (or the ones it missed are lost
+        or missing, which hold no references by definition): it may replace the counts."""
+        unread = self.bad_trees - set(self.lost) - set(self.missing)
+        return self.complete and not self.unreadable_packs and not unread
 
 
 def _short(b: bytes) -> str:
@@ -148,7 +156,7 @@ class _Checker:
         self.pack_records: Dict[bytes, PackInfo] = {}
         self.lost: Dict[bytes, int] = {}             # blob id -> kind, of blobs marked lost
         self.found = Findings(bad_chunks=self.bad_chunks, bad_trees=self.bad_trees, by_pack=self.by_pack,
-                              chunk_refs=self.chunk_refs, tree_refs=self.tree_refs)
+                              chunk_refs=self.chunk_refs, tree_refs=self.tree_refs, lost=self.lost)
         report.findings = self.found
         self._done = 0
         self._total = 0
@@ -628,6 +636,7 @@ def check_repository(repo, read_data: bool = False, progress=None,
     except (ChunkrepoError, OSError) as e:
         chk._summarize()
         rep.errors.append(f"check stopped early: {e}")
+        chk.found.complete = False
     rep.ok = not rep.errors
     rep.elapsed = time.monotonic() - t0
     return rep

@@ -76,6 +76,9 @@ def repair_repository(repo, read_data: bool = False, progress=None, read_data_su
             r.nothing_to_do = True
             return found
         f = found.findings
+        if not f.complete:
+            r.remaining = ["check could not finish, so nothing was repaired"]
+            return found
         if f.mismatch:
             r.rebuild_index = True
             r.remaining = [f"the index does not match the packs ({', '.join(f.mismatch[:3])}"
@@ -93,7 +96,16 @@ def repair_repository(repo, read_data: bool = False, progress=None, read_data_su
         _fix_cached_records(repo, f, r)
         if r.packs_salvaged:
             delete_pending_packs(repo)
-        _fix_counts(repo, check_repository(repo).findings, r)
+        mid = check_repository(repo).findings
+        if not mid.recount_is_exact():
+            # a record that cannot be read now may be readable later: lowering the counts
+            # of what it references could let prune delete live data
+            r.actions.append("reference counts and the garbage set left as they are: some directory "
+                             "records cannot be read (run check --repair again when they can)")
+            r.damaged = {bid: list(p) for bid, p in found.damaged.items()}
+            r.remaining = list(found.errors)
+            return found
+        _fix_counts(repo, mid, r)
         now = check_repository(repo)
         if now.findings.garbage is not None:
             with repo.index.write() as w:

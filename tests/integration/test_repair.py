@@ -18,6 +18,7 @@ from chunkrepo.repository.config import Config
 from chunkrepo.repository.crash_points import REPAIR_POINTS
 from chunkrepo.repository.lock import WriterLock
 from chunkrepo.repository.packs import pack_name
+from chunkrepo.storage.faults import Fault, FaultyStorage
 from tests.conftest import age, write_random
 
 
@@ -304,3 +305,27 @@ def test_repair_killed_at_each_step_is_finished_by_the_next(setup, tmp_path, poi
     assert rep.unreferenced_packs == 0 and all("lost" in x for x in rep.errors), rep.errors
     assert repo.prune().errors == []          # what the killed repair left is garbage at most
     _heal_and_verify(repo, src, b1, b2, r.damaged[b2], tmp_path)
+
+
+def test_counts_are_left_alone_while_a_record_cannot_be_read(setup):
+    """A directory record whose cached copy is bad and whose pack gives an I/O error: the
+    recount misses what it references, so repair must not lower those counts (prune would
+    then delete live data); once the pack reads, repair restores the cached copy."""
+    repo, src, b1, b2 = setup
+    ix = repo.repository.index
+    tid = next(iter(repo.list_backup(b1, str(src / "d")))).node.subtree
+    cid = next(iter(repo.list_backup(b1, str(src / "d" / "b.bin")))).node.chunk_ids()[0]
+    with ix.env.begin(write=True) as txn:
+        txn.put(tid, b"not the record", db=ix.treedata)
+    with ix.read() as v:
+        before = v.chunk(cid).refcount
+    fault = Fault("get", "packs/", kind="EIO")
+    with Repo(repo.path, wrap_storage=lambda s: FaultyStorage(s, [fault])) as faulty:
+        rep = faulty.check(repair=True)
+        assert rep.repair.unrepaired and rep.repair.refcounts_fixed == 0 and rep.repair.blobs_lost == 0
+        assert any("left as they are" in a for a in rep.repair.actions)
+    with ix.read() as v:
+        assert v.chunk(cid).refcount == before >= 1 and v.lost_count() == 0
+    r = repo.check(repair=True).repair
+    assert not r.unrepaired and r.blobs_kept == 1, r
+    assert repo.check(read_data=True).ok
