@@ -207,7 +207,7 @@ class _Checker:
                     self.by_pack[e.pack].append((e.offset, e.length, e.raw_length, bid, kind))
         self.rep.lost_blobs = len(self.lost)
         if len(self.lost) != v.lost_count():
-            self.error("lost", f"{len(self.lost)} index entries are marked lost, the lost set "
+            self.error("lost set", f"{len(self.lost)} index entries are marked lost, the lost set "
                                f"holds {v.lost_count()}")
         self.rep.marked_damaged = sorted(bid for bid, _ in v.damaged())
 
@@ -401,13 +401,12 @@ class _Checker:
             if not v.has_chunk(cid):
                 missing_chunks.add(cid)
         for cid in sorted(missing_chunks):
-            if cid not in self.lost:
-                self.found.missing[cid] = KIND_DATA
             if cid in self.lost:
                 self.error("lost", f"chunk {_short(cid)} was lost with a damaged pack (check --repair "
-                                         f"marked it); a backup of the unchanged file stores it again")
+                                   f"marked it); a backup of the unchanged file stores it again")
             else:
                 self.error("missing chunk", f"chunk {_short(cid)} is referenced but not in the index")
+                self.found.missing[cid] = KIND_DATA
         self.bad_chunks |= missing_chunks
 
     def _refcounts(self, v) -> None:
@@ -460,7 +459,8 @@ class _Checker:
                                               f"({got[0]} bytes)")
         for pid in sorted(set(dead) - set(self.pack_records)):
             self.error("garbage set", f"garbage entries for pack {_short(pid)}, which the index does not list")
-        if sum(self._kind_counts[k] for k in ("garbage set", "pack accounting")) > errors_before:
+        if sum(self._kind_counts[k] for k in ("garbage set", "pack accounting")) > errors_before \
+                and not self.no_trailer:     # (a pack's duplicate copies are known from its trailer only)
             self.found.garbage = want_all
 
     # -- read_data ---------------------------------------------------------------

@@ -103,10 +103,10 @@ def test_deleted_pack_is_repaired_and_healed_by_the_next_backup(setup, tmp_path)
 
     p = cli("check", "--repair", "--repo", repo.path, check=1)
     err = p.stderr.decode()
-    assert "repaired: pack" in err and f"backup {b1} marked damaged" in err
+    assert "repair: pack" in err and f"backup {b1} marked damaged" in err
     assert str(src / "a.bin") in err and "remain damaged" in err
     p = cli("check", "--repair", "--repo", repo.path, check=1)     # again: nothing more to do
-    assert "repaired: pack" not in p.stderr.decode()
+    assert "repair: pack" not in p.stderr.decode()
     listing = cli("list-backups", "--repo", repo.path, check=0).stdout.decode()
     assert listing.count("DAMAGED") == 2
     js = [json.loads(line) for line in cli("list-backups", "--json", "--repo", repo.path,
