@@ -175,15 +175,8 @@ class ReadView:
         return self._ix.pending is not None and self.txn.get(pid, db=self._ix.pending) is not None
 
     # -- lost blobs and the backups they damaged (check --repair) --
-    def lost(self) -> Iterator[tuple]:
-        """(blob id, kind) of every lost blob a backup still references."""
-        if self._ix.lost is None:
-            return
-        with self.txn.cursor(db=self._ix.lost) as cur:
-            for k, v in cur:
-                yield bytes(k), v[0]
-
     def lost_count(self) -> int:
+        """How many lost blobs backups still reference."""
         return 0 if self._ix.lost is None else self.txn.stat(self._ix.lost)["entries"]
 
     def damaged(self) -> Iterator[tuple]:
