@@ -24,6 +24,7 @@ from .ops.prune import DEFAULT_REPACK_THRESHOLD, PruneReport, prune_repository
 from .ops.retention import Policy
 from .ops.rebuild_index import rebuild_index
 from .ops.fsspec_url import is_url
+from .ops.repair import repair_repository
 from .ops.restore import restore_tree
 from .ops.restore_fsspec import restore_to_url
 from .ops.snapshot.materialise import clone as clone_version
@@ -128,12 +129,21 @@ class Repo:
         return restore_tree(self._repo, bytes.fromhex(rec.root), os.fspath(target), start,
                             progress=progress)
 
-    def check(self, read_data: bool = False, progress=None, read_data_subset: Optional[str] = None):
+    def check(self, read_data: bool = False, progress=None, read_data_subset: Optional[str] = None,
+              repair: bool = False):
         """Verify the repository; returns a CheckReport (report.ok is False on damage).
 
-        read_data_subset: 'n/k' or 'P%' of the packs to read and re-hash."""
+        read_data_subset: 'n/k' or 'P%' of the packs to read and re-hash.
+        repair: take the writer lock and repair what was found (ops.repair); the
+        report is of what was found, report.repair says what was done and what remains."""
+        if repair:
+            return repair_repository(self._repo, read_data, progress, read_data_subset)
         return check_repository(self._repo, read_data=read_data, progress=progress,
                                 read_data_subset=read_data_subset)
+
+    def damaged_backups(self) -> dict:
+        """Backups marked damaged by check --repair: id -> {"paths": [...], "paths_count": n}."""
+        return self._repo.damaged_backups()
 
     def forget(self, backup_ids: Sequence[str] = (), policy: Optional[Policy] = None,
                dry_run: bool = False, prune: bool = False,

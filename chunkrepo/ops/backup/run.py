@@ -15,7 +15,7 @@ from typing import Callable, List, Optional, Sequence
 
 from ...codec import records
 from ...codec.hashing import hash_bytes
-from ...errors import ChunkrepoError
+from ...errors import ChunkrepoError, IntegrityError
 from ...model import BackupRecord, Node, Tree, node_from_stat
 from ...model.nodes import DIR, REG
 from .file_saver import FileChanged, FileSaver
@@ -189,7 +189,10 @@ class Backup:
         """(entries, entries by name) of the same directory in the previous backup."""
         if prev is None or prev.subtree is None:
             return None, {}
-        entries = self.repo.read_tree(prev.subtree).entries
+        try:
+            entries = self.repo.read_tree(prev.subtree).entries
+        except IntegrityError:
+            return None, {}    # a lost record (check --repair): back the directory up afresh
         return entries, {n.name: n for n in entries}
 
     def scan_dir(self, path: bytes, name: bytes, st, prev: Optional[Node], selection, top_dev: int):
