@@ -14,51 +14,83 @@ from ..model.nodes import REG
 
 _DEFAULT_BUDGET = 16 << 20
 _MAX_ENTRIES_AHEAD = 4096
+_BATCH_BYTES = 2 << 20     # raw bytes per read task
+_BATCH_COUNT = 64          # chunks per read task
 
 
 class _ChunkStream:
+    """The ordered stream of chunks, read in batches by the pool.
+
+    A batch is a run of consecutive chunks (up to _BATCH_BYTES or _BATCH_COUNT):
+    one task for the pool, and one ranged read for the neighbours among them
+    (Repository.read_blobs).  Few tasks keep the threads from trading the GIL
+    for every small file.
+    """
+
     def __init__(self, repo, view, pool, budget: int):
         self.repo, self.view, self.pool, self.budget = repo, view, pool, budget
         self.waiting: "collections.deque[bytes]" = collections.deque()   # ids not yet submitted
-        self.inflight: "collections.deque[tuple]" = collections.deque()  # (future, raw size)
+        self.inflight: "collections.deque[tuple]" = collections.deque()  # (future, raw bytes, count)
+        self.current: list = []     # results of the batch being consumed, reversed
         self.nbytes = 0
 
-    def add(self, ids) -> None:
-        self.waiting.extend(ids)
+    def add(self, ids) -> list:
+        """Queue ids; returns their raw sizes (None for a chunk the index lacks)."""
+        chunk = self.view.chunk
+        sizes = []
+        for cid in ids:
+            e = chunk(cid)
+            self.waiting.append((cid, e))
+            sizes.append(e.raw_length if e is not None else None)
         self.fill()
+        return sizes
 
     def full(self) -> bool:
         return bool(self.waiting)
 
     def fill(self) -> None:
-        while self.waiting and (self.nbytes < self.budget or not self.inflight):
-            cid = self.waiting.popleft()
-            entry = self.view.chunk(cid)
-            size = entry.raw_length if entry is not None else 0
-            self.inflight.append((self.pool.submit(_read, self.repo, cid, entry), size))
+        waiting = self.waiting
+        while waiting and (self.nbytes < self.budget or not self.inflight):
+            batch, size = [], 0
+            while waiting and len(batch) < _BATCH_COUNT and (size < _BATCH_BYTES or not batch):
+                item = waiting[0]
+                n = item[1].raw_length if item[1] is not None else 0
+                if batch and size + n > _BATCH_BYTES:
+                    break
+                batch.append(waiting.popleft())
+                size += n
+            self.inflight.append((self.pool.submit(self.repo.read_blobs, batch), size))
             self.nbytes += size
 
     def next(self) -> bytes:
-        fut, size = self.inflight.popleft()
-        self.nbytes -= size
-        self.fill()
-        return fut.result()
+        if not self.current:
+            fut, size = self.inflight.popleft()
+            self.nbytes -= size
+            self.fill()
+            self.current = fut.result()
+            self.current.reverse()
+        item = self.current.pop()
+        if isinstance(item, BaseException):
+            raise item
+        return item
 
     def cancel(self) -> None:
         self.waiting.clear()
         for fut, _ in self.inflight:
             fut.cancel()
         self.inflight.clear()
+        self.current = []
 
 
 class Prefetched:
     """The chunks of one file, in order, out of the shared stream."""
 
-    __slots__ = ("_stream", "_left")
+    __slots__ = ("_stream", "_left", "sizes")
 
-    def __init__(self, stream: _ChunkStream, count: int):
+    def __init__(self, stream: _ChunkStream, sizes: list):
         self._stream = stream
-        self._left = count
+        self._left = len(sizes)
+        self.sizes = sizes      # raw size of each chunk (None: not in the index)
 
     def data(self) -> Iterator[bytes]:
         while self._left:
@@ -101,9 +133,7 @@ def prefetch(repo, entries: Iterable, workers: int = 2, budget: int = _DEFAULT_B
                         break
                     pf = None
                     if wants_data(e):
-                        ids = e.node.chunk_ids()
-                        stream.add(ids)
-                        pf = Prefetched(stream, len(ids))
+                        pf = Prefetched(stream, stream.add(e.node.chunk_ids()))
                     ahead.append((e, pf))
                 if not ahead:
                     return
@@ -115,9 +145,3 @@ def prefetch(repo, entries: Iterable, workers: int = 2, budget: int = _DEFAULT_B
         if ahead:
             stream.cancel()
         pool.shutdown(wait=True)
-
-
-def _read(repo, cid: bytes, entry) -> bytes:
-    if entry is None:
-        return repo.read_chunk(cid)     # raises IntegrityError: not in the index
-    return repo.read_blob(entry, cid)

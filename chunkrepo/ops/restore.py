@@ -495,7 +495,8 @@ class _Restorer:
             job.data = data
         elif node.chunks or node.size:
             try:
-                job.cf = ChunkFile(self.repo, node, shown.encode(_FS_ENCODING, "surrogateescape"), self.view)
+                job.cf = ChunkFile(self.repo, node, shown.encode(_FS_ENCODING, "surrogateescape"), self.view,
+                                   pf.sizes if pf is not None else None)
             except ChunkrepoError as e:
                 msg = str(e)
                 self.res.errors.append(f"{msg if msg.startswith(shown) else f'{shown}: {msg}'}; "
