@@ -27,12 +27,14 @@ class _ChunkStream:
     for every small file.
     """
 
-    def __init__(self, repo, view, pool, budget: int):
+    def __init__(self, repo, view, pool, budget: int, workers: int):
         self.repo, self.view, self.pool, self.budget = repo, view, pool, budget
-        self.waiting: "collections.deque[bytes]" = collections.deque()   # ids not yet submitted
-        self.inflight: "collections.deque[tuple]" = collections.deque()  # (future, raw bytes, count)
+        self.workers = workers
+        self.waiting: "collections.deque[tuple]" = collections.deque()   # (id, entry) not yet submitted
+        self.wbytes = 0                                                  # their raw bytes
+        self.inflight: "collections.deque[tuple]" = collections.deque()  # (future, raw bytes)
         self.current: list = []     # results of the batch being consumed, reversed
-        self.nbytes = 0
+        self.nbytes = 0             # raw bytes submitted and not yet consumed
 
     def add(self, ids) -> list:
         """Queue ids; returns their raw sizes (None for a chunk the index lacks)."""
@@ -40,30 +42,40 @@ class _ChunkStream:
         sizes = []
         for cid in ids:
             e = chunk(cid)
-            self.waiting.append((cid, e))
-            sizes.append(e.raw_length if e is not None else None)
+            n = e.raw_length if e is not None else 0
+            self.waiting.append((cid, e, n))
+            self.wbytes += n
+            sizes.append(n if e is not None else None)
         self.fill()
         return sizes
 
     def full(self) -> bool:
-        return bool(self.waiting)
+        """A whole batch is waiting (the budget holds it back, or it is about to go)."""
+        return len(self.waiting) >= _BATCH_COUNT or self.wbytes >= _BATCH_BYTES
 
-    def fill(self) -> None:
+    def fill(self, force: bool = False) -> None:
+        """Submit whole batches while the budget allows; a partial one only when the
+        workers would otherwise idle, or when forced (the consumer waits for it)."""
         waiting = self.waiting
         while waiting and (self.nbytes < self.budget or not self.inflight):
+            if not force and len(self.inflight) >= self.workers and not self.full():
+                return
             batch, size = [], 0
-            while waiting and len(batch) < _BATCH_COUNT and (size < _BATCH_BYTES or not batch):
-                item = waiting[0]
-                n = item[1].raw_length if item[1] is not None else 0
+            while waiting and len(batch) < _BATCH_COUNT:
+                cid, e, n = waiting[0]
                 if batch and size + n > _BATCH_BYTES:
                     break
-                batch.append(waiting.popleft())
+                waiting.popleft()
+                batch.append((cid, e))
                 size += n
+            self.wbytes -= size
             self.inflight.append((self.pool.submit(self.repo.read_blobs, batch), size))
             self.nbytes += size
 
     def next(self) -> bytes:
         if not self.current:
+            if not self.inflight:
+                self.fill(force=True)
             fut, size = self.inflight.popleft()
             self.nbytes -= size
             self.fill()
@@ -76,6 +88,7 @@ class _ChunkStream:
 
     def cancel(self) -> None:
         self.waiting.clear()
+        self.wbytes = 0
         for fut, _ in self.inflight:
             fut.cancel()
         self.inflight.clear()
@@ -122,7 +135,7 @@ def prefetch(repo, entries: Iterable, workers: int = 2, budget: int = _DEFAULT_B
     ahead: "collections.deque[tuple]" = collections.deque()
     try:
         with repo.index.read() as view:
-            stream = _ChunkStream(repo, view, pool, budget)
+            stream = _ChunkStream(repo, view, pool, budget, workers)
             it = iter(entries)
             exhausted = False
             while True:
@@ -130,6 +143,7 @@ def prefetch(repo, entries: Iterable, workers: int = 2, budget: int = _DEFAULT_B
                     e = next(it, None)
                     if e is None:
                         exhausted = True
+                        stream.fill(force=True)     # the last, partial batch
                         break
                     pf = None
                     if wants_data(e):
