@@ -14,6 +14,7 @@ from .config import CONFIG_NAME, Config
 from .packs import pack_name
 from .session import WriteSession
 
+_COALESCE_LIMIT = 8 << 20   # longest single read that serves several neighbouring blobs
 _open_envs: Dict[str, list] = {}   # LMDB allows one Environment per path per process
 _open_envs_lock = threading.Lock()
 
@@ -35,6 +36,11 @@ def _release_index(path: str) -> None:
             if slot[1] == 0:
                 slot[0].close()
                 del _open_envs[path]
+
+
+def _lost(blob_id: bytes) -> IntegrityError:
+    return IntegrityError(f"blob {blob_id.hex()} was lost with a damaged pack (check --repair); "
+                          f"a backup of the unchanged file stores it again")
 
 
 class Repository:
@@ -88,13 +94,54 @@ class Repository:
     def read_blob(self, entry, blob_id: bytes) -> bytes:
         """Read, decompress and verify one blob given its index entry."""
         if entry.lost:
-            raise IntegrityError(f"blob {blob_id.hex()} was lost with a damaged pack (check --repair); "
-                                 f"a backup of the unchanged file stores it again")
-        blob = self.storage.get(pack_name(entry.pack), entry.offset, entry.length)
+            raise _lost(blob_id)
+        return self._decode_blob(self.storage.get(pack_name(entry.pack), entry.offset, entry.length),
+                                 entry, blob_id)
+
+    @staticmethod
+    def _decode_blob(blob, entry, blob_id: bytes) -> bytes:
         data = compression.decompress(blob, entry.raw_length)
         if hash_bytes(data) != blob_id:
             raise IntegrityError(f"blob {blob_id.hex()} in pack {entry.pack.hex()} fails its hash")
         return data
+
+    def read_blobs(self, items) -> list:
+        """Read many blobs given [(blob id, index entry or None)], in order.
+
+        Blobs lying next to each other in one pack (the chunks of consecutive
+        small files, as a backup wrote them) are fetched with one ranged read.
+        Returns, per item, its bytes or the exception reading it raised (so a
+        consumer meets an error at the blob it concerns, not earlier).
+        """
+        out: list = [None] * len(items)
+        i, n = 0, len(items)
+        while i < n:
+            e = items[i][1]
+            if e is None or e.lost:
+                out[i] = IntegrityError(f"chunk {items[i][0].hex()} is not in the index") if e is None \
+                    else _lost(items[i][0])
+                i += 1
+                continue
+            j, end = i + 1, e.offset + e.length
+            while (j < n and items[j][1] is not None and not items[j][1].lost and items[j][1].pack == e.pack
+                    and items[j][1].offset == end and end - e.offset < _COALESCE_LIMIT):
+                end += items[j][1].length
+                j += 1
+            try:
+                buf = memoryview(self.storage.get(pack_name(e.pack), e.offset, end - e.offset))
+            except (ChunkrepoError, OSError) as exc:
+                out[i:j] = [exc] * (j - i)
+                i = j
+                continue
+            for k in range(i, j):
+                cid, ek = items[k]
+                at = ek.offset - e.offset
+                try:
+                    out[k] = self._decode_blob(buf[at:at + ek.length], ek, cid)
+                except ChunkrepoError as exc:
+                    out[k] = exc
+            i = j
+        return out
 
     def read_chunk(self, cid: bytes, view=None) -> bytes:
         if view is None:
