@@ -108,6 +108,13 @@ class FsspecStorage:
         d, _, base = self._path(name).rpartition("/")
         return f"{d}/{_TMP_PREFIX}{socket.gethostname()}-{os.getpid()}-{os.urandom(4).hex()}-{base}"
 
+    def ensure_root(self) -> None:
+        """Create the root folder (on S3: the bucket, if it is missing and may be created)."""
+        try:
+            self.fs.makedirs(self.root, exist_ok=True)
+        except OSError as e:
+            raise _error(e, f"creating {self.root}") from None
+
     # -- writing --------------------------------------------------------------
     def _upload(self, local_file: str, name: str) -> None:
         path = self._path(name)
