@@ -6,6 +6,7 @@ thread's own pack.  A sealed pack's entries wait in a queue until the owner
 thread calls checkpoint(), which commits them to the index in one transaction.
 """
 
+import concurrent.futures
 import queue
 import threading
 from typing import Dict
@@ -40,6 +41,10 @@ class WriteSession:
         self._local = threading.local()
         self._writers: list = []
         self._writers_lock = threading.Lock()
+        self._upload_threads = repo.upload_threads     # 0: a pack is written by the thread that filled it
+        self._uploads = None
+        self._upload_slots = threading.BoundedSemaphore(self._upload_threads + 1)
+        self._upload_futures: list = []
         self.bytes_new = 0        # raw bytes of chunks this session stored
         self.bytes_stored = 0     # compressed bytes written to packs
 
@@ -60,6 +65,9 @@ class WriteSession:
             else:
                 self._abort_writers()
         finally:
+            if self._uploads is not None:
+                self._uploads.shutdown(wait=True)
+                self._uploads = None
             self._lock.release()
 
     def recover(self) -> dict:
@@ -111,11 +119,41 @@ class WriteSession:
         return w
 
     def _seal(self, w: PackWriter) -> None:
+        if not self._upload_threads:
+            self._seal_now(w)
+            return
+        if self._uploads is None:
+            self._uploads = concurrent.futures.ThreadPoolExecutor(self._upload_threads, "chunkrepo-upload")
+        # an object store: the upload overlaps the caller's next pack (bounded by the slots)
+        self._upload_slots.acquire()
+        try:
+            fut = self._uploads.submit(self._seal_now, w)
+        except BaseException:
+            self._upload_slots.release()
+            raise
+        fut.add_done_callback(lambda _: self._upload_slots.release())
+        with self._writers_lock:
+            self._upload_futures.append(fut)
+
+    def _seal_now(self, w: PackWriter) -> None:
         entries = w.seal()
         crash_point("pack-sealed")
         with self._writers_lock:
             self._writers.remove(w)
         self._sealed.put((w.pack_id, entries, w.size))
+
+    def _wait_uploads(self) -> None:
+        """Wait for the packs being uploaded; raise the first failure."""
+        with self._writers_lock:
+            futs, self._upload_futures = self._upload_futures, []
+        first = None
+        for f in futs:
+            try:
+                f.result()
+            except BaseException as e:
+                first = first or e
+        if first is not None:
+            raise first
 
     def claim_chunk(self, cid: bytes) -> bool:
         """True if the caller must store this chunk (nobody has it yet)."""
@@ -180,12 +218,15 @@ class WriteSession:
 
     def _commit_pack(self, pack_id: bytes, entries, size: int) -> None:
         tree_bytes = {}
+        adopted = []
         for e in entries:
             if e.kind == KIND_TREE:
                 data = self._pending_trees.get(e.id)
                 if data is None:   # adopted pack: read the record from the pack itself
-                    data = self.repo.read_blob(BlobEntry(pack_id, e.offset, e.length, e.raw_length, 0), e.id)
-                tree_bytes[e.id] = data
+                    adopted.append((BlobEntry(pack_id, e.offset, e.length, e.raw_length, 0), e.id))
+                else:
+                    tree_bytes[e.id] = data
+        tree_bytes.update(self._read_records(adopted))
         with self.index.write() as w:
             w.put_pack(pack_id, PackInfo(size, len(entries)))
             for e in entries:
@@ -206,6 +247,25 @@ class WriteSession:
                 else:
                     self._pending_tree_bytes -= len(self._pending_trees.pop(e.id, b""))
 
+    def _read_records(self, items) -> Dict[bytes, bytes]:
+        """Directory records out of an adopted pack: one by one, or (on an object store,
+        where a request costs milliseconds) neighbours with one ranged read."""
+        span = self.repo.read_plan[1]
+        if not span:
+            return {bid: self.repo.read_blob(e, bid) for e, bid in items}
+        out: Dict[bytes, bytes] = {}
+        items = sorted(items, key=lambda x: x[0].offset)
+        while items:
+            n = 1
+            while n < len(items) and items[n][0].offset + items[n][0].length - items[0][0].offset <= span:
+                n += 1
+            for (_, bid), data in zip(items[:n], self.repo.read_blobs(items[:n])):
+                if isinstance(data, Exception):
+                    raise data
+                out[bid] = data
+            items = items[n:]
+        return out
+
     def flush(self) -> None:
         """Seal every open pack and commit everything sealed."""
         with self._writers_lock:
@@ -218,9 +278,14 @@ class WriteSession:
                 with self._writers_lock:
                     self._writers.remove(w)
         self._local = threading.local()
+        self._wait_uploads()
         self.checkpoint()
 
     def _abort_writers(self) -> None:
+        try:
+            self._wait_uploads()
+        except Exception:
+            pass        # the session failed already; what was uploaded is adopted later or pruned
         with self._writers_lock:
             for w in self._writers:
                 w.abort()
