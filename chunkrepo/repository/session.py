@@ -21,7 +21,6 @@ from .crash_points import crash_point
 from .packs import KIND_DATA, KIND_TREE, PackWriter, pack_id_from_name, read_trailer
 
 
-
 _MAX_PENDING_TREE_BYTES = 8 << 20
 
 

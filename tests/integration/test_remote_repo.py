@@ -154,6 +154,19 @@ def test_stale_cache_is_refreshed_after_another_writer(remote, tmp_path, src, mo
         assert report.ok, report
 
 
+def test_rebuild_index_refills_the_cache_from_the_store(remote, tmp_path, src):
+    url, opts = remote
+    with Repo.init(url, storage_options=opts) as repo:
+        bid = repo.backup([src]).id
+        cache = repo.repository.cache.index_path
+    res = Repo.rebuild_index(url, opts)
+    assert res.backups == 1 and res.packs >= 1 and res.damaged_packs == []
+    assert os.path.isdir(cache)
+    with Repo(url, storage_options=opts) as repo:
+        assert [b.id for b in repo.list_backups()] == [bid]
+        assert restored(repo, bid, tmp_path, src) == tree_of(src)
+
+
 def test_a_writer_killed_midway_leaves_a_cache_that_is_rebuilt(remote, tmp_path, src, monkeypatch):
     url, opts = remote
     with Repo.init(url, storage_options=opts) as repo:
