@@ -118,6 +118,8 @@ class WriteSession:
         return w
 
     def _seal(self, w: PackWriter) -> None:
+        with self._writers_lock:
+            self._writers.remove(w)     # no longer open: flush() must not seal it again
         if not self._upload_threads:
             self._seal_now(w)
             return
@@ -135,10 +137,12 @@ class WriteSession:
             self._upload_futures.append(fut)
 
     def _seal_now(self, w: PackWriter) -> None:
-        entries = w.seal()
+        try:
+            entries = w.seal()
+        except BaseException:
+            w.abort()
+            raise
         crash_point("pack-sealed")
-        with self._writers_lock:
-            self._writers.remove(w)
         self._sealed.put((w.pack_id, entries, w.size))
 
     def _wait_uploads(self) -> None:
