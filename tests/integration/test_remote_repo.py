@@ -282,6 +282,16 @@ def test_lease_is_refreshed_and_a_lost_lease_stops_the_commit(remote):
         assert not storage.exists("lock")
 
 
+def test_file_url_is_a_local_repository(tmp_path, src):
+    url = f"file://{tmp_path}/repo"
+    with Repo.init(url) as repo:
+        bid = repo.backup([src]).id
+        assert not repo.repository.remote and repo.path == str(tmp_path / "repo")
+    assert (tmp_path / "repo" / "index" / "data.mdb").is_file() and (tmp_path / "repo" / "config").is_file()
+    with Repo(tmp_path / "repo") as repo:
+        assert [b.id for b in repo.list_backups()] == [bid]
+
+
 def test_bad_locations_are_one_line_errors(tmp_path, moto_endpoint):
     with pytest.raises(StorageError, match="unknown storage scheme 'nosuch'"):
         Repo("nosuch://x/y")
