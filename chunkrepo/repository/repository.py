@@ -138,6 +138,9 @@ class Repository:
 
     def read_blob(self, entry, blob_id: bytes) -> bytes:
         """Read, decompress and verify one blob given its index entry."""
+        if entry.lost:
+            raise IntegrityError(f"blob {blob_id.hex()} was lost with a damaged pack (check --repair); "
+                                 f"a backup of the unchanged file stores it again")
         blob = self.storage.get(pack_name(entry.pack), entry.offset, entry.length)
         return _decode(blob, entry, blob_id)
 
@@ -192,6 +195,11 @@ class Repository:
             recs = [BackupRecord.from_dict(records.decode_json(raw)) for _, raw in v.backups()]
         recs.sort(key=lambda r: (r.start_ns, r.id))
         return recs
+
+    def damaged_backups(self) -> Dict[str, dict]:
+        """Backups check --repair marked damaged: id -> {"paths": [...], "paths_count": n}."""
+        with self.index.read() as v:
+            return {bid: records.decode_json(raw) for bid, raw in v.damaged()}
 
     def resolve_backup(self, ref: str) -> BackupRecord:
         """A full id, a unique prefix, or 'latest'."""

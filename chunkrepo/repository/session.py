@@ -13,7 +13,7 @@ from typing import Dict
 
 from ..codec import compression, records
 from ..codec.hashing import hash_bytes
-from ..errors import IntegrityError, NotFound
+from ..errors import IntegrityError, NotFound, StorageError
 from ..index import BlobEntry, PackInfo
 from ..index.lmdb_index import GARBAGE_META
 from ..model import BackupRecord, Tree
@@ -193,7 +193,7 @@ class WriteSession:
             if tid in self._pending_trees:
                 return tid
             with self.index.read() as v:
-                if v.tree(tid) is not None:
+                if v.has_tree(tid):
                     return tid
             self._pending_trees[tid] = data
             self._pending_tree_bytes += len(data)
@@ -234,14 +234,15 @@ class WriteSession:
             w.put_pack(pack_id, PackInfo(size, len(entries)))
             for e in entries:
                 entry = BlobEntry(pack_id, e.offset, e.length, e.raw_length, 0)
-                if e.kind == KIND_DATA:
-                    if w.chunk(e.id) is None:
-                        w.put_chunk(e.id, entry, new=True)  # refcount 0: garbage until a backup uses it
+                old = w.blob(e.kind, e.id)
+                if old is None:      # refcount 0: garbage until a backup uses it
+                    if e.kind == KIND_DATA:
+                        w.put_chunk(e.id, entry, new=True)
                     else:
-                        w.add_dead_copy(e.kind, pack_id, e.id, e.length)
-                elif w.tree(e.id) is None:
-                    w.put_tree(e.id, entry, tree_bytes[e.id], new=True)
-                else:
+                        w.put_tree(e.id, entry, tree_bytes[e.id], new=True)
+                elif old.lost:       # stored again: the backups that lost it are whole again
+                    self._restore_lost(w, e, entry._replace(refcount=old.refcount), tree_bytes)
+                elif old.pack != pack_id:
                     w.add_dead_copy(e.kind, pack_id, e.id, e.length)
         with self._claim_lock:
             for e in entries:
@@ -268,6 +269,17 @@ class WriteSession:
                 out[bid] = data
             items = items[n:]
         return out
+
+    @staticmethod
+    def _restore_lost(w, e, entry: BlobEntry, tree_bytes: dict) -> None:
+        if e.kind == KIND_DATA:
+            w.put_chunk(e.id, entry)
+            return
+        w.put_tree(e.id, entry, tree_bytes[e.id])
+        # a lost record's children lost the references it gave them (check counts
+        # only what it can read): give them back, as when a record goes 0 -> 1
+        for sub in _reference_children(w, tree_bytes[e.id], +1):
+            _cascade(w, sub, +1)
 
     def flush(self) -> None:
         """Seal every open pack and commit everything sealed."""
@@ -298,7 +310,16 @@ class WriteSession:
         """Make a backup part of the repository: record in storage, then index."""
         self.flush()
         self._lock.check()
-        self.storage.put(f"backups/{rec.id}", records.encode_json(rec.to_dict()))
+        name = f"backups/{rec.id}"
+        try:
+            self.storage.put(name, records.encode_json(rec.to_dict()))
+        except StorageError as e:
+            if _landed(self.storage, name):
+                # in place, but not known to survive a power cut: not registered now;
+                # the next write session adopts it if it is still there
+                raise StorageError(f"backup {rec.id}: its record was written but not confirmed durable "
+                                   f"({e}); the next write session adopts it if it survived") from None
+            raise
         crash_point("backup-stored")
         self._register_backup(rec)
         crash_point("backup-committed")
@@ -311,6 +332,13 @@ class WriteSession:
                 raise IntegrityError(f"backup {rec.id} has no root record")
             incref_tree(w, bytes.fromhex(rec.root))
             w.put_backup(rec.id, records.encode_json(rec.to_dict()))
+
+
+def _landed(storage, name: str) -> bool:
+    try:
+        return storage.exists(name)
+    except (OSError, StorageError):
+        return False
 
 
 def incref_tree(w, root: bytes) -> None:
@@ -331,17 +359,26 @@ def _cascade(w, root: bytes, delta: int) -> None:
     stack = [root]
     while stack:
         tid = stack.pop()
+        # None: a lost record (or one named but never stored, now lost: docs/format.md);
+        # its children hold no references from it
         if w.add_tree_ref(tid, delta) != edge:
             continue
         data = w.tree_data(tid)
         if data is None:
             raise NotFound(f"directory record {tid.hex()} has no cached data")
-        for node in Tree.decode(data).entries:
-            if node.subtree is not None:
-                stack.append(node.subtree)
-            c = node.chunks
-            for i in range(0, len(c), 32):
-                w.add_chunk_ref(c[i:i + 32], delta)
+        stack.extend(_reference_children(w, data, delta))
+
+
+def _reference_children(w, data: bytes, delta: int) -> list:
+    """Change the refcounts of a record's chunks; return its subtrees (for the caller)."""
+    subs = []
+    for node in Tree.decode(data).entries:
+        if node.subtree is not None:
+            subs.append(node.subtree)
+        c = node.chunks
+        for i in range(0, len(c), 32):
+            w.add_chunk_ref(c[i:i + 32], delta)
+    return subs
 
 
 __all__ = ["WriteSession", "decref_tree", "incref_tree"]
