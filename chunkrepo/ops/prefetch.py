@@ -8,28 +8,27 @@ it are in flight or waiting, so memory stays flat whatever the file sizes.
 
 import collections
 import concurrent.futures
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Optional
 
 from ..model.nodes import REG
 
 _DEFAULT_BUDGET = 16 << 20
 _MAX_ENTRIES_AHEAD = 4096
-_BATCH_BYTES = 2 << 20     # raw bytes per read task
-_BATCH_COUNT = 64          # chunks per read task
+_BATCH_COUNT = 64          # chunks per read task (their bytes: the repository's read_plan)
 
 
 class _ChunkStream:
     """The ordered stream of chunks, read in batches by the pool.
 
-    A batch is a run of consecutive chunks (up to _BATCH_BYTES or _BATCH_COUNT):
+    A batch is a run of consecutive chunks (up to read_plan.batch_bytes or _BATCH_COUNT):
     one task for the pool, and one ranged read for the neighbours among them
     (Repository.read_blobs).  Few tasks keep the threads from trading the GIL
     for every small file.
     """
 
-    def __init__(self, repo, view, pool, budget: int, workers: int):
+    def __init__(self, repo, view, pool, budget: int, workers: int, batch_bytes: int):
         self.repo, self.view, self.pool, self.budget = repo, view, pool, budget
-        self.workers = workers
+        self.workers, self.batch_bytes = workers, batch_bytes
         self.waiting: "collections.deque[tuple]" = collections.deque()   # (id, entry) not yet submitted
         self.wbytes = 0                                                  # their raw bytes
         self.inflight: "collections.deque[tuple]" = collections.deque()  # (future, raw bytes)
@@ -51,7 +50,7 @@ class _ChunkStream:
 
     def full(self) -> bool:
         """A whole batch is waiting (the budget holds it back, or it is about to go)."""
-        return len(self.waiting) >= _BATCH_COUNT or self.wbytes >= _BATCH_BYTES
+        return len(self.waiting) >= _BATCH_COUNT or self.wbytes >= self.batch_bytes
 
     def fill(self, force: bool = False) -> None:
         """Submit whole batches while the budget allows; a partial one only when the
@@ -63,7 +62,7 @@ class _ChunkStream:
             batch, size = [], 0
             while waiting and len(batch) < _BATCH_COUNT:
                 cid, e, n = waiting[0]
-                if batch and size + n > _BATCH_BYTES:
+                if batch and size + n > self.batch_bytes:
                     break
                 waiting.popleft()
                 batch.append((cid, e))
@@ -124,18 +123,22 @@ def _wants_data(e) -> bool:
     return e.node.kind == REG and e.hardlink_to is None and bool(e.node.chunks)
 
 
-def prefetch(repo, entries: Iterable, workers: int = 2, budget: int = _DEFAULT_BUDGET,
+def prefetch(repo, entries: Iterable, workers: Optional[int] = None, budget: int = _DEFAULT_BUDGET,
              wants_data=_wants_data) -> Iterator[tuple]:
     """Yield (entry, Prefetched or None) in the order of entries.
 
     The consumer may read an entry's chunks through Prefetched.data() before it
-    asks for the next entry; chunks it leaves are read and dropped.
+    asks for the next entry; chunks it leaves are read and dropped.  The
+    repository's read_plan sets the threads (unless workers is given) and the
+    size of a read task.
     """
+    plan = repo.read_plan
+    workers = workers or plan.threads
     pool = concurrent.futures.ThreadPoolExecutor(workers, "chunkrepo-prefetch")
     ahead: "collections.deque[tuple]" = collections.deque()
     try:
         with repo.index.read() as view:
-            stream = _ChunkStream(repo, view, pool, budget, workers)
+            stream = _ChunkStream(repo, view, pool, budget, workers, max(plan.batch_bytes, 1))
             it = iter(entries)
             exhausted = False
             while True:
