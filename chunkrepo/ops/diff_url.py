@@ -112,8 +112,8 @@ class _UrlSide:
 
 
 def _place(left, shown: str) -> str:
-    """Where the URL's objects are in backup record left: '/x' when left backed up the
-    URL's ancestor .../x is below, '' for its root (see the module's docstring)."""
+    """Where the URL's objects are in backup record left: '/x' when left is a backup of
+    the URL minus its '/x'; '' (the root) when of the URL itself or of anything else."""
     if len(left.paths) == 1 and is_url(left.paths[0]):
         base = left.paths[0]
         if shown == base or shown.startswith(base.rstrip("/") + "/"):
