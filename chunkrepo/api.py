@@ -18,6 +18,7 @@ from .ops.backup.fsspec_source import run_url_backup
 from .ops.check import check_repository
 from .ops.copy import CopyResult, copy_backups
 from .ops.diff import Diff, diff_backups, diff_live
+from .ops.diff_url import diff_url
 from .ops.file_reader import ChunkFile
 from .ops.forget import ForgetResult, forget
 from .ops.prune import DEFAULT_REPACK_THRESHOLD, PruneReport, prune_repository
@@ -172,14 +173,19 @@ class Repo:
         return clone_version(self._repo, source, os.fspath(dest), path, mode, download)
 
     # -- diff and copy -------------------------------------------------------------------
-    def diff(self, a: str, b_or_path, path=None, content: bool = False) -> Diff:
+    def diff(self, a: str, b_or_path, path=None, content: bool = False,
+             source_options: Optional[dict] = None) -> Diff:
         """What changed from backup a to backup b (id, unique prefix or 'latest'), or to the
-        live tree at a path (a str that names no backup, or any os.PathLike/bytes).
+        live tree at a path (a str that names no backup, or any os.PathLike/bytes), or to the
+        objects at an fsspec URL (whose filesystem gets source_options, as for backup).
 
         Iterate the result for Change records in tree order; its .stats is complete after.
-        path limits a diff of two backups to that path inside them.  content=True reads every
-        live file to compare chunk ids (else equal size and mtime mean equal content)."""
+        path limits a diff of two backups, or of a backup and a URL, to that path inside them.
+        content=True reads every live file to compare chunk ids (else equal size and mtime,
+        or for objects equal size and ETag, mean equal content)."""
         left = self._repo.resolve_backup(a)
+        if is_url(b_or_path):
+            return diff_url(self._repo, left, b_or_path, path, content, source_options)
         right = None
         if isinstance(b_or_path, str):
             try:
@@ -190,7 +196,7 @@ class Repo:
         if right is not None:
             return diff_backups(self._repo, left, right, path)
         if path is not None:
-            raise ChunkrepoError("a path filter goes with two backups; give the live path itself")
+            raise ChunkrepoError("a path filter goes with two backups or a URL; give the live path itself")
         return diff_live(self._repo, left, b_or_path, content)
 
     def copy_to(self, target: "Repo", backup_ids: Sequence[str] = (), dry_run: bool = False,

@@ -1,19 +1,16 @@
 """Backups from, and restores to, fsspec URLs: memory:// and S3 (moto's server on loopback).
 
-The S3 tests use this module's own moto fixture; the shared `moto_s3` fixture
-of tests/conftest.py (branch `contract`) can replace it once merged.
+The memory and moto fixtures (url_mem, url_moto, url_s3) are in tests/integration/conftest.py.
 """
 
 import io
 import json
-import logging
 import os
 import random
 import subprocess
 import sys
 import tarfile
 import time
-import uuid
 
 import pytest
 
@@ -37,29 +34,6 @@ def rnd(n, seed):
 
 
 # -- S3 on moto ---------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def moto_endpoint():
-    pytest.importorskip("s3fs")
-    server_mod = pytest.importorskip("moto.server")
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    srv = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    srv.start()
-    host, port = srv.get_host_and_port()
-    yield f"http://{host}:{port}"
-    srv.stop()
-
-
-@pytest.fixture
-def s3(moto_endpoint):
-    """(filesystem, options, a fresh bucket name) on the moto server."""
-    import s3fs
-    opts = {"endpoint_url": moto_endpoint, "key": "testing", "secret": "testing"}
-    fs = s3fs.S3FileSystem(skip_instance_cache=True, **opts)
-    bucket = "b-" + uuid.uuid4().hex[:12]
-    fs.mkdir(bucket)
-    return fs, opts, bucket
-
 
 def multipart_put(endpoint, bucket, key, parts):
     import boto3
@@ -89,15 +63,6 @@ def local_contents(root) -> dict:
     return out
 
 
-@pytest.fixture
-def mem():
-    fs = fsspec.filesystem("memory")
-    root = "/t-" + uuid.uuid4().hex[:12]
-    yield fs, root
-    if fs.exists(root):
-        fs.rm(root, recursive=True)
-
-
 def fill(fs, root, files: dict):
     for rel, data in files.items():
         fs.pipe(f"{root}/{rel}", data)
@@ -108,8 +73,8 @@ SOURCE = {"a.txt": b"alpha\n", "empty": b"", "sub/b.bin": rnd(3 << 20, 1), "sub/
 
 # -- memory:// ----------------------------------------------------------------
 
-def test_memory_backup_restores_byte_identical_and_second_backup_reads_nothing(repo, mem, tmp_path):
-    fs, root = mem
+def test_memory_backup_restores_byte_identical_and_second_backup_reads_nothing(repo, url_mem, tmp_path):
+    fs, root = url_mem
     fill(fs, root, SOURCE)
     r1 = repo.backup([f"memory:/{root}/"], clock=later_clock)
     assert (r1.files, r1.dirs, r1.bytes_read, r1.skipped) == (4, 3, sum(map(len, SOURCE.values())), 0)
@@ -151,11 +116,11 @@ def test_file_url_backup_skips_symlinks_and_trusts_old_mtimes(repo, tmp_path):
     assert local_contents(tmp_path / "out") == {"d/f": b"local file"}
 
 
-def test_the_repository_is_left_out_of_a_local_url_backup_only(repo, mem, tmp_path):
+def test_the_repository_is_left_out_of_a_local_url_backup_only(repo, url_mem, tmp_path):
     (tmp_path / "f").write_bytes(b"f")
     r = repo.backup([f"file://{tmp_path}"])
     assert [e.path for e in repo.list_backup(r.id)] == [b"f"]     # not repo/ itself
-    fs, root = mem
+    fs, root = url_mem
     same_name = os.path.relpath(repo.path, "/") + "/x"      # /REPO/x, but in memory://
     fill(fs, root, {same_name: b"x"})
     r = repo.backup([f"memory:/{root}"])
@@ -177,8 +142,8 @@ class _Unlistable:
         return self.fs.ls(path, **kw)
 
 
-def test_a_directory_that_cannot_be_listed_is_reported_and_the_root_is_fatal(repo, mem):
-    fs, root = mem
+def test_a_directory_that_cannot_be_listed_is_reported_and_the_root_is_fatal(repo, url_mem):
+    fs, root = url_mem
     fill(fs, root, SOURCE)
     url = f"memory:/{root}"
     r = run_url_backup(repo.repository, url, BackupOptions(), {}, fs=_Unlistable(fs, f"{root}/sub"))
@@ -189,8 +154,8 @@ def test_a_directory_that_cannot_be_listed_is_reported_and_the_root_is_fatal(rep
     assert repo.list_backups()[-1].id == r.id
 
 
-def test_restore_of_a_subtree_to_a_url_and_refusals(repo, mem):
-    fs, root = mem
+def test_restore_of_a_subtree_to_a_url_and_refusals(repo, url_mem):
+    fs, root = url_mem
     fill(fs, root, SOURCE)
     bid = repo.backup([f"memory:/{root}"]).id
     repo.restore(bid, f"memory:/{root}-x", "/sub")
@@ -204,12 +169,12 @@ def test_restore_of_a_subtree_to_a_url_and_refusals(repo, mem):
 
 
 @pytest.fixture(params=["memory", "s3"])
-def source(request, mem):
+def source(request, url_mem):
     """(filesystem, options, root path, URL of a path): memory:// compares mtimes, S3 ETags."""
     if request.param == "memory":
-        fs, root = mem
+        fs, root = url_mem
         return fs, {}, root, lambda p: f"memory:/{p}"
-    fs, opts, bucket = request.getfixturevalue("s3")
+    fs, opts, bucket = request.getfixturevalue("url_s3")
     return fs, opts, f"{bucket}/data", lambda p: f"s3://{p}"
 
 
@@ -339,12 +304,12 @@ def test_object_changing_during_read_is_retried_then_kept_from_the_previous_back
 
 # -- S3 -------------------------------------------------------------------------
 
-def test_s3_prefix_backup_restore_and_unchanged_multipart(repo, s3, moto_endpoint, tmp_path):
-    fs, opts, bucket = s3
+def test_s3_prefix_backup_restore_and_unchanged_multipart(repo, url_s3, url_moto, tmp_path):
+    fs, opts, bucket = url_s3
     files = {"a.txt": b"alpha\n", "sub/b.bin": rnd(2 << 20, 5), "sub/c": b""}
     fill(fs, f"{bucket}/data", files)
     big = rnd(5 << 20, 6) + b"tail"
-    multipart_put(moto_endpoint, bucket, "data/multi", [big[:5 << 20], big[5 << 20:]])
+    multipart_put(url_moto, bucket, "data/multi", [big[:5 << 20], big[5 << 20:]])
     files["multi"] = big
     fill(fs, bucket, {"outside/x": b"not below the prefix"})
     url = f"s3://{bucket}/data"
@@ -372,8 +337,8 @@ def test_s3_prefix_backup_restore_and_unchanged_multipart(repo, s3, moto_endpoin
     assert (r3.bytes_read, r3.files_borrowed) == (6, 3)
 
 
-def test_s3_directory_markers_and_an_object_shadowed_by_a_prefix(repo, s3):
-    fs, opts, bucket = s3
+def test_s3_directory_markers_and_an_object_shadowed_by_a_prefix(repo, url_s3):
+    fs, opts, bucket = url_s3
     fill(fs, f"{bucket}/data", {"a": b"object a", "a/b": b"b", "d/": b"", "e": b"e"})
     url = f"s3://{bucket}/data"
     r = repo.backup([url], source_options=opts)
@@ -395,8 +360,8 @@ def _pin_last_modified(bucket, key, when):
     raise AssertionError("bucket not found in moto")
 
 
-def test_s3_etag_change_with_same_size_and_mtime_is_read(repo, s3):
-    fs, opts, bucket = s3
+def test_s3_etag_change_with_same_size_and_mtime_is_read(repo, url_s3):
+    fs, opts, bucket = url_s3
     fill(fs, f"{bucket}/data", {"f": b"1" * 100, "g": b"g"})
     url = f"s3://{bucket}/data"
     fs.invalidate_cache()
@@ -428,8 +393,8 @@ def test_unchanged_rule():
     assert not unchanged(file_node(b"f", plain, b""), plain._replace(st_mtime_ns=4), 6)
 
 
-def test_errors_are_one_line(repo, s3):
-    fs, opts, bucket = s3
+def test_errors_are_one_line(repo, url_s3):
+    fs, opts, bucket = url_s3
     with pytest.raises(NotFound, match="no such file"):
         repo.backup([f"s3://{bucket}-missing/data"], source_options=opts)
     with pytest.raises(NotFound, match="no such file"):
@@ -450,12 +415,12 @@ def cli(*args, check=True):
     return p
 
 
-def test_cli_backup_ls_tar_restore_mirror(tmp_path, s3, moto_endpoint):
-    fs, _, bucket = s3
+def test_cli_backup_ls_tar_restore_mirror(tmp_path, url_s3, url_moto):
+    fs, _, bucket = url_s3
     files = {"a.txt": b"alpha\n", "sub/b.bin": rnd(100_000, 7)}
     fill(fs, f"{bucket}/data", files)
     repo = str(tmp_path / "repo")
-    ep = f"endpoint_url={moto_endpoint}"
+    ep = f"endpoint_url={url_moto}"
     cli("init", "--repo", repo)
     bid = cli("backup", "--repo", repo, f"s3://{bucket}/data/", "--source-option", ep).stdout.decode().split()[-1]
 
@@ -488,14 +453,14 @@ def test_cli_backup_ls_tar_restore_mirror(tmp_path, s3, moto_endpoint):
     (["backup", "s3://", "--source-option", "{ep}"], "names no bucket"),
     (["restore", "latest", "--target", "/tmp/x", "--mirror"], "need a URL target"),
 ])
-def test_cli_bad_urls_are_one_line_errors(tmp_path, moto_endpoint, args, message):
+def test_cli_bad_urls_are_one_line_errors(tmp_path, url_moto, args, message):
     repo = str(tmp_path / "repo")
     cli("init", "--repo", repo)
     if args[0] == "restore":
         (tmp_path / "s").mkdir()
         bid = cli("backup", "--repo", repo, str(tmp_path / "s")).stdout.decode().split()[-1]
         args = [a if a != "latest" else bid for a in args]
-    p = cli(args[0], "--repo", repo, *[a.format(ep=f"endpoint_url={moto_endpoint}") for a in args[1:]],
+    p = cli(args[0], "--repo", repo, *[a.format(ep=f"endpoint_url={url_moto}") for a in args[1:]],
             check=False)
     err = p.stderr.decode()
     assert p.returncode == 1 and err.startswith("chunkrepo: error: ") and err.count("\n") == 1, err

@@ -146,7 +146,33 @@ def _entries(listing, key: str):
     return sorted(by_name.items())
 
 
-def _repo_below(repo_path: str, fs, root: str) -> bytes:
+def list_dir(fs, key: str) -> list:
+    """The directory at key as (name, key, info) sorted by name, from one fresh
+    ``ls(detail=True)`` (never fsspec's listing cache: filesystem instances, and their
+    cached listings, live as long as the process).  An object shadowed by a prefix of
+    the same name comes just after the prefix with info["shadowed"]."""
+    fs.invalidate_cache(key)
+    return [(name, info["name"].rstrip("/"), info) for name, info in _entries(fs.ls(key, detail=True), key)]
+
+
+def listed_node(name: bytes, info: dict) -> Optional[Node]:
+    """A listing entry as a backup records it, without its chunk list (b""); None for
+    what a backup leaves out (neither an object nor a directory)."""
+    kind = info.get("type")
+    if kind == "directory":
+        return dir_node(name, info)
+    if kind == "file":
+        return file_node(name, object_info(info), b"")
+    return None
+
+
+def read_chunks(fs, key: str, saver, size: int):
+    """(chunk ids, bytes read) of the object at key, streamed through saver (a FileSaver)."""
+    with fs.open(key, "rb", block_size=_READ_BLOCK, cache_type="none") as f:
+        return saver.read_stream(f, size)
+
+
+def repo_below(repo_path: str, fs, root: str) -> bytes:
     """The repository's path in the backup when a local source holds it (never backed up
     into itself), else a path no entry has."""
     protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
@@ -166,7 +192,7 @@ class UrlBackup(Backup):
         self.cut = len(root.rstrip("/"))      # key[cut:] is '/' + the path in the backup
         self.shown = shown
         self.cache_links.enabled = False      # no symlinks into the local cache here
-        self.own_repo = _repo_below(repo.path, fs, root.rstrip("/"))
+        self.own_repo = repo_below(repo.path, fs, root.rstrip("/"))
 
     def error(self, key: str, msg: str) -> None:
         """key: the object's path in the filesystem; messages name its URL."""
@@ -180,10 +206,7 @@ class UrlBackup(Backup):
         prev_entries, prev_children = self.prev_listing(prev)
         self.res.dirs += 1
         try:
-            # never the listing cache: fsspec keeps filesystem instances (and their cached
-            # listings) for the life of the process, so a second backup would see the first's
-            self.fs.invalidate_cache(key)
-            listing = self.fs.ls(key, detail=True)
+            listing = list_dir(self.fs, key)
         except Exception as e:       # the library's own exceptions included
             if key == self.root:     # nothing to back up: not a backup with an error
                 raise ChunkrepoError(f"{self.shown}: cannot list: {one_line(e)}") from None
@@ -192,8 +215,7 @@ class UrlBackup(Backup):
             listing = []
         self._borrowed.append([])
         children: list = []
-        for cname, cinfo in _entries(listing, key):
-            ckey = cinfo["name"].rstrip("/")
+        for cname, ckey, cinfo in listing:
             if cinfo.get("shadowed"):
                 self.error(ckey, "an object and a prefix share this name: the object is not stored")
                 self.res.skipped += 1
@@ -239,8 +261,7 @@ class UrlBackup(Backup):
         return object_info(info)
 
     def _read_object(self, key: str, obj: ObjectInfo):
-        with self.fs.open(key, "rb", block_size=_READ_BLOCK, cache_type="none") as f:
-            chunks, nread = self.saver.read_stream(f, obj.st_size)
+        chunks, nread = read_chunks(self.fs, key, self.saver, obj.st_size)
         if nread != obj.st_size or not same_version(self._fresh_info(key), obj):
             raise _Changed()
         return chunks, nread
