@@ -392,3 +392,25 @@ def test_end_to_end_on_ceph_rgw(tmp_path, src, monkeypatch):
         assert [b.id for b in repo.list_backups()] == [first]
         assert restored(repo, first, tmp_path, src) == tree_of(src)
         assert repo.check(read_data=True).ok
+
+
+def test_cli_copy_offsite_to_s3_then_restore_on_a_fresh_machine(tmp_path, src, moto_endpoint, cli_env):
+    """The offsite workflow end to end: a local repository, copied to S3 with --to-option,
+    resumed by a second run that sends nothing, restored by a machine with an empty cache."""
+    local = str(tmp_path / "local")
+    run("init", "--repo", local, env=cli_env)
+    bid = run("backup", "--repo", local, str(src), env=cli_env).stdout.decode().split()[-1]
+    url = f"s3://{_new_bucket(moto_endpoint, S3_CREDS)}/offsite"
+    run("init", "--repo", url, "--storage-option", f"endpoint_url={moto_endpoint}", env=cli_env)
+    to = ("--to-option", f"endpoint_url={moto_endpoint}")
+    first = json.loads(run("copy", "--from", local, "--to", url, *to, "--json", env=cli_env).stdout)
+    assert first["backups_copied"] == [bid] and first["chunks_sent"] > 0
+    again = json.loads(run("copy", "--from", local, "--to", url, *to, "--json", env=cli_env).stdout)
+    assert again["backups_copied"] == [] and again["backups_present"] == [bid] and again["chunks_sent"] == 0
+    fresh = dict(cli_env, CHUNKREPO_INDEX_CACHE=str(tmp_path / "fresh-machine"))
+    opt = ("--storage-option", f"endpoint_url={moto_endpoint}")
+    run("restore", "--repo", url, *opt, bid, "--target", str(tmp_path / "out"), env=fresh)
+    assert tree_of(tmp_path / "out" / os.path.relpath(src, "/")) == tree_of(src)
+    run("check", "--repo", url, *opt, "--read-data", env=fresh)
+    bad = run("copy", "--from", local, "--to", url, "--to-option", "nonsense", env=cli_env, check=False)
+    assert bad.returncode != 0 and bad.stderr.decode().count("\n") == 1 and "key=value" in bad.stderr.decode()
