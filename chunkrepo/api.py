@@ -33,23 +33,27 @@ from .storage.faults import from_env as faults_from_env
 class Repo:
     """An open chunkrepo repository (use as a context manager)."""
 
-    def __init__(self, path, wrap_storage=None):
-        """wrap_storage: a function wrapping the repository's storage (storage.faults in
-        tests; $CHUNKREPO_FAULTS sets one for a CLI run)."""
+    def __init__(self, path, wrap_storage=None, storage_options: Optional[dict] = None):
+        """path: a local path or a URL (s3://bucket/prefix, memory://name, ...: any fsspec
+        filesystem; storage_options are passed to it).  wrap_storage: a function wrapping
+        the repository's storage (storage.faults in tests; $CHUNKREPO_FAULTS sets one for
+        a CLI run)."""
         if wrap_storage is None:
             wrap_storage = faults_from_env()
-        self._repo = Repository(os.fspath(path), wrap_storage)
+        self._repo = Repository(os.fspath(path), wrap_storage, storage_options)
         self.path = self._repo.path
 
     @classmethod
-    def init(cls, path, config: Optional[Config] = None) -> "Repo":
-        Repository.init(os.fspath(path), config).close()
-        return cls(path)
+    def init(cls, path, config: Optional[Config] = None, storage_options: Optional[dict] = None) -> "Repo":
+        Repository.init(os.fspath(path), config, storage_options).close()
+        return cls(path, storage_options=storage_options)
 
     @staticmethod
-    def rebuild_index(path):
-        """Recreate the index of the repository at path from its packs and backup records."""
-        return rebuild_index(os.fspath(path), Repository)
+    def rebuild_index(path, storage_options: Optional[dict] = None):
+        """Recreate the index of the repository at path from its packs and backup records
+        (for a remote repository: its local index cache)."""
+        return rebuild_index(os.fspath(path),
+                             lambda loc, **kw: Repository(loc, storage_options=storage_options, **kw))
 
     @property
     def repository(self) -> Repository:

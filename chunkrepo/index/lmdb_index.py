@@ -306,6 +306,14 @@ class WriteView(ReadView):
         self.put_meta(GARBAGE_META, b"1")
         return n
 
+    def clear(self) -> None:
+        """Empty every database (a cached index about to be rebuilt from the store)."""
+        for name in _DBS:
+            db = getattr(self._ix, name.decode())
+            if db is not None:
+                self.txn.drop(db, delete=False)
+        self._dead.clear()
+
     def _flush(self) -> None:
         """Apply the dead-accounting deltas to the pack records."""
         for pid, (db, dn) in self._dead.items():

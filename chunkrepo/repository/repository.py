@@ -1,4 +1,4 @@
-"""Repository: opens a repository directory and reads blobs, trees and backups."""
+"""Repository: opens a repository (a local directory or a URL) and reads blobs, trees and backups."""
 
 import os
 import threading
@@ -10,7 +10,10 @@ from ..errors import AmbiguousId, ChunkrepoError, IntegrityError, NotARepository
 from ..index import Index
 from ..model import BackupRecord, Tree
 from ..storage import LocalStorage
+from ..storage.open import is_url, local_path, open_fsspec
 from .config import CONFIG_NAME, Config
+from .index_cache import IndexCache, RemoteWriterLock
+from .lock import WriterLock
 from .packs import pack_name
 from .session import WriteSession
 
@@ -40,13 +43,19 @@ def _release_index(path: str) -> None:
 class Repository:
     """An open repository.  Reading needs no lock; writing goes through a WriteSession."""
 
-    def __init__(self, path: str, wrap_storage=None):
-        """wrap_storage: a function applied to the storage (features such as fault
-        injection are wrappers around a storage; tests use it)."""
-        self.path = os.path.abspath(path)
-        if not os.path.isdir(self.path):
-            raise NotARepository(f"no repository at {self.path} (run 'chunkrepo init' first)")
-        self.storage = LocalStorage(self.path)
+    def __init__(self, location: str, wrap_storage=None, storage_options=None, sync_index: bool = True):
+        """location: a local path or a URL (storage.open).  wrap_storage: a function
+        applied to the storage (features such as fault injection are wrappers around
+        a storage; tests use it).  storage_options: for fsspec.filesystem()."""
+        self.remote = is_url(location)
+        if self.remote:
+            self.path = location.rstrip("/")
+            self.storage = open_fsspec(location, storage_options)
+        else:
+            self.path = local_path(location)
+            if not os.path.isdir(self.path):
+                raise NotARepository(f"no repository at {self.path} (run 'chunkrepo init' first)")
+            self.storage = LocalStorage(self.path)
         if wrap_storage is not None:
             self.storage = wrap_storage(self.storage)
         try:
@@ -54,13 +63,29 @@ class Repository:
         except NotFound:
             raise NotARepository(f"{self.path} is not a chunkrepo repository (no config)") from None
         self.config = Config.decode(raw, self.path)
-        self._index_path = os.path.join(self.path, "index")
+        self.cache = IndexCache(self.storage, self.config.repo_id) if self.remote else None
+        self._index_path = self.cache.index_path if self.remote else os.path.join(self.path, "index")
         self.index = _acquire_index(self._index_path)
         self._closed = False
+        if self.cache is not None and sync_index:
+            try:
+                self.cache.sync(self)
+            except BaseException:
+                self.close()
+                raise
 
     @classmethod
-    def init(cls, path: str, config: Optional[Config] = None) -> "Repository":
-        path = os.path.abspath(path)
+    def init(cls, location: str, config: Optional[Config] = None, storage_options=None) -> "Repository":
+        if is_url(location):
+            storage = open_fsspec(location, storage_options)
+            if storage.exists(CONFIG_NAME):
+                raise ChunkrepoError(f"{location} already holds a chunkrepo repository")
+            if next(iter(storage.list("")), None) is not None:
+                raise NotARepository(f"{location} is not empty; not creating a repository there")
+            storage.ensure_root()
+            storage.put(CONFIG_NAME, (config or Config()).encode())
+            return cls(location, storage_options=storage_options)
+        path = local_path(location)
         if os.path.exists(os.path.join(path, CONFIG_NAME)):
             raise ChunkrepoError(f"{path} already holds a chunkrepo repository")
         if os.path.isdir(path) and os.listdir(path):
@@ -71,6 +96,12 @@ class Repository:
             os.makedirs(os.path.join(path, d), exist_ok=True)
         storage.put(CONFIG_NAME, (config or Config()).encode())
         return cls(path)
+
+    def writer_lock(self):
+        """The lock a write session holds: flock on a local repository, a lease in an object store."""
+        if self.remote:
+            return RemoteWriterLock(self)
+        return WriterLock(os.path.join(self.path, "lock"))
 
     def close(self) -> None:
         if not self._closed:

@@ -6,7 +6,6 @@ thread's own pack.  A sealed pack's entries wait in a queue until the owner
 thread calls checkpoint(), which commits them to the index in one transaction.
 """
 
-import os
 import queue
 import threading
 from typing import Dict
@@ -18,7 +17,6 @@ from ..index import BlobEntry, PackInfo
 from ..index.lmdb_index import GARBAGE_META
 from ..model import BackupRecord, Tree
 from .crash_points import crash_point
-from .lock import WriterLock
 from .packs import KIND_DATA, KIND_TREE, PackWriter, pack_id_from_name, read_trailer
 
 
@@ -33,7 +31,7 @@ class WriteSession:
         self.index = repo.index
         self.level = repo.config.compression_level
         self.pack_size = repo.config.pack_size
-        self._lock = WriterLock(os.path.join(repo.path, "lock"))
+        self._lock = repo.writer_lock()
         self._claim_lock = threading.Lock()
         self._pending_chunks: set = set()
         self._pending_trees: Dict[bytes, bytes] = {}   # id -> record bytes, until committed
@@ -231,6 +229,7 @@ class WriteSession:
     def commit_backup(self, rec: BackupRecord) -> None:
         """Make a backup part of the repository: record in storage, then index."""
         self.flush()
+        self._lock.check()
         self.storage.put(f"backups/{rec.id}", records.encode_json(rec.to_dict()))
         crash_point("backup-stored")
         self._register_backup(rec)
