@@ -1,3 +1,4 @@
+import functools
 import logging
 import os
 import random
@@ -53,6 +54,7 @@ def s3_info(endpoint_url, key, secret, bucket):
     }
 
 
+@functools.lru_cache(maxsize=None)       # a client costs ~0.3 s of CPU to build: one per endpoint
 def _boto_client(endpoint_url, key, secret):
     import boto3
     from botocore.config import Config
@@ -79,40 +81,38 @@ def _fresh_bucket(endpoint_url, key, secret):
 
 @pytest.fixture(scope="session")
 def moto_endpoint():
-    """An in-process moto S3 server on a free loopback port, for the whole session."""
+    """(endpoint_url, key, secret) of an in-process moto S3 server on a free loopback port."""
     pytest.importorskip("moto.server", reason="moto[server] is not installed")
     from moto.server import ThreadedMotoServer
     logging.getLogger("werkzeug").setLevel(logging.WARNING)     # one line per request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
+    yield f"http://{host}:{port}", "testing", "testing"
     server.stop()
 
 
-@pytest.fixture
-def moto_s3(moto_endpoint):
-    yield from _fresh_bucket(moto_endpoint, "testing", "testing")
-
-
+@pytest.fixture(scope="session")
 def ceph_endpoint():
-    """(endpoint, key, secret) of the Ceph RGW the environment names, or None."""
+    """(endpoint_url, key, secret) of the Ceph RGW that CHUNKREPO_TEST_S3_ENDPOINT names."""
     endpoint = os.environ.get(S3_ENDPOINT_ENV)
     if not endpoint:
-        return None
+        pytest.skip(f"Ceph RGW tests need {S3_ENDPOINT_ENV} (start one with scripts/ceph-up.sh)")
     return endpoint, os.environ.get(S3_KEY_ENV, "testkey"), os.environ.get(S3_SECRET_ENV, "testsecret")
 
 
 @pytest.fixture
-def ceph_s3():
-    found = ceph_endpoint()
-    if found is None:
-        pytest.skip(f"Ceph RGW tests need {S3_ENDPOINT_ENV} (start one with scripts/ceph-up.sh)")
-    yield from _fresh_bucket(*found)
+def moto_s3(moto_endpoint):
+    yield from _fresh_bucket(*moto_endpoint)
+
+
+@pytest.fixture
+def ceph_s3(ceph_endpoint):
+    yield from _fresh_bucket(*ceph_endpoint)
 
 
 def pytest_collection_modifyitems(items):
     """Tests that use the Ceph endpoint carry the `ceph` marker (-m 'not ceph' leaves them out)."""
     for item in items:
-        if "ceph_s3" in getattr(item, "fixturenames", ()):
+        if {"ceph_s3", "ceph_endpoint"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.ceph)

@@ -12,13 +12,14 @@ BACKENDS = ["local", "memory", "file", "moto", pytest.param("ceph", marks=pytest
 
 @pytest.fixture
 def make_s3fs():
-    """make_s3fs(info, **s3fs_options): a fresh (uncached) s3fs filesystem for an S3 fixture's dict."""
+    """make_s3fs(info, **s3fs_options): an s3fs filesystem for an S3 fixture's dict (fsspec caches
+    instances by their arguments, so tests on one endpoint share a client)."""
     s3fs = pytest.importorskip("s3fs")
 
     def make(info, **kw):
         opts = dict(info["storage_options"])
         opts.update(kw)
-        return s3fs.S3FileSystem(skip_instance_cache=True, **opts)
+        return s3fs.S3FileSystem(**opts)
     return make
 
 

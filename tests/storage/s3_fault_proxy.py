@@ -114,6 +114,12 @@ class FaultProxy:
         with self._lock:
             self.injections.append(Injection(action, method, path_contains, times))
 
+    def reset(self) -> None:
+        """Forget injections and recorded requests."""
+        with self._lock:
+            self.injections.clear()
+            self.requests.clear()
+
     def count(self, method: Optional[str] = None, action: Optional[str] = None) -> int:
         with self._lock:
             return sum(1 for m, _, a in self.requests if method in (None, m) and action in (None, a))

@@ -21,16 +21,29 @@ from chunkrepo.storage.retry import RetryingStorage, is_transient
 PACK = bytes(range(256)) * (12 << 10)         # 3 MiB: one PUT, long enough to cut in half
 
 
-@pytest.fixture(params=["moto", pytest.param("ceph", marks=pytest.mark.ceph)])
-def s3(request):
-    return request.getfixturevalue(f"{request.param}_s3")
+@pytest.fixture(scope="module", params=["moto", pytest.param("ceph", marks=pytest.mark.ceph)])
+def upstream(request):
+    """kind, (endpoint_url, key, secret)"""
+    return request.param, request.getfixturevalue(f"{request.param}_endpoint")
+
+
+@pytest.fixture(scope="module")
+def shared_proxy(upstream):
+    p = FaultProxy(upstream[1][0], stall=3.0)
+    yield p
+    p.close()
 
 
 @pytest.fixture
-def proxy(s3):
-    p = FaultProxy(s3["endpoint_url"], stall=3.0)
-    yield p
-    p.close()
+def s3(upstream, request):
+    """A fresh bucket on the upstream."""
+    return request.getfixturevalue(f"{upstream[0]}_s3")
+
+
+@pytest.fixture
+def proxy(shared_proxy):
+    shared_proxy.reset()
+    return shared_proxy
 
 
 @pytest.fixture
