@@ -17,8 +17,9 @@ brought up to date under a local flock (INDEX_CACHE/<repo id>/lock):
   backup records, as it does after a crash;
 * otherwise by emptying the cache and adopting everything (rebuild-index).
 
-A local writer holds the flock for its whole session, so another process of
-the same host that needs to sync waits for it.  Readers take no lock in the store.
+A local writer holds the flock for its whole session: a reader of the same host
+then uses the cache as it is (that writer keeps it current); a second writer
+is refused by the lease in the store.  Readers take no lock in the store.
 """
 
 import fcntl
@@ -45,18 +46,32 @@ class IndexCache:
         self._fd = None
 
     # -- the local flock ------------------------------------------------------
-    def lock(self) -> None:
+    def lock(self, wait: bool = True) -> bool:
+        """Take the flock (the holder writes its role: 'sync', then 'write' for a writer).
+
+        With wait=False, False if a local writer holds it: that writer keeps the
+        cache current, so a reader can use it as it is."""
         os.makedirs(self.dir, exist_ok=True)
         fd = os.open(os.path.join(self.dir, "lock"), os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            log.warning("chunkrepo: waiting for another chunkrepo process using the index cache %s", self.dir)
+            if not wait and os.pread(fd, 16, 0) == b"write":
+                os.close(fd)
+                return False
+            log.warning("chunkrepo: waiting for another chunkrepo process updating the index cache %s", self.dir)
             fcntl.flock(fd, fcntl.LOCK_EX)
         self._fd = fd
+        self._role(b"sync")
+        return True
+
+    def _role(self, role: bytes) -> None:
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, role, 0)
 
     def unlock(self) -> None:
         if self._fd is not None:
+            os.ftruncate(self._fd, 0)
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
@@ -86,7 +101,8 @@ class IndexCache:
         """Bring the cache up to date with the store if its generation differs."""
         if self._cached_generation(repo.index) == self.store_generation():
             return
-        self.lock()
+        if not self.lock(wait=False):
+            return      # a writer of this host holds the store lock and keeps this cache current
         try:
             self._sync_locked(repo)
         finally:
@@ -134,6 +150,7 @@ class IndexCache:
             self._sync_locked(repo)
             self._record(repo.index, b"")
             self._new_generation()
+            self._role(b"write")
         except BaseException:
             self.unlock()
             raise
