@@ -51,6 +51,10 @@ memstore device bytes = 2147483648
 bluestore block create = true
 bluestore block size = 8589934592
 osd memory target = 939524096
+# the OSD is placed in the CRUSH map below; its own update at start (a monitor command
+# that now and then goes out before it knows the cluster's fsid: 'wrong fsid') is not needed
+osd crush update on start = false
+osd class update on start = false
 osd pool default size = 1
 osd pool default min size = 1
 osd pool default pg num = 8
@@ -85,7 +89,11 @@ ceph-osd "${C[@]}" -i "$OSD_ID" --mkfs --osd-uuid "$(python3 -c 'import uuid; pr
 ceph "${C[@]}" osd crush add-bucket localhost host >/dev/null
 ceph "${C[@]}" osd crush move localhost root=default >/dev/null
 ceph "${C[@]}" osd crush add "osd.$OSD_ID" 1.0 host=localhost >/dev/null
-ceph-osd "${C[@]}" -i "$OSD_ID"
+for attempt in 1 2 3; do
+    ceph-osd "${C[@]}" -i "$OSD_ID" && break
+    [ "$attempt" = 3 ] && die "the OSD did not start; logs in $D/log"
+    sleep 1
+done
 radosgw "${C[@]}" -n client.rgw.a
 radosgw-admin "${C[@]}" user create --uid=chunkrepo-test --display-name=chunkrepo-test \
     --access-key="$KEY" --secret="$SECRET" >/dev/null
