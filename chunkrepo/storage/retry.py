@@ -29,7 +29,7 @@ import tempfile
 import time
 from typing import Callable, Iterator, Optional
 
-from ..errors import NotFound, StorageError
+from ..errors import ChunkrepoError, NotFound, StorageError
 from .local import LocalStorage
 
 log = logging.getLogger("chunkrepo.storage")
@@ -72,6 +72,8 @@ def _network_error_types() -> tuple:
 def _verdict(e: BaseException) -> Optional[bool]:
     """True transient, False permanent, None: this exception does not tell."""
     if isinstance(e, _PERMANENT):
+        return False
+    if isinstance(e, ChunkrepoError) and not isinstance(e, StorageError):    # IntegrityError, ...
         return False
     if isinstance(e, (TimeoutError, ConnectionError)):     # socket timeouts, resets, broken pipes
         return True

@@ -14,7 +14,7 @@ import logging
 import pytest
 from s3_fault_proxy import FaultProxy
 
-from chunkrepo.errors import NotFound, StorageError
+from chunkrepo.errors import IntegrityError, NotFound, StorageError
 from chunkrepo.storage.fsspec_storage import FsspecStorage
 from chunkrepo.storage.retry import RetryingStorage, is_transient
 
@@ -149,6 +149,13 @@ def test_local_errors_are_permanent(tmp_path):
     assert not is_transient(OSError(errno.EIO, "I/O error"))
     assert not is_transient(StorageError("no space left on device"))
     assert is_transient(ConnectionResetError(errno.ECONNRESET, "reset"))
+    try:                # an error of ours raised while handling a timeout is still ours
+        try:
+            raise TimeoutError("read timed out")
+        except TimeoutError:
+            raise IntegrityError("pack p1 does not match its hash")
+    except IntegrityError as e:
+        assert not is_transient(e)
 
 
 # -- RetryingStorage over the faulty endpoint -------------------------------------------------------
