@@ -10,16 +10,19 @@
 import os
 from typing import Iterator, List, Optional, Sequence
 
-from .errors import NotFound
+from .errors import ChunkrepoError, NotFound
 from .model import BackupRecord
 from .model.nodes import REG
 from .ops.backup import BackupOptions, BackupResult, run_backup
 from .ops.check import check_repository
+from .ops.copy import CopyResult, copy_backups
+from .ops.diff import Diff, diff_backups, diff_live
 from .ops.file_reader import ChunkFile
 from .ops.forget import ForgetResult, forget
 from .ops.prune import DEFAULT_REPACK_THRESHOLD, PruneReport, prune_repository
 from .ops.retention import Policy
 from .ops.rebuild_index import rebuild_index
+from .ops.repair import repair_repository
 from .ops.restore import restore_tree
 from .ops.snapshot.materialise import clone as clone_version
 from .ops.snapshot.store import SnapshotResult, take_snapshot
@@ -109,12 +112,21 @@ class Repo:
         return restore_tree(self._repo, bytes.fromhex(rec.root), os.fspath(target), start,
                             progress=progress)
 
-    def check(self, read_data: bool = False, progress=None, read_data_subset: Optional[str] = None):
+    def check(self, read_data: bool = False, progress=None, read_data_subset: Optional[str] = None,
+              repair: bool = False):
         """Verify the repository; returns a CheckReport (report.ok is False on damage).
 
-        read_data_subset: 'n/k' or 'P%' of the packs to read and re-hash."""
+        read_data_subset: 'n/k' or 'P%' of the packs to read and re-hash.
+        repair: take the writer lock and repair what was found (ops.repair); the
+        report is of what was found, report.repair says what was done and what remains."""
+        if repair:
+            return repair_repository(self._repo, read_data, progress, read_data_subset)
         return check_repository(self._repo, read_data=read_data, progress=progress,
                                 read_data_subset=read_data_subset)
+
+    def damaged_backups(self) -> dict:
+        """Backups marked damaged by check --repair: id -> {"paths": [...], "paths_count": n}."""
+        return self._repo.damaged_backups()
 
     def forget(self, backup_ids: Sequence[str] = (), policy: Optional[Policy] = None,
                dry_run: bool = False, prune: bool = False,
@@ -137,3 +149,32 @@ class Repo:
         the local read-only cache (mode: symlink, hardlink, reflink or copy); download=False
         makes the links without fetching the content.  Returns a PlaceResult."""
         return clone_version(self._repo, source, os.fspath(dest), path, mode, download)
+
+    # -- diff and copy -------------------------------------------------------------------
+    def diff(self, a: str, b_or_path, path=None, content: bool = False) -> Diff:
+        """What changed from backup a to backup b (id, unique prefix or 'latest'), or to the
+        live tree at a path (a str that names no backup, or any os.PathLike/bytes).
+
+        Iterate the result for Change records in tree order; its .stats is complete after.
+        path limits a diff of two backups to that path inside them.  content=True reads every
+        live file to compare chunk ids (else equal size and mtime mean equal content)."""
+        left = self._repo.resolve_backup(a)
+        right = None
+        if isinstance(b_or_path, str):
+            try:
+                right = self._repo.resolve_backup(b_or_path)
+            except NotFound:
+                if not os.path.lexists(b_or_path):
+                    raise NotFound(f"{b_or_path!r} is neither a backup nor an existing path") from None
+        if right is not None:
+            return diff_backups(self._repo, left, right, path)
+        if path is not None:
+            raise ChunkrepoError("a path filter goes with two backups; give the live path itself")
+        return diff_live(self._repo, left, b_or_path, content)
+
+    def copy_to(self, target: "Repo", backup_ids: Sequence[str] = (), dry_run: bool = False,
+                progress=None) -> CopyResult:
+        """Copy backups of this repository (all, or those named) that target lacks, with the
+        same ids, sending only the blobs target's index lacks.  Resumable: a rerun after a
+        kill sends nothing that was committed.  progress is called with the running result."""
+        return copy_backups(self._repo, target.repository, backup_ids, dry_run=dry_run, progress=progress)

@@ -21,11 +21,16 @@ def command(repo_path, last_n, as_json):
     """List the backups (and snapshots), oldest first: id, kind, host, subset, start, finish, files, bytes."""
     with open_repo(repo_path) as repo:
         recs = repo.list_backups(last_n)
+        damaged = repo.damaged_backups()
     if as_json:
         for r in recs:
-            print_json(r.to_dict())
+            d = r.to_dict()
+            if r.id in damaged:       # marked by check --repair: {"paths": [...], "paths_count": n}
+                d["damaged"] = damaged[r.id]
+            print_json(d)
         return
     for r in recs:
         st = r.stats
+        mark = f"  DAMAGED ({damaged[r.id]['paths_count']} paths)" if r.id in damaged else ""
         click.echo(f"{r.id}  {r.kind:8}  {r.host}  {r.subset}  {_when(r.start_ns)}  {_when(r.end_ns)}  "
-                   f"{st.get('files', 0)} files  {st.get('bytes_total', 0)} bytes")
+                   f"{st.get('files', 0)} files  {st.get('bytes_total', 0)} bytes{mark}")

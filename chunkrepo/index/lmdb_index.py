@@ -13,12 +13,14 @@ from ..errors import IntegrityError, StorageError
 
 _ENTRY = struct.Struct("<16sQIIQ")  # pack id, offset, stored length, raw length, refcount
 _MAP_SIZE = 1 << 40  # sparse without writemap: costs nothing until used
-_DBS = (b"chunks", b"trees", b"treedata", b"packs", b"backups", b"meta", b"garbage", b"pending", b"digests")
-_NEW_DBS = (b"garbage", b"pending", b"digests")   # may be absent in an index opened read-only
+_DBS = (b"chunks", b"trees", b"treedata", b"packs", b"backups", b"meta", b"garbage", b"pending", b"digests",
+        b"lost", b"damaged")
+_NEW_DBS = (b"garbage", b"pending", b"digests", b"lost", b"damaged")   # may be absent in an index opened read-only
 _GARBAGE = struct.Struct("<BI")       # kind (0 chunk, 1 tree), stored length
 KIND_CHUNK = 0
 KIND_TREE = 1
 GARBAGE_META = "garbage"              # meta key: the garbage set is maintained in this index
+LOST_PACK = bytes(16)                 # the pack id of a lost blob's entry (check --repair)
 
 
 class PackInfo(NamedTuple):
@@ -53,6 +55,11 @@ class BlobEntry(NamedTuple):
     raw_length: int
     refcount: int
 
+    @property
+    def lost(self) -> bool:
+        """Its stored copy was lost (check --repair): readers and dedup treat it as absent."""
+        return self.pack == LOST_PACK
+
     def pack_value(self) -> bytes:
         return _ENTRY.pack(self.pack, self.offset, self.length, self.raw_length, self.refcount)
 
@@ -73,7 +80,11 @@ class ReadView:
         return BlobEntry.unpack(v) if v is not None else None
 
     def has_chunk(self, cid: bytes) -> bool:
-        return self.txn.get(cid, db=self._ix.chunks) is not None
+        """The chunk is stored (a lost chunk is not: a backup must store it again)."""
+        return _present(self.txn.get(cid, db=self._ix.chunks))
+
+    def has_tree(self, tid: bytes) -> bool:
+        return _present(self.txn.get(tid, db=self._ix.trees))
 
     def tree(self, tid: bytes) -> Optional[BlobEntry]:
         v = self.txn.get(tid, db=self._ix.trees)
@@ -163,6 +174,19 @@ class ReadView:
     def is_pending(self, pid: bytes) -> bool:
         return self._ix.pending is not None and self.txn.get(pid, db=self._ix.pending) is not None
 
+    # -- lost blobs and the backups they damaged (check --repair) --
+    def lost_count(self) -> int:
+        """How many lost blobs backups still reference."""
+        return 0 if self._ix.lost is None else self.txn.stat(self._ix.lost)["entries"]
+
+    def damaged(self) -> Iterator[tuple]:
+        """(backup id, JSON {"paths": [...], "paths_count": n}) of backups marked damaged."""
+        if self._ix.damaged is None:
+            return
+        with self.txn.cursor(db=self._ix.damaged) as cur:
+            for k, v in cur:
+                yield bytes(k).decode(), bytes(v)
+
     # -- snapshots: content digest -> where it is stored (rebuildable from the snapshot records) --
     def digest(self, key: bytes) -> Optional[bytes]:
         if self._ix.digests is None:
@@ -184,6 +208,7 @@ class WriteView(ReadView):
     def __init__(self, index, txn):
         super().__init__(index, txn)
         self._dead: dict = {}    # pack id -> [dead bytes delta, dead blobs delta]
+        self._found = 0          # lost blobs stored again or no longer referenced in this txn
 
     def _mark_dead(self, kind: int, pid: bytes, bid: bytes, length: int) -> None:
         if self.txn.put(pid + bid, _GARBAGE.pack(kind, length), db=self._ix.garbage, overwrite=False):
@@ -201,11 +226,44 @@ class WriteView(ReadView):
         old = None if new else self.txn.get(key, db=db)
         if old is not None:
             o = BlobEntry.unpack(old)
-            if o.refcount == 0:
+            if o.lost:
+                self._unlose(key)
+            elif o.refcount == 0:
                 self._mark_live(o.pack, key, o.length)
+        if e.lost and e.refcount == 0:
+            self._forget_lost(db, key)    # nothing needs it: no entry at all
+            return
         self.txn.put(key, e.pack_value(), db=db)
-        if e.refcount == 0:
+        if e.lost:
+            self.txn.put(key, bytes([kind]), db=self._ix.lost)
+        elif e.refcount == 0:
             self._mark_dead(kind, e.pack, key, e.length)
+
+    def _unlose(self, key: bytes) -> None:
+        if self.txn.delete(key, db=self._ix.lost):
+            self._found += 1
+
+    def _forget_lost(self, db, key: bytes) -> None:
+        self.txn.delete(key, db=db)
+        if db == self._ix.trees:
+            self.txn.delete(key, db=self._ix.treedata)
+        self._unlose(key)
+
+    def mark_lost(self, kind: int, bid: bytes) -> None:
+        """The blob's stored copy is gone: keep its refcount, point it nowhere (LOST_PACK).
+
+        A lost blob is absent for has_chunk/has_tree, so the next backup of an
+        unchanged file reads and stores it again (put_chunk then replaces the
+        entry, keeping the count); decref to 0 removes it.  A blob nothing
+        references is simply dropped."""
+        db = self._ix.chunks if kind == KIND_CHUNK else self._ix.trees
+        e = BlobEntry.unpack(self.txn.get(bid, db=db))
+        if e.refcount == 0:
+            self.drop_blob(kind, bid)
+            return
+        self._put_entry(kind, db, bid, BlobEntry(LOST_PACK, 0, 0, e.raw_length, e.refcount))
+        if kind == KIND_TREE:
+            self.txn.delete(bid, db=self._ix.treedata)   # lost means no good copy anywhere
 
     def put_chunk(self, cid: bytes, e: BlobEntry, new: bool = False) -> None:
         """Set a chunk's entry (new=True: the caller knows it has none yet)."""
@@ -235,6 +293,19 @@ class WriteView(ReadView):
         self._mark_live(e.pack, bid, e.length)
         return e
 
+    def drop_pack_garbage(self, pid: bytes) -> int:
+        """Drop every garbage blob of pack pid (indexed there with count 0, or a
+        duplicate copy) from the index and the garbage set; returns how many were indexed."""
+        n = 0
+        for g in list(self.garbage_of_pack(pid)):
+            e = self.blob(g.kind, g.id)
+            if e is not None and e.pack == pid:
+                self.drop_blob(g.kind, g.id)      # raises if it is referenced: the txn is aborted
+                n += 1
+            else:
+                self.drop_garbage(pid, g.id)      # a duplicate copy the index never pointed to
+        return n
+
     def drop_garbage(self, pid: bytes, bid: bytes) -> bool:
         return self.txn.delete(pid + bid, db=self._ix.garbage)
 
@@ -259,6 +330,13 @@ class WriteView(ReadView):
 
     def delete_backup(self, bid: str) -> None:
         self.txn.delete(bid.encode(), db=self._ix.backups)
+        self.txn.delete(bid.encode(), db=self._ix.damaged)
+
+    def set_damaged(self, marks: dict) -> None:
+        """Replace the damaged marks: backup id -> JSON bytes."""
+        self.txn.drop(self._ix.damaged, delete=False)
+        for bid, value in marks.items():
+            self.txn.put(bid.encode(), value, db=self._ix.damaged)
 
     def put_digest(self, key: bytes, value: bytes) -> None:
         self.txn.put(key, value, db=self._ix.digests)
@@ -266,32 +344,60 @@ class WriteView(ReadView):
     def put_meta(self, key: str, value: bytes) -> None:
         self.txn.put(key.encode(), value, db=self._ix.meta)
 
-    def _add_ref(self, db, key: bytes, delta: int) -> int:
+    def _add_ref(self, db, key: bytes, delta: int) -> Optional[int]:
         v = self.txn.get(key, db=db)
         if v is None:
+            if delta > 0:
+                # named by a record but not stored (a backup registered from its record,
+                # or a lost record stored again before its children): lost until stored
+                self._put_entry(KIND_CHUNK if db == self._ix.chunks else KIND_TREE, db, key,
+                                BlobEntry(LOST_PACK, 0, 0, 0, delta), new=True)
+                return None
             raise IntegrityError(f"reference to unknown blob {key.hex()}")
         e = BlobEntry.unpack(v)
         rc = e.refcount + delta
         if rc < 0:
             raise IntegrityError(f"reference count of {key.hex()} would go negative")
+        if e.lost and rc == 0:
+            self._forget_lost(db, key)    # the last backup needing a lost blob is gone
+            return None
         self.txn.put(key, e._replace(refcount=rc).pack_value(), db=db)
+        if e.lost:
+            return None
         if e.refcount == 0 and rc > 0:
             self._mark_live(e.pack, key, e.length)
         elif rc == 0 and e.refcount > 0:
             self._mark_dead(KIND_CHUNK if db == self._ix.chunks else KIND_TREE, e.pack, key, e.length)
         return e.refcount
 
-    def add_chunk_ref(self, cid: bytes, delta: int = 1) -> int:
-        """Change a chunk's refcount; return the count before."""
+    def add_chunk_ref(self, cid: bytes, delta: int = 1) -> Optional[int]:
+        """Change a chunk's refcount; return the count before, or None for a lost
+        chunk (one that is not stored; adding a reference to an unknown chunk makes it lost)."""
         return self._add_ref(self._ix.chunks, cid, delta)
 
-    def add_tree_ref(self, tid: bytes, delta: int = 1) -> int:
+    def add_tree_ref(self, tid: bytes, delta: int = 1) -> Optional[int]:
         return self._add_ref(self._ix.trees, tid, delta)
 
     def set_refcount(self, which: str, key: bytes, rc: int) -> None:
         db = self._ix.chunks if which == "chunk" else self._ix.trees
         e = BlobEntry.unpack(self.txn.get(key, db=db))
         self._put_entry(KIND_CHUNK if which == "chunk" else KIND_TREE, db, key, e._replace(refcount=rc))
+
+    def reset_garbage(self, want: dict) -> None:
+        """Replace the garbage set (pack id + blob id -> (kind, length)) and recompute
+        every pack's dead accounting from it (check --repair)."""
+        self.txn.drop(self._ix.garbage, delete=False)
+        dead: dict = {}
+        for key, (kind, length) in want.items():
+            self.txn.put(key, _GARBAGE.pack(kind, length), db=self._ix.garbage)
+            d = dead.setdefault(key[:16], [0, 0])
+            d[0] += length
+            d[1] += 1
+        for pid, raw in list(self.all_packs()):
+            p = PackInfo.decode(raw)
+            db, dn = dead.get(pid, (0, 0))
+            self.put_pack(pid, p._replace(dead_bytes=db, dead_blobs=dn))
+        self._dead.clear()
 
     def init_garbage(self) -> int:
         """Build the garbage set of an index written before it existed (once)."""
@@ -315,7 +421,10 @@ class WriteView(ReadView):
         self._dead.clear()
 
     def _flush(self) -> None:
-        """Apply the dead-accounting deltas to the pack records."""
+        """Apply the dead-accounting deltas to the pack records; once no lost blob is
+        left, no backup can be damaged: the marks go."""
+        if self._found and self._ix.damaged is not None and self.lost_count() == 0:
+            self.txn.drop(self._ix.damaged, delete=False)
         for pid, (db, dn) in self._dead.items():
             if not db and not dn:
                 continue
@@ -361,6 +470,8 @@ class Index:
         self.garbage = handles[b"garbage"]
         self.pending = handles[b"pending"]
         self.digests = handles[b"digests"]    # snapshots: BLAKE3 content digest -> where (ops.snapshot)
+        self.lost = handles[b"lost"]          # blobs whose stored copy was lost (check --repair)
+        self.damaged = handles[b"damaged"]    # backups that lost data
 
     @contextmanager
     def read(self):
@@ -387,7 +498,7 @@ class Index:
     def has_chunk(self, cid: bytes) -> bool:
         """One-shot lookup in a short read transaction (safe from any thread)."""
         with self.env.begin() as txn:
-            return txn.get(cid, db=self.chunks) is not None
+            return _present(txn.get(cid, db=self.chunks))
 
     def oldest_reader(self) -> Optional[int]:
         """The oldest snapshot (txn id) an active read transaction of any process sees.
@@ -404,6 +515,10 @@ class Index:
 
     def close(self) -> None:
         self.env.close()
+
+
+def _present(raw) -> bool:
+    return raw is not None and raw[:16] != LOST_PACK
 
 
 def _low_space(path: str, threshold: int = 16 << 20) -> bool:

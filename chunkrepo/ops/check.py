@@ -35,7 +35,7 @@ from typing import Callable, Dict, List, Optional
 
 from ..codec import compression, records
 from ..codec.hashing import hash_bytes
-from ..errors import ChunkrepoError, IntegrityError, NotFound
+from ..errors import ChunkrepoError, IntegrityError, NotFound, StorageError
 from ..index import PackInfo
 from ..index.lmdb_index import GARBAGE_META
 from ..model import BackupRecord, Tree
@@ -61,8 +61,12 @@ class CheckReport:
     garbage_blobs: int = 0            # stored blobs nothing references (prune frees them)
     garbage_bytes: int = 0
     pending_backups: int = 0          # stored backup records not in the index yet: likewise
+    lost_blobs: int = 0               # blobs check --repair marked lost that backups still reference
+    marked_damaged: List[str] = field(default_factory=list)   # backups the index marks damaged
     read_data: bool = False
     elapsed: float = 0.0
+    findings: Optional["Findings"] = field(default=None, repr=False, compare=False)   # for repair
+    repair: Optional[object] = None   # ops.repair.RepairReport, when check --repair ran
 
     def to_dict(self) -> dict:
         return {"ok": self.ok, "errors": list(self.errors),
@@ -72,8 +76,35 @@ class CheckReport:
                 "unreferenced_packs": self.unreferenced_packs,
                 "pending_deletion": self.pending_deletion, "garbage_blobs": self.garbage_blobs,
                 "garbage_bytes": self.garbage_bytes,
-                "pending_backups": self.pending_backups, "read_data": self.read_data,
-                "elapsed": round(self.elapsed, 3)}
+                "pending_backups": self.pending_backups, "lost_blobs": self.lost_blobs,
+                "marked_damaged": list(self.marked_damaged), "read_data": self.read_data,
+                "elapsed": round(self.elapsed, 3),
+                **({"repair": self.repair.to_dict()} if self.repair is not None else {})}
+
+
+@dataclass
+class Findings:
+    """What check found, in the terms repair (ops.repair) acts on."""
+    damaged_packs: set = field(default_factory=set)      # missing, truncated, unreadable or with bad blobs
+    bad_chunks: set = field(default_factory=set)
+    bad_trees: set = field(default_factory=set)
+    by_pack: dict = field(default_factory=dict)          # pack id -> [(offset, length, raw, id, kind)]
+    mismatch: List[str] = field(default_factory=list)    # the index disagrees with sound packs
+    refcounts: dict = field(default_factory=dict)        # (kind, id) -> recount, where the count differs
+    garbage: Optional[dict] = None                       # the garbage set as it should be, if it differs
+    missing: dict = field(default_factory=dict)          # id -> kind: referenced, not in the index
+    chunk_refs: Counter = field(default_factory=Counter)   # the recount
+    tree_refs: Counter = field(default_factory=Counter)
+    kinds: set = field(default_factory=set)              # kinds of the errors found ("lost": lost data)
+    unreadable_packs: set = field(default_factory=set)   # I/O errors: maybe passing, never repaired
+    lost: dict = field(default_factory=dict)             # id -> kind of the blobs marked lost
+    complete: bool = True                                # False: check stopped early
+
+    def recount_is_exact(self) -> bool:
+        """The recount saw every record a backup references (or the ones it missed are lost
+        or missing, which hold no references by definition): it may replace the counts."""
+        unread = self.bad_trees - set(self.lost) - set(self.missing)
+        return self.complete and not self.unreadable_packs and not unread
 
 
 def _short(b: bytes) -> str:
@@ -123,12 +154,17 @@ class _Checker:
         self.want_garbage: Dict[bytes, tuple] = {}   # pack id + blob id -> (kind, stored length)
         self.no_trailer: set = set()                 # packs whose duplicate copies are unknown
         self.pack_records: Dict[bytes, PackInfo] = {}
+        self.lost: Dict[bytes, int] = {}             # blob id -> kind, of blobs marked lost
+        self.found = Findings(bad_chunks=self.bad_chunks, bad_trees=self.bad_trees, by_pack=self.by_pack,
+                              chunk_refs=self.chunk_refs, tree_refs=self.tree_refs, lost=self.lost)
+        report.findings = self.found
         self._done = 0
         self._total = 0
 
     # -- reporting -------------------------------------------------------------
     def error(self, kind: str, msg: str) -> None:
         self._kind_counts[kind] += 1
+        self.found.kinds.add(kind)
         if self._kind_counts[kind] <= _MAX_PER_KIND:
             self.rep.errors.append(msg)
 
@@ -159,12 +195,21 @@ class _Checker:
         self._summarize()
 
     def _index_entries(self, v) -> None:
-        for cid, e in v.all_chunks():
-            self.rep.chunks += 1
-            self.by_pack[e.pack].append((e.offset, e.length, e.raw_length, cid, KIND_DATA))
-        for tid, e in v.all_trees():
-            self.rep.trees += 1
-            self.by_pack[e.pack].append((e.offset, e.length, e.raw_length, tid, KIND_TREE))
+        for kind, it in ((KIND_DATA, v.all_chunks()), (KIND_TREE, v.all_trees())):
+            for bid, e in it:
+                if kind == KIND_DATA:
+                    self.rep.chunks += 1
+                else:
+                    self.rep.trees += 1
+                if e.lost:
+                    self.lost[bid] = kind
+                else:
+                    self.by_pack[e.pack].append((e.offset, e.length, e.raw_length, bid, kind))
+        self.rep.lost_blobs = len(self.lost)
+        if len(self.lost) != v.lost_count():
+            self.error("lost set", f"{len(self.lost)} index entries are marked lost, the lost set "
+                               f"holds {v.lost_count()}")
+        self.rep.marked_damaged = sorted(bid for bid, _ in v.damaged())
 
     def _pack_table(self, v) -> Dict[bytes, tuple]:
         info = {}
@@ -175,6 +220,7 @@ class _Checker:
                 self.pack_records[pid] = p
             except Exception:
                 self.error("pack record", f"index record of pack {_short(pid)} is unreadable")
+                self.found.mismatch.append(f"the record of pack {_short(pid)}")
                 info[pid] = (None, None)
         self.rep.packs = len(info)
         for pid in self.by_pack:
@@ -182,6 +228,7 @@ class _Checker:
                 n = len(self.by_pack[pid])
                 self.error("unknown pack", f"{n} index entries point into pack {_short(pid)}, "
                                            f"which the index does not list")
+                self.found.mismatch.append(f"entries in unlisted pack {_short(pid)}")
                 info[pid] = (None, None)
         try:
             stored = set(self.storage.list("packs"))
@@ -195,7 +242,14 @@ class _Checker:
                                           and pack_id_from_name(n) not in pending)
         return info
 
-    def _lose(self, entries) -> None:
+    def _unreadable(self, pid: bytes, entries) -> None:
+        """An I/O error, not proven damage: its blobs count as bad, repair leaves it alone."""
+        self.found.unreadable_packs.add(pid)
+        for _, _, _, bid, kind in entries:
+            (self.bad_chunks if kind == KIND_DATA else self.bad_trees).add(bid)
+
+    def _lose(self, pid: bytes, entries) -> None:
+        self.found.damaged_packs.add(pid)
         for _, _, _, bid, kind in entries:
             (self.bad_chunks if kind == KIND_DATA else self.bad_trees).add(bid)
 
@@ -210,12 +264,12 @@ class _Checker:
             except NotFound:
                 self.error("missing pack", f"pack {_short(pid)} is missing "
                                            f"({len(entries)} blobs of the index are in it)")
-                self._lose(entries)
+                self._lose(pid, entries)
                 self._tick()
                 continue
-            except OSError as e:
-                self.error("missing pack", f"pack {_short(pid)} cannot be examined: {e}")
-                self._lose(entries)
+            except (OSError, ChunkrepoError) as e:
+                self.error("unreadable pack", f"pack {_short(pid)} cannot be examined: {e}")
+                self._unreadable(pid, entries)
                 self._tick()
                 continue
             self.pack_real_size[pid] = real
@@ -223,24 +277,32 @@ class _Checker:
                 what = "truncated" if real < recorded else "longer than recorded"
                 self.error("pack size", f"pack {_short(pid)} is {what}: {real} bytes, "
                                         f"the index recorded {recorded}")
+                self.found.damaged_packs.add(pid)
             outside = [e for e in entries if e[0] + e[1] > real]
             if outside:
                 self.error("pack size", f"pack {_short(pid)}: {len(outside)} index entries lie "
                                         f"beyond its end ({real} bytes)")
-                self._lose(outside)
+                self._lose(pid, outside)
             try:
                 trailer = read_trailer(self.storage, name)
-            except (ChunkrepoError, OSError, ValueError) as e:
+            except (StorageError, OSError) as e:
+                self.error("unreadable pack", f"pack {_short(pid)}: trailer cannot be read: {e}")
+                self._unreadable(pid, [])
+                trailer = None
+            except (ChunkrepoError, ValueError) as e:
                 self.error("pack trailer", f"pack {_short(pid)}: trailer unreadable: {e}")
+                self.found.damaged_packs.add(pid)
                 trailer = None
             except Exception as e:
                 self.error("pack trailer", f"pack {_short(pid)}: trailer undecodable: {e}")
+                self.found.damaged_packs.add(pid)
                 trailer = None
             if trailer is not None:
                 self.no_trailer.discard(pid)
                 if count is not None and len(trailer) != count:
                     self.error("pack trailer", f"pack {_short(pid)}: trailer lists {len(trailer)} "
                                                f"blobs, the index recorded {count}")
+                    self.found.mismatch.append(f"the blob count of pack {_short(pid)}")
                 listed = {(e.offset, e.length, e.raw_length, bytes(e.id), e.kind) for e in trailer}
                 indexed = set(entries)
                 for t in listed - indexed:       # a copy the index does not point to: garbage
@@ -249,6 +311,7 @@ class _Checker:
                 if stray:
                     self.error("pack trailer", f"pack {_short(pid)}: {len(stray)} index entries do not "
                                                f"match its trailer (e.g. blob {_short(stray[0][3])})")
+                    self.found.mismatch.append(f"the entries of pack {_short(pid)}")
             self._tick()
 
     def _backups(self, v) -> None:
@@ -278,6 +341,8 @@ class _Checker:
         entry = v.tree(tid)
         if entry is None:
             return None
+        if entry.lost:
+            raise _BadTree("it was lost with a damaged pack (check --repair marked it)")
         try:
             if data is None:
                 data = self.repo.read_blob(entry, tid)
@@ -310,7 +375,8 @@ class _Checker:
             try:
                 tree = self._tree(v, tid)
             except _BadTree as e:
-                self.error("directory record", f"directory record {_short(tid)}: {e}")
+                self.error("lost" if tid in self.lost else "directory record",
+                           f"directory record {_short(tid)}: {e}")
                 self.bad_trees.add(tid)
                 tree = self._pack_copy(v, tid)    # still count what it references, if we can
                 if tree is None:
@@ -318,6 +384,7 @@ class _Checker:
             if tree is None:
                 self.error("directory record", f"directory record {_short(tid)} is not in the index")
                 self.bad_trees.add(tid)
+                self.found.missing[tid] = KIND_TREE
                 continue
             for node in tree.entries:
                 sub = node.subtree
@@ -334,30 +401,33 @@ class _Checker:
             if not v.has_chunk(cid):
                 missing_chunks.add(cid)
         for cid in sorted(missing_chunks):
-            self.error("missing chunk", f"chunk {_short(cid)} is referenced but not in the index")
+            if cid in self.lost:
+                self.error("lost", f"chunk {_short(cid)} was lost with a damaged pack (check --repair "
+                                   f"marked it); a backup of the unchanged file stores it again")
+            else:
+                self.error("missing chunk", f"chunk {_short(cid)} is referenced but not in the index")
+                self.found.missing[cid] = KIND_DATA
         self.bad_chunks |= missing_chunks
 
     def _refcounts(self, v) -> None:
-        for cid, e in v.all_chunks():
-            if e.refcount == 0:
-                self.want_garbage[e.pack + cid] = (KIND_DATA, e.length)
-            want = self.chunk_refs.get(cid, 0)
-            if e.refcount != want:
-                self.error("reference count", f"chunk {_short(cid)} has reference count {e.refcount}, "
-                                              f"recount gives {want}")
-        for tid, e in v.all_trees():
-            if e.refcount == 0:
-                self.want_garbage[e.pack + tid] = (KIND_TREE, e.length)
-            want = self.tree_refs.get(tid, 0)
-            if e.refcount != want:
-                self.error("reference count", f"directory record {_short(tid)} has reference count "
-                                              f"{e.refcount}, recount gives {want}")
+        for kind, it, refs, what in ((KIND_DATA, v.all_chunks(), self.chunk_refs, "chunk"),
+                                     (KIND_TREE, v.all_trees(), self.tree_refs, "directory record")):
+            for bid, e in it:
+                if e.refcount == 0 and not e.lost:
+                    self.want_garbage[e.pack + bid] = (kind, e.length)
+                want = refs.get(bid, 0)
+                if e.refcount != want:
+                    self.error("reference count", f"{what} {_short(bid)} has reference count {e.refcount}, "
+                                                  f"recount gives {want}")
+                    self.found.refcounts[(kind, bid)] = want
 
     def _garbage(self, v) -> None:
         """The garbage set and the packs' dead accounting against the stored counts and trailers."""
         if v.meta(GARBAGE_META) is None and v.garbage_count() == 0:
             return        # an index no write session has opened since the garbage set exists
         dead: Dict[bytes, list] = defaultdict(lambda: [0, 0])
+        want_all = dict(self.want_garbage)
+        errors_before = sum(self._kind_counts[k] for k in ("garbage set", "pack accounting"))
         for g in v.garbage():
             key = g.pack + g.id
             self.rep.garbage_blobs += 1
@@ -389,6 +459,9 @@ class _Checker:
                                               f"({got[0]} bytes)")
         for pid in sorted(set(dead) - set(self.pack_records)):
             self.error("garbage set", f"garbage entries for pack {_short(pid)}, which the index does not list")
+        if sum(self._kind_counts[k] for k in ("garbage set", "pack accounting")) > errors_before \
+                and not self.no_trailer:     # (a pack's duplicate copies are known from its trailer only)
+            self.found.garbage = want_all
 
     # -- read_data ---------------------------------------------------------------
     def _read_pack(self, pid: bytes, entries):
@@ -432,9 +505,14 @@ class _Checker:
     def _collect(self, pid, entries, fut) -> None:
         try:
             bad, checked = fut.result()
+        except IntegrityError as e:
+            self.error("damaged blob", f"pack {_short(pid)} is damaged: {e}")
+            self._lose(pid, entries)
+            self._tick()
+            return
         except (ChunkrepoError, OSError) as e:
             self.error("unreadable pack", f"pack {_short(pid)} cannot be read: {e}")
-            self._lose(entries)
+            self._unreadable(pid, entries)
             self._tick()
             return
         self.rep.bytes_checked += checked
@@ -442,6 +520,7 @@ class _Checker:
             what = "chunk" if kind == KIND_DATA else "directory record"
             self.error("damaged blob", f"{what} {_short(bid)} in pack {_short(pid)} is damaged: {msg}")
             (self.bad_chunks if kind == KIND_DATA else self.bad_trees).add(bid)
+            self.found.damaged_packs.add(pid)
         self._tick()
 
     # -- damage -> backups and paths ---------------------------------------------
@@ -557,9 +636,10 @@ def check_repository(repo, read_data: bool = False, progress=None,
     except (ChunkrepoError, OSError) as e:
         chk._summarize()
         rep.errors.append(f"check stopped early: {e}")
+        chk.found.complete = False
     rep.ok = not rep.errors
     rep.elapsed = time.monotonic() - t0
     return rep
 
 
-__all__ = ["CheckReport", "check_repository"]
+__all__ = ["CheckReport", "Findings", "check_repository"]

@@ -42,6 +42,9 @@ class ChunkFile(io.RawIOBase):
             e = view.chunk(cid)
             if e is None:
                 raise IntegrityError(f"{self._path}: chunk {cid.hex()} is missing from the index")
+            if e.lost:
+                raise IntegrityError(f"{self._path}: chunk {cid.hex()} was lost with a damaged pack "
+                                     f"(check --repair); a backup of the unchanged file stores it again")
             sizes.append(e.raw_length)
         return sizes
 

@@ -142,29 +142,17 @@ class _Pruner:
             with self.index.write() as w:
                 for pid in batch:
                     info = w.pack_info(pid)
-                    rows = list(w.garbage_of_pack(pid))
                     if info is None:
                         continue
-                    if len(rows) < info.count:     # the accounting says dead, the rows do not: look closer
-                        repack.append(pid)
+                    if sum(1 for _ in w.garbage_of_pack(pid)) < info.count:
+                        repack.append(pid)         # the accounting says dead, the rows do not: look closer
                         continue
-                    self.rep.blobs_freed += self._drop_rows(w, pid, rows)
+                    self.rep.blobs_freed += w.drop_pack_garbage(pid)
                     w.delete_pack(pid)
                     w.put_pending(pid, info.size)
                     self.rep.packs_deleted += 1
                     self.rep.bytes_freed += info.size
             crash_point("prune-index-committed")
-
-    def _drop_rows(self, w, pid: bytes, rows) -> int:
-        n = 0
-        for g in rows:
-            e = w.blob(g.kind, g.id)
-            if e is not None and e.pack == pid:
-                w.drop_blob(g.kind, g.id)      # raises if it is referenced: the txn is aborted
-                n += 1
-            else:
-                w.drop_garbage(pid, g.id)      # a duplicate copy the index never pointed to
-        return n
 
     # -- rewriting packs -----------------------------------------------------------
     def repack(self, repack) -> None:
@@ -238,7 +226,7 @@ class _Pruner:
                 self.rep.bytes_freed -= size
             for pid in batch:
                 info = w.pack_info(pid)
-                self.rep.blobs_freed += self._drop_rows(w, pid, list(w.garbage_of_pack(pid)))
+                self.rep.blobs_freed += w.drop_pack_garbage(pid)
                 w.delete_pack(pid)
                 w.put_pending(pid, info.size if info else 0)
                 self.rep.packs_rewritten += 1
@@ -247,29 +235,36 @@ class _Pruner:
 
     # -- deleting files --------------------------------------------------------------
     def delete_pending(self) -> None:
-        with self.index.read() as v:
-            pending = list(v.pending())
-        if not pending:
-            return
-        oldest = self.index.oldest_reader()
-        done = []
-        waiting = 0
-        for pid, txnid, _size in pending:
-            if oldest is not None and oldest < txnid:
-                waiting += 1          # a reader may still read it from its snapshot
-                continue
-            crash_point("prune-before-delete")
-            try:
-                self.storage.delete(pack_name(pid))
-            except NotFound:
-                pass
-            done.append(pid)
-        if done:
-            with self.index.write() as w:
-                for pid in done:
-                    w.delete_pending(pid)
-        self.rep.files_deleted += len(done)
+        deleted, waiting = delete_pending_packs(self.repo)
+        self.rep.files_deleted += deleted
         self.rep.packs_awaiting_deletion = waiting
+
+
+def delete_pending_packs(repo) -> tuple:
+    """Delete the files of packs pending deletion that no reader can still need;
+    returns (deleted, still waiting for their readers).  Inside a write session."""
+    with repo.index.read() as v:
+        pending = list(v.pending())
+    if not pending:
+        return 0, 0
+    oldest = repo.index.oldest_reader()
+    done = []
+    waiting = 0
+    for pid, txnid, _size in pending:
+        if oldest is not None and oldest < txnid:
+            waiting += 1          # a reader may still read it from its snapshot
+            continue
+        crash_point("prune-before-delete")
+        try:
+            repo.storage.delete(pack_name(pid))
+        except NotFound:
+            pass
+        done.append(pid)
+    if done:
+        with repo.index.write() as w:
+            for pid in done:
+                w.delete_pending(pid)
+    return len(done), waiting
 
 
 def _indexed_here(v, g) -> bool:
@@ -303,4 +298,4 @@ def prune_repository(repo, threshold: float = DEFAULT_REPACK_THRESHOLD, dry_run:
         return run_prune(repo, threshold)
 
 
-__all__ = ["DEFAULT_REPACK_THRESHOLD", "PruneReport", "prune_repository", "run_prune"]
+__all__ = ["DEFAULT_REPACK_THRESHOLD", "PruneReport", "delete_pending_packs", "prune_repository", "run_prune"]

@@ -68,9 +68,8 @@ class LeaseLock:
                 pass
             if not self.storage.put_if_absent(self.name, self._record()):
                 raise RepoLocked(f"repository is locked by {describe(read_lock(self.storage, self.name))}")
-        self._verify()
-        if self.lost:
-            raise RepoLocked(f"lost the repository lock while taking it: {self.lost}")
+            if not self._verify():          # another taker deleted ours in the same moment
+                raise RepoLocked(f"lost the repository lock while taking it over: {self.lost}")
         self._thread = threading.Thread(target=self._refresher, name="chunkrepo-lease", daemon=True)
         self._thread.start()
 

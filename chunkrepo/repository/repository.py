@@ -40,6 +40,13 @@ def _release_index(path: str) -> None:
                 del _open_envs[path]
 
 
+def _decode(blob: bytes, entry, blob_id: bytes) -> bytes:
+    data = compression.decompress(blob, entry.raw_length)
+    if hash_bytes(data) != blob_id:
+        raise IntegrityError(f"blob {blob_id.hex()} in pack {entry.pack.hex()} fails its hash")
+    return data
+
+
 class Repository:
     """An open repository.  Reading needs no lock; writing goes through a WriteSession."""
 
@@ -116,13 +123,43 @@ class Repository:
         self.close()
 
     # -- blobs --------------------------------------------------------------
+    @property
+    def read_plan(self) -> tuple:
+        """(threads, coalesce span) for reading chunks ahead: on an object store a request
+        costs milliseconds, so neighbouring blobs of a pack are read with one ranged GET
+        of up to `span` bytes (gaps up to _MAX_GAP included) by more threads."""
+        return (8, 8 << 20) if self.remote else (2, 0)
+
+    @property
+    def upload_threads(self) -> int:
+        """Threads uploading sealed packs while the writers fill the next ones (0: none,
+        the thread that filled a pack writes it: a local disk gains nothing from more)."""
+        return 2 if self.remote else 0
+
     def read_blob(self, entry, blob_id: bytes) -> bytes:
         """Read, decompress and verify one blob given its index entry."""
+        if entry.lost:
+            raise IntegrityError(f"blob {blob_id.hex()} was lost with a damaged pack (check --repair); "
+                                 f"a backup of the unchanged file stores it again")
         blob = self.storage.get(pack_name(entry.pack), entry.offset, entry.length)
-        data = compression.decompress(blob, entry.raw_length)
-        if hash_bytes(data) != blob_id:
-            raise IntegrityError(f"blob {blob_id.hex()} in pack {entry.pack.hex()} fails its hash")
-        return data
+        return _decode(blob, entry, blob_id)
+
+    def read_blobs(self, items) -> list:
+        """[(entry, id)] of one pack in ascending offsets -> for each the data or the
+        exception reading it, with one ranged read."""
+        first, last = items[0][0], items[-1][0]
+        try:
+            span = self.storage.get(pack_name(first.pack), first.offset, last.offset + last.length - first.offset)
+        except Exception as e:
+            return [e] * len(items)
+        out = []
+        for entry, blob_id in items:
+            at = entry.offset - first.offset
+            try:
+                out.append(_decode(span[at:at + entry.length], entry, blob_id))
+            except Exception as e:
+                out.append(e)
+        return out
 
     def read_chunk(self, cid: bytes, view=None) -> bytes:
         if view is None:
@@ -158,6 +195,11 @@ class Repository:
             recs = [BackupRecord.from_dict(records.decode_json(raw)) for _, raw in v.backups()]
         recs.sort(key=lambda r: (r.start_ns, r.id))
         return recs
+
+    def damaged_backups(self) -> Dict[str, dict]:
+        """Backups check --repair marked damaged: id -> {"paths": [...], "paths_count": n}."""
+        with self.index.read() as v:
+            return {bid: records.decode_json(raw) for bid, raw in v.damaged()}
 
     def resolve_backup(self, ref: str) -> BackupRecord:
         """A full id, a unique prefix, or 'latest'."""

@@ -6,19 +6,19 @@ thread's own pack.  A sealed pack's entries wait in a queue until the owner
 thread calls checkpoint(), which commits them to the index in one transaction.
 """
 
+import concurrent.futures
 import queue
 import threading
 from typing import Dict
 
 from ..codec import compression, records
 from ..codec.hashing import hash_bytes
-from ..errors import IntegrityError, NotFound
+from ..errors import IntegrityError, NotFound, StorageError
 from ..index import BlobEntry, PackInfo
 from ..index.lmdb_index import GARBAGE_META
 from ..model import BackupRecord, Tree
 from .crash_points import crash_point
 from .packs import KIND_DATA, KIND_TREE, PackWriter, pack_id_from_name, read_trailer
-
 
 
 _MAX_PENDING_TREE_BYTES = 8 << 20
@@ -40,6 +40,10 @@ class WriteSession:
         self._local = threading.local()
         self._writers: list = []
         self._writers_lock = threading.Lock()
+        self._upload_threads = repo.upload_threads     # 0: a pack is written by the thread that filled it
+        self._uploads = None
+        self._upload_slots = threading.BoundedSemaphore(self._upload_threads + 1)
+        self._upload_futures: list = []
         self.bytes_new = 0        # raw bytes of chunks this session stored
         self.bytes_stored = 0     # compressed bytes written to packs
 
@@ -60,6 +64,9 @@ class WriteSession:
             else:
                 self._abort_writers()
         finally:
+            if self._uploads is not None:
+                self._uploads.shutdown(wait=True)
+                self._uploads = None
             self._lock.release()
 
     def recover(self) -> dict:
@@ -111,11 +118,45 @@ class WriteSession:
         return w
 
     def _seal(self, w: PackWriter) -> None:
-        entries = w.seal()
-        crash_point("pack-sealed")
         with self._writers_lock:
-            self._writers.remove(w)
+            self._writers.remove(w)     # no longer open: flush() must not seal it again
+        if not self._upload_threads:
+            self._seal_now(w)
+            return
+        if self._uploads is None:
+            self._uploads = concurrent.futures.ThreadPoolExecutor(self._upload_threads, "chunkrepo-upload")
+        # an object store: the upload overlaps the caller's next pack (bounded by the slots)
+        self._upload_slots.acquire()
+        try:
+            fut = self._uploads.submit(self._seal_now, w)
+        except BaseException:
+            self._upload_slots.release()
+            raise
+        fut.add_done_callback(lambda _: self._upload_slots.release())
+        with self._writers_lock:
+            self._upload_futures.append(fut)
+
+    def _seal_now(self, w: PackWriter) -> None:
+        try:
+            entries = w.seal()
+        except BaseException:
+            w.abort()
+            raise
+        crash_point("pack-sealed")
         self._sealed.put((w.pack_id, entries, w.size))
+
+    def _wait_uploads(self) -> None:
+        """Wait for the packs being uploaded; raise the first failure."""
+        with self._writers_lock:
+            futs, self._upload_futures = self._upload_futures, []
+        first = None
+        for f in futs:
+            try:
+                f.result()
+            except BaseException as e:
+                first = first or e
+        if first is not None:
+            raise first
 
     def claim_chunk(self, cid: bytes) -> bool:
         """True if the caller must store this chunk (nobody has it yet)."""
@@ -152,7 +193,7 @@ class WriteSession:
             if tid in self._pending_trees:
                 return tid
             with self.index.read() as v:
-                if v.tree(tid) is not None:
+                if v.has_tree(tid):
                     return tid
             self._pending_trees[tid] = data
             self._pending_tree_bytes += len(data)
@@ -180,24 +221,28 @@ class WriteSession:
 
     def _commit_pack(self, pack_id: bytes, entries, size: int) -> None:
         tree_bytes = {}
+        adopted = []
         for e in entries:
             if e.kind == KIND_TREE:
                 data = self._pending_trees.get(e.id)
                 if data is None:   # adopted pack: read the record from the pack itself
-                    data = self.repo.read_blob(BlobEntry(pack_id, e.offset, e.length, e.raw_length, 0), e.id)
-                tree_bytes[e.id] = data
+                    adopted.append((BlobEntry(pack_id, e.offset, e.length, e.raw_length, 0), e.id))
+                else:
+                    tree_bytes[e.id] = data
+        tree_bytes.update(self._read_records(adopted))
         with self.index.write() as w:
             w.put_pack(pack_id, PackInfo(size, len(entries)))
             for e in entries:
                 entry = BlobEntry(pack_id, e.offset, e.length, e.raw_length, 0)
-                if e.kind == KIND_DATA:
-                    if w.chunk(e.id) is None:
-                        w.put_chunk(e.id, entry, new=True)  # refcount 0: garbage until a backup uses it
+                old = w.blob(e.kind, e.id)
+                if old is None:      # refcount 0: garbage until a backup uses it
+                    if e.kind == KIND_DATA:
+                        w.put_chunk(e.id, entry, new=True)
                     else:
-                        w.add_dead_copy(e.kind, pack_id, e.id, e.length)
-                elif w.tree(e.id) is None:
-                    w.put_tree(e.id, entry, tree_bytes[e.id], new=True)
-                else:
+                        w.put_tree(e.id, entry, tree_bytes[e.id], new=True)
+                elif old.lost:       # stored again: the backups that lost it are whole again
+                    self._restore_lost(w, e, entry._replace(refcount=old.refcount), tree_bytes)
+                elif old.pack != pack_id:
                     w.add_dead_copy(e.kind, pack_id, e.id, e.length)
         with self._claim_lock:
             for e in entries:
@@ -205,6 +250,36 @@ class WriteSession:
                     self._pending_chunks.discard(e.id)
                 else:
                     self._pending_tree_bytes -= len(self._pending_trees.pop(e.id, b""))
+
+    def _read_records(self, items) -> Dict[bytes, bytes]:
+        """Directory records out of an adopted pack: one by one, or (on an object store,
+        where a request costs milliseconds) neighbours with one ranged read."""
+        span = self.repo.read_plan[1]
+        if not span:
+            return {bid: self.repo.read_blob(e, bid) for e, bid in items}
+        out: Dict[bytes, bytes] = {}
+        items = sorted(items, key=lambda x: x[0].offset)
+        while items:
+            n = 1
+            while n < len(items) and items[n][0].offset + items[n][0].length - items[0][0].offset <= span:
+                n += 1
+            for (_, bid), data in zip(items[:n], self.repo.read_blobs(items[:n])):
+                if isinstance(data, Exception):
+                    raise data
+                out[bid] = data
+            items = items[n:]
+        return out
+
+    @staticmethod
+    def _restore_lost(w, e, entry: BlobEntry, tree_bytes: dict) -> None:
+        if e.kind == KIND_DATA:
+            w.put_chunk(e.id, entry)
+            return
+        w.put_tree(e.id, entry, tree_bytes[e.id])
+        # a lost record's children lost the references it gave them (check counts
+        # only what it can read): give them back, as when a record goes 0 -> 1
+        for sub in _reference_children(w, tree_bytes[e.id], +1):
+            _cascade(w, sub, +1)
 
     def flush(self) -> None:
         """Seal every open pack and commit everything sealed."""
@@ -218,9 +293,14 @@ class WriteSession:
                 with self._writers_lock:
                     self._writers.remove(w)
         self._local = threading.local()
+        self._wait_uploads()
         self.checkpoint()
 
     def _abort_writers(self) -> None:
+        try:
+            self._wait_uploads()
+        except Exception:
+            pass        # the session failed already; what was uploaded is adopted later or pruned
         with self._writers_lock:
             for w in self._writers:
                 w.abort()
@@ -230,7 +310,16 @@ class WriteSession:
         """Make a backup part of the repository: record in storage, then index."""
         self.flush()
         self._lock.check()
-        self.storage.put(f"backups/{rec.id}", records.encode_json(rec.to_dict()))
+        name = f"backups/{rec.id}"
+        try:
+            self.storage.put(name, records.encode_json(rec.to_dict()))
+        except StorageError as e:
+            if _landed(self.storage, name):
+                # in place, but not known to survive a power cut: not registered now;
+                # the next write session adopts it if it is still there
+                raise StorageError(f"backup {rec.id}: its record was written but not confirmed durable "
+                                   f"({e}); the next write session adopts it if it survived") from None
+            raise
         crash_point("backup-stored")
         self._register_backup(rec)
         crash_point("backup-committed")
@@ -243,6 +332,13 @@ class WriteSession:
                 raise IntegrityError(f"backup {rec.id} has no root record")
             incref_tree(w, bytes.fromhex(rec.root))
             w.put_backup(rec.id, records.encode_json(rec.to_dict()))
+
+
+def _landed(storage, name: str) -> bool:
+    try:
+        return storage.exists(name)
+    except (OSError, StorageError):
+        return False
 
 
 def incref_tree(w, root: bytes) -> None:
@@ -263,17 +359,26 @@ def _cascade(w, root: bytes, delta: int) -> None:
     stack = [root]
     while stack:
         tid = stack.pop()
+        # None: a lost record (or one named but never stored, now lost: docs/format.md);
+        # its children hold no references from it
         if w.add_tree_ref(tid, delta) != edge:
             continue
         data = w.tree_data(tid)
         if data is None:
             raise NotFound(f"directory record {tid.hex()} has no cached data")
-        for node in Tree.decode(data).entries:
-            if node.subtree is not None:
-                stack.append(node.subtree)
-            c = node.chunks
-            for i in range(0, len(c), 32):
-                w.add_chunk_ref(c[i:i + 32], delta)
+        stack.extend(_reference_children(w, data, delta))
+
+
+def _reference_children(w, data: bytes, delta: int) -> list:
+    """Change the refcounts of a record's chunks; return its subtrees (for the caller)."""
+    subs = []
+    for node in Tree.decode(data).entries:
+        if node.subtree is not None:
+            subs.append(node.subtree)
+        c = node.chunks
+        for i in range(0, len(c), 32):
+            w.add_chunk_ref(c[i:i + 32], delta)
+    return subs
 
 
 __all__ = ["WriteSession", "decref_tree", "incref_tree"]

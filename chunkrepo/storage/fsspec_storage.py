@@ -32,20 +32,20 @@ def _protocols(fs) -> set:
     return {p} if isinstance(p, str) else set(p)
 
 
-def _error(e: OSError, what: str) -> StorageError:
-    if e.errno == errno.ENOSPC:
+def _error(e: Exception, what: str) -> StorageError:
+    if getattr(e, "errno", None) == errno.ENOSPC:
         return StorageError(f"no space left on device while {what}")
-    return StorageError(f"{what}: {e.strerror or e}")
+    return StorageError(f"{what}: {getattr(e, 'strerror', None) or e}")
 
 
-def _precondition_failed(e: OSError) -> bool:
+def _precondition_failed(e: Exception) -> bool:
     """s3fs maps a 412 to FileExistsError when the server names the condition
     (AWS, moto) and to OSError(EINVAL) when it does not (Ceph RGW)."""
     if isinstance(e, FileExistsError):
         return True
     cause = getattr(e.__cause__, "response", None) or {}
     code = cause.get("Error", {}).get("Code", "")
-    return e.errno == errno.EINVAL and code in ("PreconditionFailed", "412")
+    return getattr(e, "errno", None) == errno.EINVAL and code in ("PreconditionFailed", "412")
 
 
 class _FsspecWriter:
@@ -72,7 +72,7 @@ class _FsspecWriter:
         try:
             self._f.close()
             self._s._upload(self._f.name, self._name)
-        except OSError as e:
+        except Exception as e:     # the filesystem's own errors too (botocore's)
             raise _error(e, f"writing {self._name}") from None
         finally:
             self.abort()
@@ -112,7 +112,7 @@ class FsspecStorage:
         """Create the root folder (on S3: the bucket, if it is missing and may be created)."""
         try:
             self.fs.makedirs(self.root, exist_ok=True)
-        except OSError as e:
+        except Exception as e:     # the filesystem's own errors too (botocore's)
             raise _error(e, f"creating {self.root}") from None
 
     # -- writing --------------------------------------------------------------
@@ -142,7 +142,7 @@ class FsspecStorage:
             return
         try:
             self.fs.pipe_file(self._path(name), bytes(data))
-        except OSError as e:
+        except Exception as e:     # the filesystem's own errors too (botocore's)
             raise _error(e, f"writing {name}") from None
 
     def put_if_absent(self, name: str, data: bytes) -> bool:
@@ -159,7 +159,7 @@ class FsspecStorage:
                         return False
                     self.put(name, data)
             return True
-        except OSError as e:
+        except Exception as e:     # the filesystem's own errors too (botocore's)
             if _precondition_failed(e):
                 return False
             raise _error(e, f"creating {name}") from None
@@ -186,14 +186,14 @@ class FsspecStorage:
         path = self._path(name)
         try:
             if length is None:
-                data = self.fs.cat_file(path, start=offset or None)
+                data = self.fs.cat_file(path, start=offset)    # a Range read: no HEAD first
             elif length == 0:
                 return b""
             else:
                 data = self.fs.cat_file(path, start=offset, end=offset + length)
         except FileNotFoundError:
             raise NotFound(f"object {name} is missing") from None
-        except OSError as e:
+        except Exception as e:     # the filesystem's own errors too (botocore's)
             raise _error(e, f"reading {name}") from None
         if length is not None and len(data) != length:
             raise StorageError(f"object {name} is truncated: wanted {length} bytes at {offset}, got {len(data)}")
@@ -206,7 +206,7 @@ class FsspecStorage:
             return int(self.fs.info(path)["size"])
         except FileNotFoundError:
             raise NotFound(f"object {name} is missing") from None
-        except OSError as e:
+        except Exception as e:     # the filesystem's own errors too (botocore's)
             raise _error(e, f"reading {name}") from None
 
     def exists(self, name: str) -> bool:
@@ -214,7 +214,7 @@ class FsspecStorage:
         self.fs.invalidate_cache(path)
         try:
             return bool(self.fs.isfile(path))
-        except OSError as e:
+        except Exception as e:     # the filesystem's own errors too (botocore's)
             raise _error(e, f"looking for {name}") from None
 
     def list(self, prefix: str) -> Iterator[str]:
@@ -224,7 +224,7 @@ class FsspecStorage:
             found = self.fs.find(base)
         except FileNotFoundError:
             return
-        except OSError as e:
+        except Exception as e:     # the filesystem's own errors too (botocore's)
             raise _error(e, f"listing {prefix or 'the repository'}") from None
         start = len(self.root) + 1
         for p in sorted(found):
@@ -242,7 +242,7 @@ class FsspecStorage:
             self.fs.rm_file(path)
         except FileNotFoundError:
             raise NotFound(f"object {name} is missing") from None
-        except OSError as e:
+        except Exception as e:     # the filesystem's own errors too (botocore's)
             raise _error(e, f"deleting {name}") from None
 
     def _rm_quietly(self, path: str) -> None:

@@ -59,7 +59,9 @@ def parse_options(items: Iterable[str] = ()) -> dict:
 
 def open_fsspec(url: str, options: Optional[dict] = None, tmp_dir: Optional[str] = None) -> RetryingStorage:
     """An FsspecStorage for a URL, retrying transient failures (storage.retry); one-line
-    errors for unknown schemes and bad options."""
+    errors for unknown schemes and bad options.
+
+    options None: those of $CHUNKREPO_STORAGE_OPTIONS."""
     import fsspec     # only remote repositories pay for importing it
 
     m = _URL.match(url)
@@ -69,7 +71,7 @@ def open_fsspec(url: str, options: Optional[dict] = None, tmp_dir: Optional[str]
     if not rest.strip("/"):
         raise NotARepository(f"{url}: the URL names no bucket or folder")
     try:
-        fs = fsspec.filesystem(scheme, **(options or {}))
+        fs = fsspec.filesystem(scheme, **(parse_options() if options is None else options))
     except ValueError as e:
         raise StorageError(f"{url}: unknown storage scheme {scheme!r} ({e})") from None
     except ImportError as e:

@@ -19,7 +19,9 @@ import pytest
 
 from chunkrepo import Repo
 from chunkrepo.errors import NotARepository, RepoLocked, StorageError
+from chunkrepo.repository.config import Config
 from chunkrepo.repository.lease import LeaseLock, read_lock
+from chunkrepo.storage.faults import Fault, FaultyStorage
 from tests.conftest import age, write_random
 
 moto_server = pytest.importorskip("moto.server")
@@ -152,6 +154,19 @@ def test_stale_cache_is_refreshed_after_another_writer(remote, tmp_path, src, mo
         assert report.ok, report
 
 
+def test_rebuild_index_refills_the_cache_from_the_store(remote, tmp_path, src):
+    url, opts = remote
+    with Repo.init(url, storage_options=opts) as repo:
+        bid = repo.backup([src]).id
+        cache = repo.repository.cache.index_path
+    res = Repo.rebuild_index(url, opts)
+    assert res.backups == 1 and res.packs >= 1 and res.damaged_packs == []
+    assert os.path.isdir(cache)
+    with Repo(url, storage_options=opts) as repo:
+        assert [b.id for b in repo.list_backups()] == [bid]
+        assert restored(repo, bid, tmp_path, src) == tree_of(src)
+
+
 def test_a_writer_killed_midway_leaves_a_cache_that_is_rebuilt(remote, tmp_path, src, monkeypatch):
     url, opts = remote
     with Repo.init(url, storage_options=opts) as repo:
@@ -171,6 +186,53 @@ def test_a_writer_killed_midway_leaves_a_cache_that_is_rebuilt(remote, tmp_path,
     with Repo(url, storage_options=opts) as repo:
         assert [b.id for b in repo.list_backups()] == [first, second]
         assert repo.check(read_data=True).ok
+
+
+@pytest.mark.parametrize("fault, message", [
+    (Fault("write", "packs/", after=3, kind="EIO"), "Input/output error"),
+    (Fault("commit", "packs/", after=2, kind="EIO"), "packs/"),          # an upload fails
+    (Fault("put", "backups/", kind="EIO"), "writing backups/"),
+])
+def test_failed_uploads_leave_nothing_referenced(tmp_path, monkeypatch, fault, message):
+    """Packs are uploaded by a pool while the next ones fill: a failure still fails
+    the backup with one line, and the next backup and check --read-data are clean."""
+    url = f"memory:///t{uuid.uuid4().hex}/repo"
+    monkeypatch.setenv("CHUNKREPO_INDEX_CACHE", str(tmp_path / "machine1"))
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(8):
+        write_random(src / f"f{i}.bin", 700_000, seed=i)
+        age(src / f"f{i}.bin")
+    Repo.init(url, Config(pack_size=1 << 20)).close()
+    with Repo(url, wrap_storage=lambda s: FaultyStorage(s, [fault])) as repo:
+        with pytest.raises(StorageError, match=message) as info:
+            repo.backup([src])
+        assert "\n" not in str(info.value) and repo.list_backups() == []
+    machine(monkeypatch, tmp_path, "machine2")
+    with Repo(url) as repo:
+        bid = repo.backup([src]).id
+        assert repo.check(read_data=True).ok
+        assert restored(repo, bid, tmp_path, src) == tree_of(src)
+
+
+def test_coalesced_read_error_names_the_file_and_restores_nothing_partial(tmp_path, monkeypatch):
+    url = f"memory:///t{uuid.uuid4().hex}/repo"
+    monkeypatch.setenv("CHUNKREPO_INDEX_CACHE", str(tmp_path / "machine1"))
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(20):
+        (src / f"small{i:02}.txt").write_text(f"file {i}\n" * 50)
+    with Repo.init(url) as repo:
+        bid = repo.backup([src]).id
+    with Repo(url, wrap_storage=lambda s: FaultyStorage(s, [Fault("get", "packs/", kind="EIO")])) as repo:
+        res = repo.restore(bid, tmp_path / "out")
+    assert len(res.errors) == 20 and all("Input/output error" in e and "/small" in e for e in res.errors)
+    assert not any(p.is_file() for p in (tmp_path / "out").rglob("*"))
+    with Repo(url, wrap_storage=lambda s: FaultyStorage(s, [Fault("get", "packs/", kind="EIO", times=1)])) as r:
+        res = r.restore(bid, tmp_path / "out2")
+    assert len(res.errors) == 20      # one ranged GET carried all twenty small files: one failure fails them all
+    with Repo(url) as repo:
+        assert restored(repo, bid, tmp_path, src, "out3") == tree_of(src)
 
 
 def test_second_writer_is_refused_while_the_first_holds_the_lease(remote, tmp_path, monkeypatch):
@@ -218,6 +280,16 @@ def test_lease_is_refreshed_and_a_lost_lease_stops_the_commit(remote):
             lock.check()
         lock.release()
         assert not storage.exists("lock")
+
+
+def test_file_url_is_a_local_repository(tmp_path, src):
+    url = f"file://{tmp_path}/repo"
+    with Repo.init(url) as repo:
+        bid = repo.backup([src]).id
+        assert not repo.repository.remote and repo.path == str(tmp_path / "repo")
+    assert (tmp_path / "repo" / "index" / "data.mdb").is_file() and (tmp_path / "repo" / "config").is_file()
+    with Repo(tmp_path / "repo") as repo:
+        assert [b.id for b in repo.list_backups()] == [bid]
 
 
 def test_bad_locations_are_one_line_errors(tmp_path, moto_endpoint):

@@ -15,7 +15,7 @@ from typing import Callable, List, Optional, Sequence
 
 from ...codec import records
 from ...codec.hashing import hash_bytes
-from ...errors import ChunkrepoError
+from ...errors import ChunkrepoError, IntegrityError
 from ...model import BackupRecord, Node, Tree, node_from_stat
 from ...model.nodes import DIR, REG
 from .file_saver import FileChanged, FileSaver
@@ -188,8 +188,11 @@ class Backup:
     def scan_dir(self, path: bytes, name: bytes, st, prev: Optional[Node], selection, top_dev: int):
         prev_children, prev_entries = {}, None
         if prev is not None and prev.subtree is not None:
-            prev_entries = self.repo.read_tree(prev.subtree).entries
-            prev_children = {n.name: n for n in prev_entries}
+            try:
+                prev_entries = self.repo.read_tree(prev.subtree).entries
+                prev_children = {n.name: n for n in prev_entries}
+            except IntegrityError:
+                prev_entries = None    # a lost record (check --repair): back the directory up afresh
         children: list = []
         dnode = self.node(name, st, xattrs=read_xattrs(path, self.all_xattrs))
         self.res.dirs += 1
