@@ -28,6 +28,7 @@ def test_ranged_get(storage):
     assert storage.get("o", 0, 1) == DATA[:1]
     assert storage.get("o", n - 4, 4) == b"tail"          # a range that ends at the end
     assert storage.get("o", 5000) == DATA[5000:]           # from an offset to the end
+    assert storage.get("o", n) == b""                      # from the very end
     assert storage.get("o", 7, 0) == b""
 
 
