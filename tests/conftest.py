@@ -2,6 +2,7 @@ import functools
 import logging
 import os
 import random
+import uuid
 
 import pytest
 
@@ -64,7 +65,6 @@ def _boto_client(endpoint_url, key, secret):
 
 def _fresh_bucket(endpoint_url, key, secret):
     """A new empty bucket; emptied and removed when the generator resumes."""
-    import uuid
     client = _boto_client(endpoint_url, key, secret)
     bucket = f"chunkrepo-test-{uuid.uuid4().hex[:16]}"
     client.create_bucket(Bucket=bucket)

@@ -2,9 +2,10 @@
 
 import uuid
 
+import fsspec
 import pytest
 
-from chunkrepo.storage import LocalStorage
+from chunkrepo.storage import FsspecStorage, LocalStorage
 from chunkrepo.storage.retry import RetryingStorage
 
 BACKENDS = ["local", "memory", "file", "moto", pytest.param("ceph", marks=pytest.mark.ceph)]
@@ -23,27 +24,20 @@ def make_s3fs():
     return make
 
 
-def _fsspec_storage(fs, root):
-    from chunkrepo.storage.fsspec_storage import FsspecStorage
-    return FsspecStorage(fs, root)
-
-
 def open_backend(kind, request, tmp_path):
     """A fresh, empty storage of the given kind (cleaned up by the fixtures it uses)."""
     if kind == "local":
         return LocalStorage(str(tmp_path / "store"))
     if kind == "file":
-        import fsspec
-        return _fsspec_storage(fsspec.filesystem("file"), str(tmp_path / "store"))
+        return FsspecStorage(fsspec.filesystem("file"), str(tmp_path / "store"))
     if kind == "memory":
-        import fsspec
         fs = fsspec.filesystem("memory")
         root = f"/chunkrepo-test-{uuid.uuid4().hex}"
         request.addfinalizer(lambda: fs.rm(root, recursive=True) if fs.exists(root) else None)
-        return _fsspec_storage(fs, f"memory://{root}")
+        return FsspecStorage(fs, f"memory://{root}")
     info = request.getfixturevalue(f"{kind}_s3")
     fs = request.getfixturevalue("make_s3fs")(info)
-    return _fsspec_storage(fs, f"{info['bucket']}/store")
+    return FsspecStorage(fs, f"{info['bucket']}/store")
 
 
 @pytest.fixture

@@ -181,7 +181,7 @@ def test_internal_error_and_timeout_on_reads_are_retried(store, direct, proxy, s
     assert sorted(store.list("packs")) == ["packs/p1"]
 
 
-def test_upload_dropped_midway_is_retried_whole_and_never_half_visible(store, direct, proxy, s3, raw_fs):
+def test_upload_dropped_midway_is_retried_whole_and_never_half_visible(store, direct, proxy, sleeps):
     name = "packs/aa/aa01"
     seen = []
 
@@ -189,7 +189,7 @@ def test_upload_dropped_midway_is_retried_whole_and_never_half_visible(store, di
         seen.append(direct.exists(name))
         assert list(direct.list("")) == []
 
-    store._sleep = Sleeps(check=nothing_half_written)
+    sleeps.check = nothing_half_written
     proxy.inject("drop_upload", method="PUT", times=2)   # aiohttp resends once, then gives up
     w = store.create(name)
     for i in range(0, len(PACK), 1 << 20):
