@@ -8,6 +8,7 @@ Each step is one `chunkrepo` process timed by GNU time (scripts/bench.py).  The
 remote repository goes to a fresh prefix below --repo (removed afterwards) with
 a fresh index cache; "restore (empty cache)" restores on a second "machine"
 (another empty index cache), so it includes rebuilding the index from the store.
+"copy" sends the local repository's backups to another fresh remote prefix.
 """
 
 import argparse
@@ -78,16 +79,25 @@ def main():
             options[k] = json.loads(v)
         except ValueError:
             options[k] = v
+    copy_url = url + "-copy"
+    copy_env = dict(env, CHUNKREPO_STORAGE_OPTIONS=json.dumps(options))
     try:
         local = run_steps(os.path.join(work, "repo"), src, work, env, exe, [])
         remote = run_steps(url, src, work, env, exe, extra)
+        timed(exe + ["init", "--repo", copy_url], copy_env)
+        remote["copy local -> remote (2 backups)"] = timed(
+            exe + ["copy", "--from", os.path.join(work, "repo"), "--to", copy_url], copy_env)
     finally:
         remove_remote(url, options)
+        remove_remote(copy_url, options)
         shutil.rmtree(work)
     print(f"chunkrepo local vs {args.repo}, corpus scale {args.scale:g} seed {args.seed}, one run\n")
     print("| step | local wall s | remote wall s | remote / local | remote user s | remote max RSS MiB |")
     print("|---|---|---|---|---|---|")
     for name, r in remote.items():
+        if name.startswith("copy"):
+            print(f"| {name} | | {r[0]:.2f} | | {r[1]:.2f} | {r[3]:.0f} |")
+            continue
         lw = local[name][0] if name in local else local["restore"][0]
         print(f"| {name} | {lw:.2f} | {r[0]:.2f} | {r[0] / lw:.2f}× | {r[1]:.2f} | {r[3]:.0f} |")
 
