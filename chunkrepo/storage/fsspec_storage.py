@@ -48,6 +48,14 @@ def _precondition_failed(e: Exception) -> bool:
     return getattr(e, "errno", None) == errno.EINVAL and code in ("PreconditionFailed", "412")
 
 
+def _range_not_satisfiable(e: Exception) -> bool:
+    """S3's 416 InvalidRange (s3fs: OSError(EINVAL) caused by it): what "bytes=0-" of an
+    empty object, or "bytes=N-" of an N-byte one, gets."""
+    response = getattr(e.__cause__, "response", None) or {}
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return response.get("Error", {}).get("Code") == "InvalidRange" or status == 416
+
+
 class _FsspecWriter:
     """Buffers a new object in a local temporary file; commit() uploads it."""
 
@@ -194,6 +202,8 @@ class FsspecStorage:
         except FileNotFoundError:
             raise NotFound(f"object {name} is missing") from None
         except Exception as e:     # the filesystem's own errors too (botocore's)
+            if length is None and _range_not_satisfiable(e) and offset >= self.size(name):
+                return b""      # an empty object, or a read from the very end of one
             raise _error(e, f"reading {name}") from None
         if length is not None and len(data) != length:
             raise StorageError(f"object {name} is truncated: wanted {length} bytes at {offset}, got {len(data)}")

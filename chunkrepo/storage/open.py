@@ -18,6 +18,7 @@ from typing import Iterable, Optional
 
 from ..errors import NotARepository, StorageError
 from .fsspec_storage import FsspecStorage
+from .retry import RetryingStorage, with_retries
 
 OPTIONS_ENV = "CHUNKREPO_STORAGE_OPTIONS"
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://(.*)$")
@@ -56,8 +57,9 @@ def parse_options(items: Iterable[str] = ()) -> dict:
     return opts
 
 
-def open_fsspec(url: str, options: Optional[dict] = None, tmp_dir: Optional[str] = None) -> FsspecStorage:
-    """An FsspecStorage for a URL; one-line errors for unknown schemes and bad options.
+def open_fsspec(url: str, options: Optional[dict] = None, tmp_dir: Optional[str] = None) -> RetryingStorage:
+    """An FsspecStorage for a URL, retrying transient failures (storage.retry); one-line
+    errors for unknown schemes and bad options.
 
     options None: those of $CHUNKREPO_STORAGE_OPTIONS."""
     import fsspec     # only remote repositories pay for importing it
@@ -76,4 +78,4 @@ def open_fsspec(url: str, options: Optional[dict] = None, tmp_dir: Optional[str]
         raise StorageError(f"{url}: scheme {scheme!r} needs a package that is not installed ({e})") from None
     except TypeError as e:
         raise StorageError(f"{url}: bad storage option for {scheme!r}: {e}") from None
-    return FsspecStorage(fs, url, tmp_dir)
+    return with_retries(FsspecStorage(fs, url, tmp_dir))
