@@ -23,6 +23,7 @@ __cause__ or __context__, which is where is_transient() looks.
 
 import errno
 import logging
+import os
 import random
 import sys
 import tempfile
@@ -103,12 +104,15 @@ def is_transient(e: BaseException) -> bool:
 
 
 class _RetryingWriter:
-    """Stages the object in an anonymous local file; commit() uploads it, retried whole."""
+    """Stages the object in a local file; commit() uploads it, retried whole.
+
+    An inner storage with upload_file (FsspecStorage) uploads the staged file
+    itself; any other gets a copy through its own writer."""
 
     def __init__(self, storage: "RetryingStorage", name: str):
         self._s, self._name = storage, name
         try:
-            self._f = tempfile.TemporaryFile(prefix="chunkrepo-retry-", dir=storage.tmp_dir)
+            self._f = tempfile.NamedTemporaryFile(prefix="chunkrepo-retry-", dir=storage.tmp_dir, delete=False)
         except OSError as e:
             raise StorageError(f"staging {name}: {e.strerror or e}") from None
 
@@ -122,7 +126,7 @@ class _RetryingWriter:
     def tell(self) -> int:
         return self._f.tell()
 
-    def _upload(self) -> None:
+    def _copy(self) -> None:
         self._f.seek(0)
         w = self._s.inner.create(self._name)
         try:
@@ -138,12 +142,26 @@ class _RetryingWriter:
 
     def commit(self) -> None:
         try:
-            self._s.call(f"uploading {self._name}", self._upload)
+            # looked up on the class: a wrapper passing unknown attributes through
+            # (FaultyStorage) must not hand over its inner storage's upload_file
+            inner = self._s.inner
+            if getattr(type(inner), "upload_file", None) is None:
+                self._s.call(f"uploading {self._name}", self._copy)
+                return
+            try:
+                self._f.flush()
+            except OSError as e:
+                raise StorageError(f"staging {self._name}: {e.strerror or e}") from None
+            self._s.call(f"uploading {self._name}", inner.upload_file, self._f.name, self._name)
         finally:
             self.abort()
 
     def abort(self) -> None:
         self._f.close()
+        try:
+            os.unlink(self._f.name)
+        except FileNotFoundError:
+            pass
 
 
 class RetryingStorage:
