@@ -104,15 +104,16 @@ def is_transient(e: BaseException) -> bool:
 
 
 class _RetryingWriter:
-    """Stages the object in a local file; commit() uploads it, retried whole.
+    """Stages the object in an anonymous local file (a killed process leaves none
+    behind); commit() uploads it, retried whole.
 
     An inner storage with upload_file (FsspecStorage) uploads the staged file
-    itself; any other gets a copy through its own writer."""
+    itself, by its /proc/self/fd name; elsewhere it gets a copy through its writer."""
 
     def __init__(self, storage: "RetryingStorage", name: str):
         self._s, self._name = storage, name
         try:
-            self._f = tempfile.NamedTemporaryFile(prefix="chunkrepo-retry-", dir=storage.tmp_dir, delete=False)
+            self._f = tempfile.TemporaryFile(prefix="chunkrepo-retry-", dir=storage.tmp_dir)
         except OSError as e:
             raise StorageError(f"staging {name}: {e.strerror or e}") from None
 
@@ -140,28 +141,32 @@ class _RetryingWriter:
             w.abort()
             raise
 
+    def _staged_path(self) -> Optional[str]:
+        """A name the inner storage can open the staged file by, if it takes one.
+
+        upload_file is looked up on the class: a wrapper passing unknown attributes
+        through (FaultyStorage) must not hand over its inner storage's."""
+        if getattr(type(self._s.inner), "upload_file", None) is None:
+            return None
+        path = f"/proc/self/fd/{self._f.fileno()}"
+        return path if os.path.exists(path) else None
+
     def commit(self) -> None:
         try:
-            # looked up on the class: a wrapper passing unknown attributes through
-            # (FaultyStorage) must not hand over its inner storage's upload_file
-            inner = self._s.inner
-            if getattr(type(inner), "upload_file", None) is None:
+            path = self._staged_path()
+            if path is None:
                 self._s.call(f"uploading {self._name}", self._copy)
                 return
             try:
                 self._f.flush()
             except OSError as e:
                 raise StorageError(f"staging {self._name}: {e.strerror or e}") from None
-            self._s.call(f"uploading {self._name}", inner.upload_file, self._f.name, self._name)
+            self._s.call(f"uploading {self._name}", self._s.inner.upload_file, path, self._name)
         finally:
             self.abort()
 
     def abort(self) -> None:
         self._f.close()
-        try:
-            os.unlink(self._f.name)
-        except FileNotFoundError:
-            pass
 
 
 class RetryingStorage:

@@ -246,8 +246,9 @@ def test_permanent_errors_are_not_retried(store, direct, proxy, sleeps):
 
 
 def test_staged_upload_leaves_no_temporary_file(s3, raw_fs, direct, proxy, tmp_path):
-    """The retry layer's staged file is what FsspecStorage uploads; it goes with the commit,
-    whether the upload succeeded after a retry or failed for good."""
+    """The retry layer's staged file (anonymous: a killed backup leaves none behind) is what
+    FsspecStorage uploads, again on a retry; nothing is left whether the upload succeeded
+    after a retry or failed for good."""
     staging = tmp_path / "staging"
     staging.mkdir()
     seen = []
@@ -258,7 +259,7 @@ def test_staged_upload_leaves_no_temporary_file(s3, raw_fs, direct, proxy, tmp_p
     w.write(PACK)
     w.commit()
     assert direct.get("packs/cc/cc01") == PACK
-    assert seen == [1]                  # between attempts: the one staged copy
+    assert seen == [0]                  # between attempts: no named copy
     proxy.inject("slowdown", method="PUT", times=2)
     w = store.create("packs/cc/cc02")
     w.write(b"x")
