@@ -43,6 +43,7 @@ class IndexCache:
         self.storage = storage
         self.dir = os.path.join(paths.index_cache_dir(), repo_id)
         self.index_path = os.path.join(self.dir, "index")
+        self.due = True     # sync() has yet to compare generations (Repository.index calls it)
         self._fd = None
 
     # -- the local flock ------------------------------------------------------
@@ -99,14 +100,19 @@ class IndexCache:
     # -- syncing --------------------------------------------------------------
     def sync(self, repo) -> None:
         """Bring the cache up to date with the store if its generation differs."""
-        if self._cached_generation(repo.index) == self.store_generation():
-            return
-        if not self.lock(wait=False):
-            return      # a writer of this host holds the store lock and keeps this cache current
+        self.due = False
         try:
-            self._sync_locked(repo)
-        finally:
-            self.unlock()
+            if self._cached_generation(repo.index) == self.store_generation():
+                return
+            if not self.lock(wait=False):
+                return      # a writer of this host holds the store lock and keeps this cache current
+            try:
+                self._sync_locked(repo)
+            finally:
+                self.unlock()
+        except BaseException:
+            self.due = True
+            raise
 
     def _sync_locked(self, repo, full: bool = False) -> dict:
         gen = self.store_generation()          # read first: a writer committing meanwhile bumps it again
@@ -144,7 +150,11 @@ class IndexCache:
 
     # -- a writer's session ---------------------------------------------------
     def begin_write(self, repo) -> None:
-        """Under the store lock: sync, mark the cache dirty, bump the store's generation."""
+        """Under the store lock: sync, mark the cache dirty, bump the store's generation.
+
+        The sync reads `generation` after the lease is taken (a writer that finished
+        meanwhile bumped it), so a read before the lease would be wasted: none is made."""
+        self.due = False
         self.lock()
         try:
             self._sync_locked(repo)
@@ -152,6 +162,7 @@ class IndexCache:
             self._new_generation()
             self._role(b"write")
         except BaseException:
+            self.due = True
             self.unlock()
             raise
 

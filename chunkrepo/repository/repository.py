@@ -81,14 +81,18 @@ class Repository:
         self.config = Config.decode(raw, self.path)
         self.cache = IndexCache(self.storage, self.config.repo_id) if self.remote else None
         self._index_path = self.cache.index_path if self.remote else os.path.join(self.path, "index")
-        self.index = _acquire_index(self._index_path)
+        self._index = _acquire_index(self._index_path)
         self._closed = False
-        if self.cache is not None and sync_index:
-            try:
-                self.cache.sync(self)
-            except BaseException:
-                self.close()
-                raise
+        if self.cache is not None:
+            self.cache.due = sync_index
+
+    @property
+    def index(self) -> Index:
+        """The index; a remote repository's cache is brought up to date on first use
+        (a writer's lock does that under the lease, so a writer reads `generation` once)."""
+        if self.cache is not None and self.cache.due:
+            self.cache.sync(self)
+        return self._index
 
     @classmethod
     def init(cls, location: str, config: Optional[Config] = None, storage_options=None) -> "Repository":

@@ -28,7 +28,6 @@ class WriteSession:
     def __init__(self, repo):
         self.repo = repo
         self.storage = repo.storage
-        self.index = repo.index
         self.level = repo.config.compression_level
         self.pack_size = repo.config.pack_size
         self._lock = repo.writer_lock()
@@ -46,6 +45,11 @@ class WriteSession:
         self._upload_futures: list = []
         self.bytes_new = 0        # raw bytes of chunks this session stored
         self.bytes_stored = 0     # compressed bytes written to packs
+
+    @property
+    def index(self):
+        # read at use: for a remote repository, taking the lock brings it up to date
+        return self.repo.index
 
     # -- lifecycle ------------------------------------------------------------
     def __enter__(self):

@@ -79,8 +79,8 @@ class _FsspecWriter:
     def commit(self) -> None:
         try:
             self._f.close()
-            self._s._upload(self._f.name, self._name)
-        except Exception as e:     # the filesystem's own errors too (botocore's)
+            self._s.upload_file(self._f.name, self._name)
+        except OSError as e:
             raise _error(e, f"writing {self._name}") from None
         finally:
             self.abort()
@@ -124,6 +124,15 @@ class FsspecStorage:
             raise _error(e, f"creating {self.root}") from None
 
     # -- writing --------------------------------------------------------------
+    def upload_file(self, local_file: str, name: str) -> None:
+        """Store the contents of a local file under name, atomically (as a writer's
+        commit does); the file stays.  For a caller that staged the object itself
+        (RetryingStorage): no second copy."""
+        try:
+            self._upload(local_file, name)
+        except Exception as e:     # the filesystem's own errors too (botocore's)
+            raise _error(e, f"writing {name}") from None
+
     def _upload(self, local_file: str, name: str) -> None:
         path = self._path(name)
         if self.atomic_put:

@@ -21,6 +21,7 @@ from .fsspec_storage import FsspecStorage
 from .retry import RetryingStorage, with_retries
 
 OPTIONS_ENV = "CHUNKREPO_STORAGE_OPTIONS"
+_S3_SCHEMES = ("s3", "s3a")
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://(.*)$")
 
 
@@ -70,12 +71,30 @@ def open_fsspec(url: str, options: Optional[dict] = None, tmp_dir: Optional[str]
     scheme, rest = m.group(1).lower(), m.group(2)
     if not rest.strip("/"):
         raise NotARepository(f"{url}: the URL names no bucket or folder")
+    options = parse_options() if options is None else options
+    s3 = scheme in _S3_SCHEMES
     try:
-        fs = fsspec.filesystem(scheme, **(parse_options() if options is None else options))
+        fs = fsspec.filesystem(scheme, **(_one_attempt(options) if s3 else options))
     except ValueError as e:
         raise StorageError(f"{url}: unknown storage scheme {scheme!r} ({e})") from None
     except ImportError as e:
         raise StorageError(f"{url}: scheme {scheme!r} needs a package that is not installed ({e})") from None
     except TypeError as e:
         raise StorageError(f"{url}: bad storage option for {scheme!r}: {e}") from None
+    if s3:
+        fs.retries = 1      # s3fs's own retry loop (default 5 attempts): see _one_attempt
     return with_retries(FsspecStorage(fs, url, tmp_dir))
+
+
+def _one_attempt(options: dict) -> dict:
+    """The options with botocore's retries off unless they set some.
+
+    RetryingStorage is the one retry layer: botocore (up to 5 attempts) and s3fs
+    (5) retrying underneath it would multiply its worst case to 6 x 5 x 5
+    requests and minutes of backoff before a dead store is reported."""
+    config = options.get("config_kwargs")
+    if config is not None and not isinstance(config, dict):
+        return options          # fsspec reports the bad option
+    config = dict(config or {})
+    config.setdefault("retries", {"total_max_attempts": 1})
+    return dict(options, config_kwargs=config)

@@ -23,6 +23,7 @@ __cause__ or __context__, which is where is_transient() looks.
 
 import errno
 import logging
+import os
 import random
 import sys
 import tempfile
@@ -103,7 +104,11 @@ def is_transient(e: BaseException) -> bool:
 
 
 class _RetryingWriter:
-    """Stages the object in an anonymous local file; commit() uploads it, retried whole."""
+    """Stages the object in an anonymous local file (a killed process leaves none
+    behind); commit() uploads it, retried whole.
+
+    An inner storage with upload_file (FsspecStorage) uploads the staged file
+    itself, by its /proc/self/fd name; elsewhere it gets a copy through its writer."""
 
     def __init__(self, storage: "RetryingStorage", name: str):
         self._s, self._name = storage, name
@@ -122,7 +127,7 @@ class _RetryingWriter:
     def tell(self) -> int:
         return self._f.tell()
 
-    def _upload(self) -> None:
+    def _copy(self) -> None:
         self._f.seek(0)
         w = self._s.inner.create(self._name)
         try:
@@ -136,9 +141,27 @@ class _RetryingWriter:
             w.abort()
             raise
 
+    def _staged_path(self) -> Optional[str]:
+        """A name the inner storage can open the staged file by, if it takes one.
+
+        upload_file is looked up on the class: a wrapper passing unknown attributes
+        through (FaultyStorage) must not hand over its inner storage's."""
+        if getattr(type(self._s.inner), "upload_file", None) is None:
+            return None
+        path = f"/proc/self/fd/{self._f.fileno()}"
+        return path if os.path.exists(path) else None
+
     def commit(self) -> None:
         try:
-            self._s.call(f"uploading {self._name}", self._upload)
+            path = self._staged_path()
+            if path is None:
+                self._s.call(f"uploading {self._name}", self._copy)
+                return
+            try:
+                self._f.flush()
+            except OSError as e:
+                raise StorageError(f"staging {self._name}: {e.strerror or e}") from None
+            self._s.call(f"uploading {self._name}", self._s.inner.upload_file, path, self._name)
         finally:
             self.abort()
 

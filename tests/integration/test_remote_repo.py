@@ -154,6 +154,41 @@ def test_stale_cache_is_refreshed_after_another_writer(remote, tmp_path, src, mo
         assert report.ok, report
 
 
+class _CountingGets:
+    """The repository's storage, counting the reads of each object name."""
+
+    def __init__(self, inner):
+        self.inner, self.gets = inner, []
+
+    def get(self, name, offset=0, length=None):
+        self.gets.append(name)
+        return self.inner.get(name, offset, length)
+
+    def __getattr__(self, attr):
+        return getattr(self.inner, attr)
+
+
+def test_a_writer_reads_generation_once_under_the_lease_and_syncs(remote, tmp_path, src, monkeypatch):
+    """No read of `generation` before the lease (it would be stale by then): the one after
+    it still brings a stale cache up to date before the backup looks for its parent."""
+    url, opts = remote
+    with Repo.init(url, storage_options=opts) as repo:
+        repo.backup([src])
+    machine(monkeypatch, tmp_path, "machine2")
+    with Repo(url, storage_options=opts) as repo:
+        (src / "m2.txt").write_text("from machine 2\n")
+        second = repo.backup([src]).id
+    machine(monkeypatch, tmp_path, "machine1")
+    counting = []
+    with Repo(url, storage_options=opts, wrap_storage=lambda s: counting.append(_CountingGets(s)) or counting[0]) \
+            as repo:
+        res = repo.backup([src])
+        assert counting[0].gets.count("generation") == 1
+        assert res.parent == second and res.files_borrowed >= 3
+        assert [b.id for b in repo.list_backups()][1:] == [second, res.id]
+        assert counting[0].gets.count("generation") == 1     # the writer left its cache current
+
+
 def test_rebuild_index_refills_the_cache_from_the_store(remote, tmp_path, src):
     url, opts = remote
     with Repo.init(url, storage_options=opts) as repo:

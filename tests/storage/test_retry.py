@@ -16,6 +16,7 @@ from s3_fault_proxy import FaultProxy
 
 from chunkrepo.errors import IntegrityError, NotFound, StorageError
 from chunkrepo.storage.fsspec_storage import FsspecStorage
+from chunkrepo.storage.open import open_fsspec
 from chunkrepo.storage.retry import RetryingStorage, is_transient
 
 PACK = bytes(range(256)) * (12 << 10)         # 3 MiB: one PUT, long enough to cut in half
@@ -242,3 +243,41 @@ def test_permanent_errors_are_not_retried(store, direct, proxy, sleeps):
         store.get("config")
     assert proxy.count("GET") == 2          # the missing object's and the denied one: once each
     assert sleeps == []
+
+
+def test_staged_upload_leaves_no_temporary_file(s3, raw_fs, direct, proxy, tmp_path):
+    """The retry layer's staged file (anonymous: a killed backup leaves none behind) is what
+    FsspecStorage uploads, again on a retry; nothing is left whether the upload succeeded
+    after a retry or failed for good."""
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    seen = []
+    store = RetryingStorage(FsspecStorage(raw_fs, f"{s3['bucket']}/repo", tmp_dir=str(staging)),
+                            attempts=2, base_delay=0.01, sleep=lambda _: seen.append(len(list(staging.iterdir()))))
+    proxy.inject("slowdown", method="PUT")
+    w = store.create("packs/cc/cc01")
+    w.write(PACK)
+    w.commit()
+    assert direct.get("packs/cc/cc01") == PACK
+    assert seen == [0]                  # between attempts: no named copy
+    proxy.inject("slowdown", method="PUT", times=2)
+    w = store.create("packs/cc/cc02")
+    w.write(b"x")
+    with pytest.raises(StorageError, match="gave up"):
+        w.commit()
+    assert list(staging.iterdir()) == []
+
+
+def test_open_fsspec_leaves_retrying_to_retrying_storage(s3, proxy, caplog):
+    """botocore and s3fs would absorb these 503s themselves (and multiply the attempts of a
+    dead store): opened as a repository opens it, every retry is RetryingStorage's."""
+    options = dict(s3["storage_options"],
+                   client_kwargs=dict(s3["storage_options"]["client_kwargs"], endpoint_url=proxy.url))
+    store = open_fsspec(f"s3://{s3['bucket']}/repo", options)
+    store.base_delay = 0.01
+    store.put("config", b"c")
+    proxy.inject("slowdown", method="GET", times=2)
+    with caplog.at_level(logging.WARNING, logger="chunkrepo.storage"):
+        assert store.get("config") == b"c"
+    assert proxy.count("GET") == 3
+    assert len([r for r in caplog.records if "retry" in r.getMessage()]) == 2
