@@ -10,11 +10,13 @@
 import os
 from typing import Iterator, List, Optional, Sequence
 
-from .errors import NotFound
+from .errors import ChunkrepoError, NotFound
 from .model import BackupRecord
 from .model.nodes import REG
 from .ops.backup import BackupOptions, BackupResult, run_backup
 from .ops.check import check_repository
+from .ops.copy import CopyResult, copy_backups
+from .ops.diff import Diff, diff_backups, diff_live
 from .ops.file_reader import ChunkFile
 from .ops.forget import ForgetResult, forget
 from .ops.prune import DEFAULT_REPACK_THRESHOLD, PruneReport, prune_repository
@@ -143,3 +145,32 @@ class Repo:
         the local read-only cache (mode: symlink, hardlink, reflink or copy); download=False
         makes the links without fetching the content.  Returns a PlaceResult."""
         return clone_version(self._repo, source, os.fspath(dest), path, mode, download)
+
+    # -- diff and copy -------------------------------------------------------------------
+    def diff(self, a: str, b_or_path, path=None, content: bool = False) -> Diff:
+        """What changed from backup a to backup b (id, unique prefix or 'latest'), or to the
+        live tree at a path (a str that names no backup, or any os.PathLike/bytes).
+
+        Iterate the result for Change records in tree order; its .stats is complete after.
+        path limits a diff of two backups to that path inside them.  content=True reads every
+        live file to compare chunk ids (else equal size and mtime mean equal content)."""
+        left = self._repo.resolve_backup(a)
+        right = None
+        if isinstance(b_or_path, str):
+            try:
+                right = self._repo.resolve_backup(b_or_path)
+            except NotFound:
+                if not os.path.lexists(b_or_path):
+                    raise NotFound(f"{b_or_path!r} is neither a backup nor an existing path") from None
+        if right is not None:
+            return diff_backups(self._repo, left, right, path)
+        if path is not None:
+            raise ChunkrepoError("a path filter goes with two backups; give the live path itself")
+        return diff_live(self._repo, left, b_or_path, content)
+
+    def copy_to(self, target: "Repo", backup_ids: Sequence[str] = (), dry_run: bool = False,
+                progress=None) -> CopyResult:
+        """Copy backups of this repository (all, or those named) that target lacks, with the
+        same ids, sending only the blobs target's index lacks.  Resumable: a rerun after a
+        kill sends nothing that was committed.  progress is called with the running result."""
+        return copy_backups(self._repo, target.repository, backup_ids, dry_run=dry_run, progress=progress)

@@ -10,6 +10,7 @@ from .. import __version__
 from ..errors import ChunkrepoError
 from . import cmd_backup, cmd_check, cmd_forget, cmd_init, cmd_list, cmd_ls, cmd_prune, cmd_restore, cmd_tar
 from . import cmd_cache, cmd_clone, cmd_rebuild_index, cmd_snapshot, cmd_unlock
+from . import cmd_copy, cmd_diff
 
 
 class _Group(click.Group):
@@ -56,7 +57,7 @@ def cli():
 
 
 for _mod in (cmd_init, cmd_backup, cmd_list, cmd_ls, cmd_tar, cmd_restore, cmd_check, cmd_forget, cmd_prune,
-             cmd_snapshot, cmd_clone, cmd_cache, cmd_unlock, cmd_rebuild_index):
+             cmd_snapshot, cmd_clone, cmd_cache, cmd_unlock, cmd_rebuild_index, cmd_diff, cmd_copy):
     cli.add_command(_mod.command)
 
 

@@ -1,0 +1,68 @@
+"""chunkrepo diff: what changed between two backups, or between a backup and a live tree."""
+
+import os
+
+import click
+
+from ..model.nodes import DIR
+from .common import human_bytes, json_option, open_repo, print_json, repo_option, write_lines
+
+
+def _shown(c) -> str:
+    p = os.fsdecode(c.path)
+    return p + "/" if c.kind == DIR and p != "/" else p
+
+
+def _change_json(c) -> dict:
+    d = {"path": os.fsdecode(c.path), "change": c.change, "type": c.kind}
+    if c.fields:
+        d["fields"] = list(c.fields)
+    if c.change == "T":
+        d["old_type"] = c.old_kind
+    return d
+
+
+def _summary(s) -> str:
+    return (f"added: {s.added}, removed: {s.removed}, modified: {s.modified}, "
+            f"metadata only: {s.metadata_only}, type changed: {s.type_changed}; "
+            f"{human_bytes(s.bytes_added)} added, {human_bytes(s.bytes_removed)} removed")
+
+
+@click.command("diff")
+@repo_option
+@click.argument("a", metavar="A")
+@click.argument("b", metavar="B|PATH")
+@click.argument("path", required=False, metavar="[SUBPATH]")
+@click.option("--content", is_flag=True,
+              help="Against a live tree: read every file and compare chunk ids (default: equal size "
+                   "and mtime mean equal content; a file with equal size and another mtime is read).")
+@json_option
+def command(repo_path, a, b, path, content, as_json):
+    """Show what changed from backup A to backup B, or to the live tree at PATH.
+
+    A and B are backup ids, unique prefixes or 'latest'. B is taken as a live
+    path when it names no backup (write ./NAME for a directory whose name is
+    also a backup id prefix); the live tree is compared with the same absolute
+    path in A. SUBPATH limits a diff of two backups to that path in them.
+
+    One line per change, in tree order: '+' added, '-' removed, 'M' content
+    modified (file data, symlink target, device number), 'U' metadata only
+    (mode, owner, mtime, xattrs, link count), 'T' type changed; then a summary
+    on stderr. --json prints one object per change ("path", "change", "type",
+    "fields" for M and U) and then {"summary": {...}} with the counts, also as
+    equal/different/only_left/only_right.  Directories identical in both
+    backups are not descended (they count once as equal).
+
+    The exit status is 0 whether or not there are differences (like restic's
+    diff), 1 on errors."""
+    with open_repo(repo_path) as repo:
+        diff = repo.diff(a, b, path, content=content)
+        if as_json:
+            for c in diff:
+                print_json(_change_json(c))
+            print_json({"summary": diff.stats.to_dict()})
+        else:
+            write_lines(f"{c.change}    {_shown(c)}" for c in diff)
+            for err in diff.stats.errors:
+                click.echo(f"chunkrepo: warning: {err}", err=True)
+            click.echo(_summary(diff.stats), err=True)
