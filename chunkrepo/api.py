@@ -14,16 +14,20 @@ from .errors import ChunkrepoError, NotFound
 from .model import BackupRecord
 from .model.nodes import REG
 from .ops.backup import BackupOptions, BackupResult, run_backup
+from .ops.backup.fsspec_source import run_url_backup
 from .ops.check import check_repository
 from .ops.copy import CopyResult, copy_backups
 from .ops.diff import Diff, diff_backups, diff_live
+from .ops.diff_url import diff_url
 from .ops.file_reader import ChunkFile
 from .ops.forget import ForgetResult, forget
 from .ops.prune import DEFAULT_REPACK_THRESHOLD, PruneReport, prune_repository
 from .ops.retention import Policy
 from .ops.rebuild_index import rebuild_index
+from .ops.fsspec_url import is_url
 from .ops.repair import repair_repository
 from .ops.restore import restore_tree
+from .ops.restore_fsspec import restore_to_url
 from .ops.snapshot.materialise import clone as clone_version
 from .ops.snapshot.store import SnapshotResult, take_snapshot
 from .ops.tarout import write_tar
@@ -36,23 +40,27 @@ from .storage.faults import from_env as faults_from_env
 class Repo:
     """An open chunkrepo repository (use as a context manager)."""
 
-    def __init__(self, path, wrap_storage=None):
-        """wrap_storage: a function wrapping the repository's storage (storage.faults in
-        tests; $CHUNKREPO_FAULTS sets one for a CLI run)."""
+    def __init__(self, path, wrap_storage=None, storage_options: Optional[dict] = None):
+        """path: a local path or a URL (s3://bucket/prefix, memory://name, ...: any fsspec
+        filesystem; storage_options are passed to it).  wrap_storage: a function wrapping
+        the repository's storage (storage.faults in tests; $CHUNKREPO_FAULTS sets one for
+        a CLI run)."""
         if wrap_storage is None:
             wrap_storage = faults_from_env()
-        self._repo = Repository(os.fspath(path), wrap_storage)
+        self._repo = Repository(os.fspath(path), wrap_storage, storage_options)
         self.path = self._repo.path
 
     @classmethod
-    def init(cls, path, config: Optional[Config] = None) -> "Repo":
-        Repository.init(os.fspath(path), config).close()
-        return cls(path)
+    def init(cls, path, config: Optional[Config] = None, storage_options: Optional[dict] = None) -> "Repo":
+        Repository.init(os.fspath(path), config, storage_options).close()
+        return cls(path, storage_options=storage_options)
 
     @staticmethod
-    def rebuild_index(path):
-        """Recreate the index of the repository at path from its packs and backup records."""
-        return rebuild_index(os.fspath(path), Repository)
+    def rebuild_index(path, storage_options: Optional[dict] = None):
+        """Recreate the index of the repository at path from its packs and backup records
+        (for a remote repository: its local index cache)."""
+        return rebuild_index(os.fspath(path),
+                             lambda loc, **kw: Repository(loc, storage_options=storage_options, **kw))
 
     @property
     def repository(self) -> Repository:
@@ -69,10 +77,18 @@ class Repo:
 
     def backup(self, paths: Sequence, host: Optional[str] = None, subset: Optional[str] = None,
                excludes: Sequence[str] = (), one_file_system: bool = False,
-               progress=None, **kw) -> BackupResult:
+               progress=None, source_options: Optional[dict] = None, **kw) -> BackupResult:
+        """Back up local paths, or one fsspec URL (s3://bucket/data, memory://..., file:///...)
+        whose filesystem gets source_options (endpoint_url=..., see docs/design.md)."""
         opts = BackupOptions(host=host, subset=subset, excludes=tuple(excludes),
                              one_file_system=one_file_system, progress=progress, **kw)
-        return run_backup(self._repo, [os.fspath(p) for p in paths], opts)
+        paths = [os.fspath(p) for p in paths]
+        urls = [p for p in paths if is_url(p)]
+        if urls:
+            if len(paths) != 1 or opts.listed_paths:
+                raise ChunkrepoError("a URL is backed up on its own: one URL, no other paths")
+            return run_url_backup(self._repo, urls[0], opts, source_options)
+        return run_backup(self._repo, paths, opts)
 
     def list_backups(self, last_n: Optional[int] = None) -> List[BackupRecord]:
         recs = self._repo.list_backups()
@@ -102,9 +118,19 @@ class Repo:
         return write_tar(self._repo, bytes.fromhex(rec.root), out, start, recursive, tar_format,
                          progress=progress)
 
-    def restore(self, backup_id: str, target, start="/", progress=None):
-        """Recreate the backup (or start below it) inside the directory target."""
+    def restore(self, backup_id: str, target, start="/", progress=None, target_options: Optional[dict] = None,
+                mirror: bool = False, overwrite: bool = False):
+        """Recreate the backup (or start below it) inside the directory target, or at the
+        fsspec URL target (whose filesystem gets target_options).  For a URL, overwrite
+        replaces existing objects, and mirror also deletes what the backup does not have
+        after a safety backup of the target (result.safety_backup)."""
         rec = self._repo.resolve_backup(backup_id)
+        if is_url(target):
+            return restore_to_url(self._repo, bytes.fromhex(rec.root), target, start, target_options,
+                                  mirror=mirror, overwrite=overwrite, progress=progress)
+        if mirror or overwrite:
+            raise ChunkrepoError("--mirror and --overwrite need a URL target "
+                                 "(file:///path for a local directory)")
         return restore_tree(self._repo, bytes.fromhex(rec.root), os.fspath(target), start,
                             progress=progress)
 
@@ -147,14 +173,19 @@ class Repo:
         return clone_version(self._repo, source, os.fspath(dest), path, mode, download)
 
     # -- diff and copy -------------------------------------------------------------------
-    def diff(self, a: str, b_or_path, path=None, content: bool = False) -> Diff:
+    def diff(self, a: str, b_or_path, path=None, content: bool = False,
+             source_options: Optional[dict] = None) -> Diff:
         """What changed from backup a to backup b (id, unique prefix or 'latest'), or to the
-        live tree at a path (a str that names no backup, or any os.PathLike/bytes).
+        live tree at a path (a str that names no backup, or any os.PathLike/bytes), or to the
+        objects at an fsspec URL (whose filesystem gets source_options, as for backup).
 
         Iterate the result for Change records in tree order; its .stats is complete after.
-        path limits a diff of two backups to that path inside them.  content=True reads every
-        live file to compare chunk ids (else equal size and mtime mean equal content)."""
+        path limits a diff of two backups, or of a backup and a URL, to that path inside them.
+        content=True reads every live file to compare chunk ids (else equal size and mtime,
+        or for objects equal size and ETag, mean equal content)."""
         left = self._repo.resolve_backup(a)
+        if is_url(b_or_path):
+            return diff_url(self._repo, left, b_or_path, path, content, source_options)
         right = None
         if isinstance(b_or_path, str):
             try:
@@ -165,7 +196,7 @@ class Repo:
         if right is not None:
             return diff_backups(self._repo, left, right, path)
         if path is not None:
-            raise ChunkrepoError("a path filter goes with two backups; give the live path itself")
+            raise ChunkrepoError("a path filter goes with two backups or a URL; give the live path itself")
         return diff_live(self._repo, left, b_or_path, content)
 
     def copy_to(self, target: "Repo", backup_ids: Sequence[str] = (), dry_run: bool = False,

@@ -5,6 +5,7 @@ import sys
 
 import click
 
+from ..ops.fsspec_url import parse_options
 from .common import human_bytes, json_option, open_repo, print_json, repo_option
 from .progress import BackupProgress
 
@@ -36,9 +37,13 @@ def _estimate(repo, host, subset):
 @click.option("--one-file-system", "-x", is_flag=True, help="Do not cross into other filesystems.")
 @click.option("--files-from", metavar="FILE|-", help="Back up exactly the paths listed in FILE (- for stdin).")
 @click.option("-0", "--null", is_flag=True, help="--files-from names are NUL-separated (find -print0).")
+@click.option("--source-option", "source_options", multiple=True, metavar="KEY=VALUE",
+              help="Option of a URL's filesystem, e.g. endpoint_url=http://... (repeatable).")
 @json_option
-def command(repo_path, paths, subset, host, excludes, one_file_system, files_from, null, as_json):
-    """Back up PATHS.  The last line on stdout is the new backup's id."""
+def command(repo_path, paths, subset, host, excludes, one_file_system, files_from, null, source_options,
+            as_json):
+    """Back up PATHS, or one fsspec URL (s3://bucket/data, memory://..., file:///...).
+    The last line on stdout is the new backup's id."""
     listed = bool(files_from)
     paths = list(paths) + (_read_files_from(files_from, null) if files_from else [])
     if not paths:
@@ -47,7 +52,8 @@ def command(repo_path, paths, subset, host, excludes, one_file_system, files_fro
         progress = BackupProgress(_estimate(repo, host, subset) if sys.stderr.isatty() else None)
         try:
             res = repo.backup(paths, host=host, subset=subset, excludes=excludes,
-                              one_file_system=one_file_system, progress=progress, listed_paths=listed)
+                              one_file_system=one_file_system, progress=progress, listed_paths=listed,
+                              source_options=parse_options(source_options))
         finally:
             progress.close()
     for err in res.errors:

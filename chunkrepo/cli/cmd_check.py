@@ -32,8 +32,11 @@ def command(repo_path, read_data, read_data_subset, repair, as_json):
     sys.exit(0 if ok else 1)
 
 
+def say(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
 def _show(report) -> None:
-    say = lambda msg: click.echo(msg, err=True)   # noqa: E731
     for err in report.errors:
         say(f"error: {err}")
     for bid, paths in sorted(report.damaged.items()):
@@ -51,7 +54,7 @@ def _show(report) -> None:
         say("no errors were found: nothing to repair")
         return
     for a in r.actions:
-        say(f"repaired: {a}")
+        say(f"repair: {a}")
     for e in r.remaining:
         say(f"not repaired: {e}")
     if r.damaged:

@@ -5,6 +5,7 @@ import os
 import click
 
 from ..model.nodes import DIR
+from ..ops.fsspec_url import parse_options
 from .common import human_bytes, json_option, open_repo, print_json, repo_option, write_lines
 
 
@@ -31,19 +32,25 @@ def _summary(s) -> str:
 @click.command("diff")
 @repo_option
 @click.argument("a", metavar="A")
-@click.argument("b", metavar="B|PATH")
+@click.argument("b", metavar="B|PATH|URL")
 @click.argument("path", required=False, metavar="[SUBPATH]")
 @click.option("--content", is_flag=True,
-              help="Against a live tree: read every file and compare chunk ids (default: equal size "
-                   "and mtime mean equal content; a file with equal size and another mtime is read).")
+              help="Against a live tree or URL: read every file and compare chunk ids (default: equal "
+                   "size and mtime, or size and ETag, mean equal content; a file with equal size and "
+                   "another mtime is read).")
+@click.option("--source-option", "source_options", multiple=True, metavar="KEY=VALUE",
+              help="Option of the URL's filesystem, e.g. endpoint_url=http://... (repeatable).")
 @json_option
-def command(repo_path, a, b, path, content, as_json):
-    """Show what changed from backup A to backup B, or to the live tree at PATH.
+def command(repo_path, a, b, path, content, source_options, as_json):
+    """Show what changed from backup A to backup B, or to the live tree at PATH or URL.
 
     A and B are backup ids, unique prefixes or 'latest'. B is taken as a live
     path when it names no backup (write ./NAME for a directory whose name is
     also a backup id prefix); the live tree is compared with the same absolute
-    path in A. SUBPATH limits a diff of two backups to that path in them.
+    path in A. A URL (s3://bucket/data, memory://..., file:///...) is compared
+    with where it is in A: in a backup of s3://b/data, s3://b/data/x is /x; in
+    any other backup, the root. SUBPATH limits a diff of two backups, or of a
+    backup and a URL, to that path in them.
 
     One line per change, in tree order: '+' added, '-' removed, 'M' content
     modified (file data, symlink target, device number), 'U' metadata only
@@ -56,7 +63,7 @@ def command(repo_path, a, b, path, content, as_json):
     The exit status is 0 whether or not there are differences (like restic's
     diff), 1 on errors."""
     with open_repo(repo_path) as repo:
-        diff = repo.diff(a, b, path, content=content)
+        diff = repo.diff(a, b, path, content=content, source_options=parse_options(source_options))
         if as_json:
             for c in diff:
                 print_json(_change_json(c))

@@ -3,7 +3,7 @@
 import click
 
 from ..api import Repo
-from .common import default_repo_path, repo_option
+from .common import default_repo_path, repo_option, storage_options
 
 
 @click.command("init")
@@ -11,5 +11,5 @@ from .common import default_repo_path, repo_option
 def command(repo_path):
     """Create an empty repository."""
     path = repo_path or default_repo_path()
-    with Repo.init(path) as repo:
+    with Repo.init(path, storage_options=storage_options()) as repo:
         click.echo(f"created chunkrepo repository {repo.path}", err=True)

@@ -14,6 +14,8 @@ def _entry_json(e) -> dict:
          "user": n.user, "group": n.group, "size": n.size, "mtime_ns": n.mtime_ns}
     if n.target:
         d["target"] = os.fsdecode(n.target)
+    if n.etag is not None:
+        d["etag"] = n.etag
     if e.hardlink_to is not None:
         d["hardlink_to"] = "/" + os.fsdecode(e.hardlink_to)
     if n.rdev:

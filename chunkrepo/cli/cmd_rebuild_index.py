@@ -4,7 +4,7 @@ import click
 
 from ..api import Repo
 from ..errors import ChunkrepoError
-from .common import default_repo_path, json_option, print_json, repo_option
+from .common import default_repo_path, json_option, print_json, repo_option, storage_options
 
 
 @click.command("rebuild-index")
@@ -12,7 +12,7 @@ from .common import default_repo_path, json_option, print_json, repo_option
 @json_option
 def command(repo_path, as_json):
     """Recreate the index from the store alone (pack trailers, directory records, backup records)."""
-    res = Repo.rebuild_index(repo_path or default_repo_path())
+    res = Repo.rebuild_index(repo_path or default_repo_path(), storage_options())
     if as_json:
         print_json(res.to_dict())
     else:

@@ -5,6 +5,7 @@ import os
 import click
 
 from ..errors import RepoLocked
+from ..repository.lease import break_lock
 from ..repository.lock import inspect_lock
 from .common import open_repo, repo_option
 
@@ -14,8 +15,14 @@ from .common import open_repo, repo_option
 def command(repo_path):
     """Report the writer lock.  A running writer's lock is never broken (the
     kernel frees it when that process ends); holder information left by a
-    writer that died is cleared."""
+    writer that died is cleared.  On an object store the lock object is removed
+    (unless its holder is a live process of this host)."""
     with open_repo(repo_path) as repo:
+        if repo.repository.remote:
+            who = break_lock(repo.repository.storage)
+            click.echo(f"removed the lock of {who}; make sure that writer is not running" if who
+                       else "the repository is not locked", err=True)
+            return
         held, who = inspect_lock(os.path.join(repo.path, "lock"))
     if held:
         raise RepoLocked(f"repository is locked by {who}, which is still running: not unlocked")

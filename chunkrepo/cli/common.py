@@ -1,4 +1,4 @@
-"""What the commands share: the --repo option, opening a repo, JSON output."""
+"""What the commands share: the --repo (and --storage-option) options, opening a repo, JSON output."""
 
 import json
 import os
@@ -9,11 +9,30 @@ import click
 from ..api import Repo
 from ..errors import NotARepository
 from ..paths import REPO_ENV, default_repo_path  # noqa: F401  (resolution shared with the Python API)
+from ..storage.open import OPTIONS_ENV, parse_options
+
+
+_OPTIONS_KEY = "chunkrepo.storage_options"
+
+
+def _keep_storage_options(ctx, param, value):
+    ctx.meta[_OPTIONS_KEY] = tuple(value or ())
 
 
 def repo_option(f):
-    return click.option("--repo", "repo_path", envvar=REPO_ENV, metavar="PATH",
-                        help=f"Repository path (default: ${REPO_ENV} or {default_repo_path()}).")(f)
+    f = click.option("--storage-option", "storage_option", multiple=True, metavar="KEY=VALUE",
+                     expose_value=False, callback=_keep_storage_options,
+                     help=f"An option of a remote repository's filesystem, e.g. endpoint_url=http://... "
+                          f"(repeatable; also ${OPTIONS_ENV} as JSON).")(f)
+    return click.option("--repo", "repo_path", envvar=REPO_ENV, metavar="PATH|URL",
+                        help=f"Repository path or URL such as s3://bucket/prefix "
+                             f"(default: ${REPO_ENV} or {default_repo_path()}).")(f)
+
+
+def storage_options() -> dict:
+    """The options of this command's --storage-option and $CHUNKREPO_STORAGE_OPTIONS."""
+    ctx = click.get_current_context(silent=True)
+    return parse_options(ctx.meta.get(_OPTIONS_KEY, ()) if ctx is not None else ())
 
 
 def json_option(f):
@@ -29,7 +48,7 @@ def open_repo(repo_path, create_default: bool = False) -> Repo:
         repo = Repo.init(path)
         click.echo(f"chunkrepo: created repository {path}", err=True)
         return repo
-    return Repo(path)
+    return Repo(path, storage_options=storage_options())
 
 
 def print_json(obj) -> None:

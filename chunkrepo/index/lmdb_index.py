@@ -183,15 +183,8 @@ class ReadView:
         return self._ix.pending is not None and self.txn.get(pid, db=self._ix.pending) is not None
 
     # -- lost blobs and the backups they damaged (check --repair) --
-    def lost(self) -> Iterator[tuple]:
-        """(blob id, kind) of every lost blob a backup still references."""
-        if self._ix.lost is None:
-            return
-        with self.txn.cursor(db=self._ix.lost) as cur:
-            for k, v in cur:
-                yield bytes(k), v[0]
-
     def lost_count(self) -> int:
+        """How many lost blobs backups still reference."""
         return 0 if self._ix.lost is None else self.txn.stat(self._ix.lost)["entries"]
 
     def damaged(self) -> Iterator[tuple]:
@@ -359,9 +352,15 @@ class WriteView(ReadView):
     def put_meta(self, key: str, value: bytes) -> None:
         self.txn.put(key.encode(), value, db=self._ix.meta)
 
-    def _add_ref(self, db, key: bytes, delta: int) -> int:
+    def _add_ref(self, db, key: bytes, delta: int) -> Optional[int]:
         v = self.txn.get(key, db=db)
         if v is None:
+            if delta > 0:
+                # named by a record but not stored (a backup registered from its record,
+                # or a lost record stored again before its children): lost until stored
+                self._put_entry(KIND_CHUNK if db == self._ix.chunks else KIND_TREE, db, key,
+                                BlobEntry(LOST_PACK, 0, 0, 0, delta), new=True)
+                return None
             raise IntegrityError(f"reference to unknown blob {key.hex()}")
         e = BlobEntry.unpack(v)
         rc = e.refcount + delta
@@ -369,28 +368,23 @@ class WriteView(ReadView):
             raise IntegrityError(f"reference count of {key.hex()} would go negative")
         if e.lost and rc == 0:
             self._forget_lost(db, key)    # the last backup needing a lost blob is gone
-            return e.refcount
+            return None
         self.txn.put(key, e._replace(refcount=rc).pack_value(), db=db)
         if e.lost:
-            return e.refcount
+            return None
         if e.refcount == 0 and rc > 0:
             self._mark_live(e.pack, key, e.length)
         elif rc == 0 and e.refcount > 0:
             self._mark_dead(KIND_CHUNK if db == self._ix.chunks else KIND_TREE, e.pack, key, e.length)
         return e.refcount
 
-    def add_chunk_ref(self, cid: bytes, delta: int = 1) -> int:
-        """Change a chunk's refcount; return the count before."""
+    def add_chunk_ref(self, cid: bytes, delta: int = 1) -> Optional[int]:
+        """Change a chunk's refcount; return the count before, or None for a lost
+        chunk (one that is not stored; adding a reference to an unknown chunk makes it lost)."""
         return self._add_ref(self._ix.chunks, cid, delta)
 
-    def add_tree_ref(self, tid: bytes, delta: int = 1) -> int:
+    def add_tree_ref(self, tid: bytes, delta: int = 1) -> Optional[int]:
         return self._add_ref(self._ix.trees, tid, delta)
-
-    def add_lost(self, kind: int, bid: bytes, refcount: int) -> None:
-        """An entry for a blob referenced but never seen (a backup registered from its
-        record whose blob is not stored, or not yet committed): lost until stored."""
-        db = self._ix.chunks if kind == KIND_CHUNK else self._ix.trees
-        self._put_entry(kind, db, bid, BlobEntry(LOST_PACK, 0, 0, 0, refcount), new=True)
 
     def set_refcount(self, which: str, key: bytes, rc: int) -> None:
         db = self._ix.chunks if which == "chunk" else self._ix.trees
@@ -425,6 +419,14 @@ class WriteView(ReadView):
                     n += 1
         self.put_meta(GARBAGE_META, b"1")
         return n
+
+    def clear(self) -> None:
+        """Empty every database (a cached index about to be rebuilt from the store)."""
+        for name in _DBS:
+            db = getattr(self._ix, name.decode())
+            if db is not None:
+                self.txn.drop(db, delete=False)
+        self._dead.clear()
 
     def _flush(self) -> None:
         """Apply the dead-accounting deltas to the pack records; once no lost blob is

@@ -6,6 +6,8 @@ from typing import NamedTuple, Optional
 from ..codec import records
 from ..codec.hashing import ID_SIZE, hash_bytes
 
+_BASE_FIELDS = 18   # entries without an etag are stored with these fields only
+
 # kind letters, as tar type flags read them
 REG, DIR, SYMLINK, CHR, BLK, FIFO, SOCK = "f", "d", "l", "c", "b", "p", "s"
 _KINDS = {stat.S_IFREG: REG, stat.S_IFDIR: DIR, stat.S_IFLNK: SYMLINK,
@@ -37,6 +39,7 @@ class Node(NamedTuple):
     chunks: bytes           # concatenated 32-byte chunk ids of the content
     subtree: Optional[bytes]  # directory record id of a directory
     sparse: Optional[list]  # [[offset, length], ...] data extents of a sparse file
+    etag: Optional[str] = None  # an object store's opaque version token (URL backups only)
 
     @property
     def kind(self) -> str:
@@ -68,10 +71,17 @@ class Tree:
 
     @classmethod
     def decode(cls, data) -> "Tree":
-        return cls([Node._make(e) for e in records.decode_tree(data)])
+        make, entries = Node._make, records.decode_tree(data)
+        for e in entries:
+            if len(e) == _BASE_FIELDS:
+                e.append(None)
+        return cls([make(e) for e in entries])
 
     def encode(self) -> bytes:
-        return records.encode_tree(self.entries)
+        # the optional trailing etag is left out when absent: records without
+        # one keep the bytes (and so the ids) they had before it existed
+        return records.encode_tree([n if n.etag is not None else n[:_BASE_FIELDS]
+                                    for n in self.entries])
 
     def by_name(self) -> dict:
         return {n.name: n for n in self.entries}

@@ -35,7 +35,7 @@ from typing import Callable, Dict, List, Optional
 
 from ..codec import compression, records
 from ..codec.hashing import hash_bytes
-from ..errors import ChunkrepoError, IntegrityError, NotFound
+from ..errors import ChunkrepoError, IntegrityError, NotFound, StorageError
 from ..index import PackInfo
 from ..index.lmdb_index import GARBAGE_META
 from ..model import BackupRecord, Tree
@@ -96,6 +96,15 @@ class Findings:
     chunk_refs: Counter = field(default_factory=Counter)   # the recount
     tree_refs: Counter = field(default_factory=Counter)
     kinds: set = field(default_factory=set)              # kinds of the errors found ("lost": lost data)
+    unreadable_packs: set = field(default_factory=set)   # I/O errors: maybe passing, never repaired
+    lost: dict = field(default_factory=dict)             # id -> kind of the blobs marked lost
+    complete: bool = True                                # False: check stopped early
+
+    def recount_is_exact(self) -> bool:
+        """The recount saw every record a backup references (or the ones it missed are lost
+        or missing, which hold no references by definition): it may replace the counts."""
+        unread = self.bad_trees - set(self.lost) - set(self.missing)
+        return self.complete and not self.unreadable_packs and not unread
 
 
 def _short(b: bytes) -> str:
@@ -147,7 +156,7 @@ class _Checker:
         self.pack_records: Dict[bytes, PackInfo] = {}
         self.lost: Dict[bytes, int] = {}             # blob id -> kind, of blobs marked lost
         self.found = Findings(bad_chunks=self.bad_chunks, bad_trees=self.bad_trees, by_pack=self.by_pack,
-                              chunk_refs=self.chunk_refs, tree_refs=self.tree_refs)
+                              chunk_refs=self.chunk_refs, tree_refs=self.tree_refs, lost=self.lost)
         report.findings = self.found
         self._done = 0
         self._total = 0
@@ -198,7 +207,7 @@ class _Checker:
                     self.by_pack[e.pack].append((e.offset, e.length, e.raw_length, bid, kind))
         self.rep.lost_blobs = len(self.lost)
         if len(self.lost) != v.lost_count():
-            self.error("lost", f"{len(self.lost)} index entries are marked lost, the lost set "
+            self.error("lost set", f"{len(self.lost)} index entries are marked lost, the lost set "
                                f"holds {v.lost_count()}")
         self.rep.marked_damaged = sorted(bid for bid, _ in v.damaged())
 
@@ -233,6 +242,12 @@ class _Checker:
                                           and pack_id_from_name(n) not in pending)
         return info
 
+    def _unreadable(self, pid: bytes, entries) -> None:
+        """An I/O error, not proven damage: its blobs count as bad, repair leaves it alone."""
+        self.found.unreadable_packs.add(pid)
+        for _, _, _, bid, kind in entries:
+            (self.bad_chunks if kind == KIND_DATA else self.bad_trees).add(bid)
+
     def _lose(self, pid: bytes, entries) -> None:
         self.found.damaged_packs.add(pid)
         for _, _, _, bid, kind in entries:
@@ -252,9 +267,9 @@ class _Checker:
                 self._lose(pid, entries)
                 self._tick()
                 continue
-            except OSError as e:
-                self.error("missing pack", f"pack {_short(pid)} cannot be examined: {e}")
-                self._lose(pid, entries)
+            except (OSError, ChunkrepoError) as e:
+                self.error("unreadable pack", f"pack {_short(pid)} cannot be examined: {e}")
+                self._unreadable(pid, entries)
                 self._tick()
                 continue
             self.pack_real_size[pid] = real
@@ -270,7 +285,11 @@ class _Checker:
                 self._lose(pid, outside)
             try:
                 trailer = read_trailer(self.storage, name)
-            except (ChunkrepoError, OSError, ValueError) as e:
+            except (StorageError, OSError) as e:
+                self.error("unreadable pack", f"pack {_short(pid)}: trailer cannot be read: {e}")
+                self._unreadable(pid, [])
+                trailer = None
+            except (ChunkrepoError, ValueError) as e:
                 self.error("pack trailer", f"pack {_short(pid)}: trailer unreadable: {e}")
                 self.found.damaged_packs.add(pid)
                 trailer = None
@@ -382,13 +401,12 @@ class _Checker:
             if not v.has_chunk(cid):
                 missing_chunks.add(cid)
         for cid in sorted(missing_chunks):
-            if cid not in self.lost:
-                self.found.missing[cid] = KIND_DATA
             if cid in self.lost:
                 self.error("lost", f"chunk {_short(cid)} was lost with a damaged pack (check --repair "
-                                         f"marked it); a backup of the unchanged file stores it again")
+                                   f"marked it); a backup of the unchanged file stores it again")
             else:
                 self.error("missing chunk", f"chunk {_short(cid)} is referenced but not in the index")
+                self.found.missing[cid] = KIND_DATA
         self.bad_chunks |= missing_chunks
 
     def _refcounts(self, v) -> None:
@@ -441,7 +459,8 @@ class _Checker:
                                               f"({got[0]} bytes)")
         for pid in sorted(set(dead) - set(self.pack_records)):
             self.error("garbage set", f"garbage entries for pack {_short(pid)}, which the index does not list")
-        if sum(self._kind_counts[k] for k in ("garbage set", "pack accounting")) > errors_before:
+        if sum(self._kind_counts[k] for k in ("garbage set", "pack accounting")) > errors_before \
+                and not self.no_trailer:     # (a pack's duplicate copies are known from its trailer only)
             self.found.garbage = want_all
 
     # -- read_data ---------------------------------------------------------------
@@ -486,9 +505,14 @@ class _Checker:
     def _collect(self, pid, entries, fut) -> None:
         try:
             bad, checked = fut.result()
+        except IntegrityError as e:
+            self.error("damaged blob", f"pack {_short(pid)} is damaged: {e}")
+            self._lose(pid, entries)
+            self._tick()
+            return
         except (ChunkrepoError, OSError) as e:
             self.error("unreadable pack", f"pack {_short(pid)} cannot be read: {e}")
-            self._lose(pid, entries)
+            self._unreadable(pid, entries)
             self._tick()
             return
         self.rep.bytes_checked += checked
@@ -612,6 +636,7 @@ def check_repository(repo, read_data: bool = False, progress=None,
     except (ChunkrepoError, OSError) as e:
         chk._summarize()
         rep.errors.append(f"check stopped early: {e}")
+        chk.found.complete = False
     rep.ok = not rep.errors
     rep.elapsed = time.monotonic() - t0
     return rep

@@ -96,7 +96,7 @@ class _Copier:
     def _committed_in_target(self, tid: bytes) -> bool:
         with self.target.index.read() as v:
             e = v.tree(tid)
-        return e is not None and e.refcount >= 1
+        return e is not None and e.refcount >= 1 and not e.lost     # a lost record must be sent again
 
     def _send_chunks(self, tree: Tree) -> None:
         wanted = []
@@ -145,7 +145,7 @@ class _Copier:
 
     def _send_tree(self, tid: bytes, tree: Tree) -> None:
         with self.target.index.read() as v:
-            present = v.tree(tid) is not None
+            present = v.has_tree(tid)
         if present:
             self.res.trees_present += 1
             return

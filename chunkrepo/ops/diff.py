@@ -18,7 +18,8 @@ readlink, xattrs, as a backup reads them).  A regular file with another size
 is M; one with the same size and mtime is taken as unchanged, unless
 content=True, when every file is read, cut with the repository's chunker and
 its chunk ids compared; one with the same size and another mtime is read and
-compared that way (so a touched file is U, not M).
+compared that way (so a touched file is U, not M).  Against an fsspec URL the
+right side is ops.diff_url's (diff_side is the entry point for any live side).
 """
 
 import functools
@@ -88,6 +89,10 @@ class _TreeSide:
     def same_content(old: Node, new: Node, path: bytes) -> bool:
         return (old.size, old.chunks, old.sparse or None) == (new.size, new.chunks, new.sparse or None)
 
+    @staticmethod
+    def meta_fields(a: Node, b: Node) -> list:
+        return _meta_fields(a, b)
+
 
 @functools.lru_cache(maxsize=None)
 def _user(uid: int) -> str:
@@ -105,7 +110,7 @@ def _group(gid: int) -> str:
         return ""
 
 
-class _HashOnly:
+class HashOnly:
     """A FileSaver session that stores nothing: the chunk ids are all we want."""
 
     def claim_chunk(self, cid: bytes) -> bool:
@@ -120,7 +125,7 @@ class _LiveSide:
         self.content = content
         self.skip = os.fsencode(repo.path)       # a repository inside the tree is not in its backups
         self.all_xattrs = os.geteuid() == 0
-        self.saver = FileSaver(_HashOnly(), repo.config.chunker)
+        self.saver = FileSaver(HashOnly(), repo.config.chunker)
 
     def node(self, path: bytes, name: bytes) -> Optional[Node]:
         try:
@@ -161,6 +166,10 @@ class _LiveSide:
             return False
         self.stats.files_read += 1
         return chunks == old.chunks and (sparse or None) == (old.sparse or None)
+
+    @staticmethod
+    def meta_fields(a: Node, b: Node) -> list:
+        return _meta_fields(a, b)
 
 
 def _meta_fields(a: Node, b: Node) -> list:
@@ -204,7 +213,7 @@ class _Diff:
         fields = [] if top else self.content_fields(path, a, b)
         content = bool(fields)
         if not top:
-            fields += _meta_fields(a, b)
+            fields += self.right.meta_fields(a, b)
         if content:
             st.modified += 1
             st.bytes_removed += a.size
@@ -296,12 +305,19 @@ def diff_live(repo, left, live_path, content: bool = False) -> Diff:
     start = os.path.normpath(os.path.abspath(os.fsencode(live_path)))
     stats = DiffStats()
     live = _LiveSide(repo, stats, content)
+    return diff_side(repo, left, start, live, live.node(start, os.path.basename(start)), stats,
+                     f"{os.fsdecode(start)}: neither in backup {left.id} nor on disk")
+
+
+def diff_side(repo, left, start: bytes, right, b: Optional[Node], stats: DiffStats, neither: str) -> Diff:
+    """Changes from the node at start in backup record left to b (None: absent), whose
+    entries come from right: a live side with children(node, path), same_content(old,
+    new, path) and meta_fields(a, b).  neither: the NotFound message when both are absent."""
     a = _node_at(repo, bytes.fromhex(left.root), start)
-    b = live.node(start, os.path.basename(start))
     if a is None and b is None:
-        raise NotFound(f"{os.fsdecode(start)}: neither in backup {left.id} nor on disk")
-    return Diff(_Diff(_TreeSide(repo, stats), live, stats).pair(start, a, b, top=start == b"/"), stats)
+        raise NotFound(neither)
+    return Diff(_Diff(_TreeSide(repo, stats), right, stats).pair(start, a, b, top=start == b"/"), stats)
 
 
-__all__ = ["ADDED", "REMOVED", "MODIFIED", "METADATA", "TYPE", "Change", "Diff", "DiffStats",
-           "diff_backups", "diff_live"]
+__all__ = ["ADDED", "REMOVED", "MODIFIED", "METADATA", "TYPE", "Change", "Diff", "DiffStats", "HashOnly",
+           "diff_backups", "diff_live", "diff_side"]

@@ -17,7 +17,8 @@ class ChunkFile(io.RawIOBase):
     cached; memory stays at one chunk whatever the file's size.
     """
 
-    def __init__(self, repo, node: Node, path: bytes = b"", view=None):
+    def __init__(self, repo, node: Node, path: bytes = b"", view=None, sizes=None):
+        """sizes: the raw size of each chunk when the caller looked them up already."""
         super().__init__()
         self._repo = repo
         self._node = node
@@ -25,11 +26,12 @@ class ChunkFile(io.RawIOBase):
         self._ids = node.chunk_ids()
         self._pos = 0
         self._cache = (-1, b"")
-        if view is None:
-            with repo.index.read() as v:
-                sizes = self._sizes(v)
-        else:
-            sizes = self._sizes(view)
+        if sizes is None or None in sizes:
+            if view is None:
+                with repo.index.read() as v:
+                    sizes = self._sizes(v)
+            else:
+                sizes = self._sizes(view)
         self._starts = [0] + list(accumulate(sizes))   # data-stream offset of each chunk
         ext = node.sparse or [[0, self._starts[-1]]]
         self._ext_file = [e[0] for e in ext]
@@ -42,6 +44,9 @@ class ChunkFile(io.RawIOBase):
             e = view.chunk(cid)
             if e is None:
                 raise IntegrityError(f"{self._path}: chunk {cid.hex()} is missing from the index")
+            if e.lost:
+                raise IntegrityError(f"{self._path}: chunk {cid.hex()} was lost with a damaged pack "
+                                     f"(check --repair); a backup of the unchanged file stores it again")
             sizes.append(e.raw_length)
         return sizes
 

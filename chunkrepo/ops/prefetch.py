@@ -8,57 +8,101 @@ it are in flight or waiting, so memory stays flat whatever the file sizes.
 
 import collections
 import concurrent.futures
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Optional
 
 from ..model.nodes import REG
 
 _DEFAULT_BUDGET = 16 << 20
 _MAX_ENTRIES_AHEAD = 4096
+_BATCH_COUNT = 64          # chunks per read task (their bytes: the repository's read_plan)
 
 
 class _ChunkStream:
-    def __init__(self, repo, view, pool, budget: int):
-        self.repo, self.view, self.pool, self.budget = repo, view, pool, budget
-        self.waiting: "collections.deque[bytes]" = collections.deque()   # ids not yet submitted
-        self.inflight: "collections.deque[tuple]" = collections.deque()  # (future, raw size)
-        self.nbytes = 0
+    """The ordered stream of chunks, read in batches by the pool.
 
-    def add(self, ids) -> None:
-        self.waiting.extend(ids)
+    A batch is a run of consecutive chunks (up to read_plan.batch_bytes or _BATCH_COUNT):
+    one task for the pool, and one ranged read for the neighbours among them
+    (Repository.read_blobs).  Few tasks keep the threads from trading the GIL
+    for every small file.
+    """
+
+    def __init__(self, repo, view, pool, budget: int, workers: int, batch_bytes: int):
+        self.repo, self.view, self.pool, self.budget = repo, view, pool, budget
+        self.workers, self.batch_bytes = workers, batch_bytes
+        self.waiting: "collections.deque[tuple]" = collections.deque()   # (id, entry) not yet submitted
+        self.wbytes = 0                                                  # their raw bytes
+        self.inflight: "collections.deque[tuple]" = collections.deque()  # (future, raw bytes)
+        self.current: list = []     # results of the batch being consumed, reversed
+        self.nbytes = 0             # raw bytes submitted and not yet consumed
+
+    def add(self, ids) -> list:
+        """Queue ids; returns their raw sizes (None for a chunk the index lacks)."""
+        chunk = self.view.chunk
+        sizes = []
+        for cid in ids:
+            e = chunk(cid)
+            n = e.raw_length if e is not None else 0
+            self.waiting.append((cid, e, n))
+            self.wbytes += n
+            sizes.append(n if e is not None else None)
         self.fill()
+        return sizes
 
     def full(self) -> bool:
-        return bool(self.waiting)
+        """A whole batch is waiting (the budget holds it back, or it is about to go)."""
+        return len(self.waiting) >= _BATCH_COUNT or self.wbytes >= self.batch_bytes
 
-    def fill(self) -> None:
-        while self.waiting and (self.nbytes < self.budget or not self.inflight):
-            cid = self.waiting.popleft()
-            entry = self.view.chunk(cid)
-            size = entry.raw_length if entry is not None else 0
-            self.inflight.append((self.pool.submit(_read, self.repo, cid, entry), size))
+    def fill(self, force: bool = False) -> None:
+        """Submit whole batches while the budget allows; a partial one only when the
+        workers would otherwise idle, or when forced (the consumer waits for it)."""
+        waiting = self.waiting
+        while waiting and (self.nbytes < self.budget or not self.inflight):
+            if not force and len(self.inflight) >= self.workers and not self.full():
+                return
+            batch, size = [], 0
+            while waiting and len(batch) < _BATCH_COUNT:
+                cid, e, n = waiting[0]
+                if batch and size + n > self.batch_bytes:
+                    break
+                waiting.popleft()
+                batch.append((cid, e))
+                size += n
+            self.wbytes -= size
+            self.inflight.append((self.pool.submit(self.repo.read_blobs, batch), size))
             self.nbytes += size
 
     def next(self) -> bytes:
-        fut, size = self.inflight.popleft()
-        self.nbytes -= size
-        self.fill()
-        return fut.result()
+        if not self.current:
+            if not self.inflight:
+                self.fill(force=True)
+            fut, size = self.inflight.popleft()
+            self.nbytes -= size
+            self.fill()
+            self.current = fut.result()
+            self.current.reverse()
+        item = self.current.pop()
+        if isinstance(item, BaseException):
+            raise item
+        return item
 
     def cancel(self) -> None:
         self.waiting.clear()
+        self.wbytes = 0
         for fut, _ in self.inflight:
             fut.cancel()
         self.inflight.clear()
+        self.current = []
 
 
 class Prefetched:
     """The chunks of one file, in order, out of the shared stream."""
 
-    __slots__ = ("_stream", "_left")
+    __slots__ = ("_stream", "_left", "sizes")
 
-    def __init__(self, stream: _ChunkStream, count: int):
+    def __init__(self, stream: _ChunkStream, sizes: list):
         self._stream = stream
-        self._left = count
+        self._left = len(sizes)
+        self.sizes = sizes      # raw size of each chunk (None: not in the index)
 
     def data(self) -> Iterator[bytes]:
         while self._left:
@@ -79,18 +123,22 @@ def _wants_data(e) -> bool:
     return e.node.kind == REG and e.hardlink_to is None and bool(e.node.chunks)
 
 
-def prefetch(repo, entries: Iterable, workers: int = 2, budget: int = _DEFAULT_BUDGET,
+def prefetch(repo, entries: Iterable, workers: Optional[int] = None, budget: int = _DEFAULT_BUDGET,
              wants_data=_wants_data) -> Iterator[tuple]:
     """Yield (entry, Prefetched or None) in the order of entries.
 
     The consumer may read an entry's chunks through Prefetched.data() before it
-    asks for the next entry; chunks it leaves are read and dropped.
+    asks for the next entry; chunks it leaves are read and dropped.  The
+    repository's read_plan sets the threads (unless workers is given) and the
+    size of a read task.
     """
+    plan = repo.read_plan
+    workers = workers or plan.threads
     pool = concurrent.futures.ThreadPoolExecutor(workers, "chunkrepo-prefetch")
     ahead: "collections.deque[tuple]" = collections.deque()
     try:
         with repo.index.read() as view:
-            stream = _ChunkStream(repo, view, pool, budget)
+            stream = _ChunkStream(repo, view, pool, budget, workers, max(plan.batch_bytes, 1))
             it = iter(entries)
             exhausted = False
             while True:
@@ -98,12 +146,11 @@ def prefetch(repo, entries: Iterable, workers: int = 2, budget: int = _DEFAULT_B
                     e = next(it, None)
                     if e is None:
                         exhausted = True
+                        stream.fill(force=True)     # the last, partial batch
                         break
                     pf = None
                     if wants_data(e):
-                        ids = e.node.chunk_ids()
-                        stream.add(ids)
-                        pf = Prefetched(stream, len(ids))
+                        pf = Prefetched(stream, stream.add(e.node.chunk_ids()))
                     ahead.append((e, pf))
                 if not ahead:
                     return
@@ -115,9 +162,3 @@ def prefetch(repo, entries: Iterable, workers: int = 2, budget: int = _DEFAULT_B
         if ahead:
             stream.cancel()
         pool.shutdown(wait=True)
-
-
-def _read(repo, cid: bytes, entry) -> bytes:
-    if entry is None:
-        return repo.read_chunk(cid)     # raises IntegrityError: not in the index
-    return repo.read_blob(entry, cid)

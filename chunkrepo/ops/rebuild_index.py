@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from ..errors import NotARepository
 from ..repository.lock import WriterLock
+from ..storage.open import is_url, local_path
 
 
 @dataclass
@@ -31,9 +32,19 @@ class RebuildResult:
 
 
 def rebuild_index(path: str, open_repository) -> RebuildResult:
-    """open_repository(path) -> an open repository.Repository (with a new, empty index)."""
+    """open_repository(path, sync_index=...) -> an open repository.Repository.
+
+    A remote repository's index is a local cache (repository.index_cache): it is
+    emptied and refilled from the store, without the store's writer lock."""
     t0 = time.monotonic()
-    path = os.path.abspath(path)
+    if is_url(path):
+        repo = open_repository(path, sync_index=False)
+        try:
+            got = repo.cache.rebuild(repo)
+        finally:
+            repo.close()
+        return _result(got, t0)
+    path = local_path(path)
     index = os.path.join(path, "index")
     if not os.path.exists(os.path.join(path, "config")):
         raise NotARepository(f"no repository at {path}")
@@ -48,5 +59,9 @@ def rebuild_index(path: str, open_repository) -> RebuildResult:
     finally:
         repo.close()
     shutil.rmtree(old, ignore_errors=True)
+    return _result(got, t0)
+
+
+def _result(got: dict, t0: float) -> RebuildResult:
     return RebuildResult(got["packs"], got["backups"], got["damaged_packs"],
                          got["unregistered_backups"], time.monotonic() - t0)

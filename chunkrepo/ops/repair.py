@@ -32,8 +32,9 @@ from typing import Dict, List
 
 from ..codec import compression, records
 from ..codec.hashing import hash_bytes
-from ..errors import ChunkrepoError, NotFound
+from ..errors import NotFound, StorageError
 from ..index import BlobEntry, PackInfo
+from ..repository.crash_points import crash_point
 from ..repository.packs import KIND_DATA, KIND_TREE, PackWriter, pack_name
 from .check import CheckReport, check_repository
 from .prune import delete_pending_packs
@@ -75,18 +76,36 @@ def repair_repository(repo, read_data: bool = False, progress=None, read_data_su
             r.nothing_to_do = True
             return found
         f = found.findings
+        if not f.complete:
+            r.remaining = ["check could not finish, so nothing was repaired"]
+            return found
         if f.mismatch:
             r.rebuild_index = True
             r.remaining = [f"the index does not match the packs ({', '.join(f.mismatch[:3])}"
                            f"{', ...' if len(f.mismatch) > 3 else ''}): run 'chunkrepo rebuild-index', "
                            f"then 'chunkrepo check --repair' again"]
             return found
-        for pid in sorted(f.damaged_packs):
-            _salvage(repo, pid, f, r)
+        for pid in sorted(f.unreadable_packs):
+            r.actions.append(f"pack {pid.hex()}: not repaired: it cannot be read (an I/O error may pass; "
+                             f"run check --repair again when the storage reads)")
+        for pid in sorted(f.damaged_packs - f.unreadable_packs):
+            try:
+                _salvage(repo, pid, f, r)
+            except _Unreadable as e:
+                r.actions.append(f"pack {pid.hex()}: not repaired: {e}")
         _fix_cached_records(repo, f, r)
         if r.packs_salvaged:
             delete_pending_packs(repo)
-        _fix_counts(repo, check_repository(repo).findings, r)
+        mid = check_repository(repo).findings
+        if not mid.recount_is_exact():
+            # a record that cannot be read now may be readable later: lowering the counts
+            # of what it references could let prune delete live data
+            r.actions.append("reference counts and the garbage set left as they are: some directory "
+                             "records cannot be read (run check --repair again when they can)")
+            r.damaged = {bid: list(p) for bid, p in found.damaged.items()}
+            r.remaining = list(found.errors)
+            return found
+        _fix_counts(repo, mid, r)
         now = check_repository(repo)
         if now.findings.garbage is not None:
             with repo.index.write() as w:
@@ -99,16 +118,28 @@ def repair_repository(repo, read_data: bool = False, progress=None, read_data_su
     return found
 
 
-def _good_copy(repo, name: str, off: int, length: int, raw: int, bid: bytes):
-    """(stored bytes, raw bytes) of a blob in a damaged pack, or None if it does not verify."""
+class _Unreadable(Exception):
+    pass
+
+
+def _good_copy(repo, name: str, off: int, length: int, raw: int, bid: bytes, size=None):
+    """(stored bytes, raw bytes) of a blob in a damaged pack of size bytes (None: missing),
+    or None if it does not verify.
+
+    An I/O error is not damage (it may pass): _Unreadable, and nothing is changed."""
+    if size is None or off + length > size:
+        return None           # the pack is gone, or ends before the blob does
     try:
         stored = repo.storage.get(name, off, length)
-        if len(stored) != length:
-            return None
-        data = compression.decompress(stored, raw)
-    except (ChunkrepoError, OSError):
+    except NotFound:
         return None
-    except Exception:     # a decoder's own failure on damaged bytes
+    except (StorageError, OSError) as e:
+        raise _Unreadable(str(e)) from None
+    if len(stored) != length:
+        return None           # truncated
+    try:
+        data = compression.decompress(stored, raw)
+    except Exception:         # damaged bytes (IntegrityError, or the decoder's own failure)
         return None
     return (stored, data) if hash_bytes(data) == bid else None
 
@@ -126,23 +157,22 @@ def _salvage(repo, pid: bytes, f, r: RepairReport) -> None:
             e = v.blob(kind, bid)
             if e is not None and e.pack == pid and e.refcount > 0:
                 live.append((off, length, raw, bid, kind, _cached_record(v, bid) if kind == KIND_TREE else None))
-    writer, kept, lost = None, {}, []
-    for off, length, raw, bid, kind, cached in live:
-        got = _good_copy(repo, name, off, length, raw, bid)
-        if got is None and cached is not None:
-            got = (compression.compress(cached, repo.config.compression_level), cached)
-        if got is None:
-            lost.append((kind, bid))
-            continue
-        if writer is None:
-            writer = PackWriter(repo.storage)
-        writer.add(kind, bid, got[0], raw)
-        kept[bid] = got[1] if kind == KIND_TREE else None
-    new = (writer.pack_id, writer.seal(), writer.size) if writer is not None else None
     try:
         size = repo.storage.size(name)
-    except (NotFound, OSError):
+    except NotFound:
         size = None
+    except (StorageError, OSError) as e:
+        raise _Unreadable(str(e)) from None
+    writer, kept, lost = None, {}, []
+    try:
+        for off, length, raw, bid, kind, cached in live:
+            writer = _copy_blob(repo, writer, name, (off, length, raw, bid, kind, size), cached, kept, lost)
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    new = (writer.pack_id, writer.seal(), writer.size) if writer is not None else None
+    crash_point("repair-pack-sealed")
     with repo.index.write() as w:
         if new is not None:
             npid, entries, nsize = new
@@ -164,11 +194,27 @@ def _salvage(repo, pid: bytes, f, r: RepairReport) -> None:
         w.delete_pack(pid)
         if size is not None:
             w.put_pending(pid, size)       # the damaged file goes once no reader needs it
+    crash_point("repair-pack-committed")
     r.packs_salvaged += 1
     r.blobs_kept += len(kept)
     r.blobs_lost += len(lost)
     r.actions.append(f"pack {pid.hex()}: {len(kept)} blobs kept in a new pack, {len(lost)} lost; "
                      f"the damaged pack is removed")
+
+
+def _copy_blob(repo, writer, name, blob, cached, kept: dict, lost: list):
+    off, length, raw, bid, kind, size = blob
+    got = _good_copy(repo, name, off, length, raw, bid, size)
+    if got is None and cached is not None:
+        got = (compression.compress(cached, repo.config.compression_level), cached)
+    if got is None:
+        lost.append((kind, bid))
+        return writer
+    if writer is None:
+        writer = PackWriter(repo.storage)
+    writer.add(kind, bid, got[0], raw)
+    kept[bid] = got[1] if kind == KIND_TREE else None
+    return writer
 
 
 def _fix_cached_records(repo, f, r: RepairReport) -> None:
@@ -179,7 +225,11 @@ def _fix_cached_records(repo, f, r: RepairReport) -> None:
             e = v.tree(tid)
             if e is None or e.lost or _cached_record(v, tid) is not None:
                 continue
-            got = _good_copy(repo, pack_name(e.pack), e.offset, e.length, e.raw_length, tid)
+            try:
+                name = pack_name(e.pack)
+                got = _good_copy(repo, name, e.offset, e.length, e.raw_length, tid, repo.storage.size(name))
+            except (_Unreadable, NotFound, StorageError, OSError):
+                continue            # reported by check; maybe readable later
             if got is not None:
                 fixes[tid] = (e, got[1])
             else:
@@ -206,8 +256,8 @@ def _fix_counts(repo, f, r: RepairReport) -> None:
             w.set_refcount("chunk" if kind == KIND_DATA else "tree", bid, rc)
         for bid, kind in f.missing.items():
             refs = f.chunk_refs if kind == KIND_DATA else f.tree_refs
-            if w.blob(kind, bid) is None:
-                w.add_lost(kind, bid, refs[bid])
+            if w.blob(kind, bid) is None:     # a reference to an unknown blob makes it lost
+                (w.add_chunk_ref if kind == KIND_DATA else w.add_tree_ref)(bid, refs[bid])
     r.refcounts_fixed += len(f.refcounts)
     r.blobs_lost += len(f.missing)
     if f.refcounts:
@@ -217,12 +267,14 @@ def _fix_counts(repo, f, r: RepairReport) -> None:
 
 
 def _mark_damaged(repo, now: CheckReport, r: RepairReport) -> None:
+    r.damaged = {bid: list(p) for bid, p in now.damaged.items()}
+    if now.findings.unreadable_packs:
+        return        # which backups lost data is unknown while packs cannot be read: marks kept as they are
     marks = {}
     for bid, paths in now.damaged.items():
         marks[bid] = records.encode_json({"paths": paths[:_MAX_MARKED_PATHS], "paths_count": len(paths)})
     with repo.index.write() as w:
         w.set_damaged(marks)
-    r.damaged = {bid: list(p) for bid, p in now.damaged.items()}
     old = set(now.marked_damaged)
     for bid in sorted(set(marks) - old):
         r.actions.append(f"backup {bid} marked damaged ({len(now.damaged[bid])} paths lost data)")

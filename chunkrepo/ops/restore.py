@@ -205,6 +205,7 @@ class _Restorer:
         self.is_root = os.geteuid() == 0
         self.created_owner = None   # (uid, gid) every new entry gets, when certain
         self.now = time.time_ns()
+        self.umask = _umask()
         self.progress = progress
         self.nwriters = max(1, writers)
         self._uids: dict = {}
@@ -263,10 +264,11 @@ class _Restorer:
                 else:
                     self.error(shown, f"cannot set extended attribute {os.fsdecode(name)}: {e.strerror}")
 
-    def apply_fd(self, fd: int, node, shown: str, owner=None) -> None:
+    def apply_fd(self, fd: int, node, shown: str, owner=None, mode_set: bool = False) -> None:
         """Owner, xattrs, mode, times of an open file or directory, in that order.
 
-        owner: (uid, gid) looked up already (writers get it from the main thread)."""
+        owner: (uid, gid) looked up already (writers get it from the main thread);
+        mode_set: the file was created with its mode (no set-id bits, umask clear)."""
         if self.is_root:
             owner = owner or self.owner(node)
             if owner != self.created_owner:
@@ -276,7 +278,8 @@ class _Restorer:
                     self.error(shown, f"cannot set owner: {e.strerror}")
         if node.xattrs:
             self.set_xattrs(fd, node, shown)
-        os.fchmod(fd, stat.S_IMODE(node.mode))
+        if not mode_set:
+            os.fchmod(fd, stat.S_IMODE(node.mode))
         os.utime(fd, ns=(self.now, node.mtime_ns))
 
     def apply_at(self, pfd: int, name: bytes, node, shown: str, mode: bool = True) -> None:
@@ -495,7 +498,8 @@ class _Restorer:
             job.data = data
         elif node.chunks or node.size:
             try:
-                job.cf = ChunkFile(self.repo, node, shown.encode(_FS_ENCODING, "surrogateescape"), self.view)
+                job.cf = ChunkFile(self.repo, node, shown.encode(_FS_ENCODING, "surrogateescape"), self.view,
+                                   pf.sizes if pf is not None else None)
             except ChunkrepoError as e:
                 msg = str(e)
                 self.res.errors.append(f"{msg if msg.startswith(shown) else f'{shown}: {msg}'}; "
@@ -633,7 +637,11 @@ class _Restorer:
             return False
         d, name, shown = job.dir, job.name, job.shown
         try:
-            fd = os.open(name, _FILE_FLAGS, 0o600, dir_fd=d.fd)
+            mode = stat.S_IMODE(job.node.mode)
+            # created with its final mode when the umask keeps it, no chown will clear
+            # set-id bits and no xattr needs write access later: one fchmod less per file
+            exact = not mode & 0o7000 and not mode & self.umask and (not job.node.xattrs or mode & 0o200)
+            fd = os.open(name, _FILE_FLAGS, mode if exact else 0o600, dir_fd=d.fd)
             done = False
             try:
                 if job.data is not None:
@@ -648,7 +656,7 @@ class _Restorer:
                             mv = mv[k:]
                 elif job.cf is not None:
                     self.fill(fd, job, counts)
-                self.apply_fd(fd, job.node, shown, job.owner)
+                self.apply_fd(fd, job.node, shown, job.owner, mode_set=exact)
                 done = True
             except ChunkrepoError as e:
                 msg = str(e)
@@ -721,6 +729,18 @@ class _Restorer:
             raise StorageError(f"{shown}: stored content has {total} bytes, expected {expected}")
         if sparse:
             os.ftruncate(fd, node.size)   # holes after the last extent
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask would, for a moment, for every thread)."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o7777      # unknown: never trust the creation mode
 
 
 def restore_tree(repo, root_tid: bytes, target, start="/",

@@ -16,6 +16,7 @@ _lock = threading.Lock()
 POINTS = ("pack-sealed", "checkpoint-committed", "backup-stored", "backup-committed")
 FORGET_POINTS = ("forget-committed", "forget-record-deleted")
 PRUNE_POINTS = ("prune-packs-sealed", "prune-index-committed", "prune-before-delete")
+REPAIR_POINTS = ("repair-pack-sealed", "repair-pack-committed")
 
 
 def crash_point(name: str) -> None:

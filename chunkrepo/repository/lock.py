@@ -50,6 +50,9 @@ class WriterLock:
             pass   # who holds it is only advice; a full disk must not keep a lock half taken
         self._fd = fd
 
+    def check(self) -> None:
+        """A flock cannot be lost while its holder lives (a lease can: repository.lease)."""
+
     def release(self) -> None:
         if self._fd is not None:
             try:

@@ -1,8 +1,8 @@
-"""Repository: opens a repository directory and reads blobs, trees and backups."""
+"""Repository: opens a repository (a local directory or a URL) and reads blobs, trees and backups."""
 
 import os
 import threading
-from typing import Dict, List, Optional
+from typing import Dict, List, NamedTuple, Optional
 
 from ..codec import compression, records
 from ..codec.hashing import hash_bytes
@@ -10,10 +10,24 @@ from ..errors import AmbiguousId, ChunkrepoError, IntegrityError, NotARepository
 from ..index import Index
 from ..model import BackupRecord, Tree
 from ..storage import LocalStorage
+from ..storage.open import is_url, local_path, open_fsspec
 from .config import CONFIG_NAME, Config
+from .index_cache import IndexCache, RemoteWriterLock
+from .lock import WriterLock
 from .packs import pack_name
 from .session import WriteSession
 
+_COALESCE_LIMIT = 8 << 20   # longest single read that serves several neighbouring blobs
+
+
+class ReadPlan(NamedTuple):
+    threads: int        # readers of ops.prefetch
+    batch_bytes: int    # raw bytes of chunks per read task
+    max_gap: int        # bytes of other blobs one ranged read may carry along
+
+
+_LOCAL_PLAN = ReadPlan(2, 2 << 20, 0)
+_REMOTE_PLAN = ReadPlan(8, 8 << 20, 256 << 10)
 _open_envs: Dict[str, list] = {}   # LMDB allows one Environment per path per process
 _open_envs_lock = threading.Lock()
 
@@ -37,16 +51,27 @@ def _release_index(path: str) -> None:
                 del _open_envs[path]
 
 
+def _lost(blob_id: bytes) -> IntegrityError:
+    return IntegrityError(f"blob {blob_id.hex()} was lost with a damaged pack (check --repair); "
+                          f"a backup of the unchanged file stores it again")
+
+
 class Repository:
     """An open repository.  Reading needs no lock; writing goes through a WriteSession."""
 
-    def __init__(self, path: str, wrap_storage=None):
-        """wrap_storage: a function applied to the storage (features such as fault
-        injection are wrappers around a storage; tests use it)."""
-        self.path = os.path.abspath(path)
-        if not os.path.isdir(self.path):
-            raise NotARepository(f"no repository at {self.path} (run 'chunkrepo init' first)")
-        self.storage = LocalStorage(self.path)
+    def __init__(self, location: str, wrap_storage=None, storage_options=None, sync_index: bool = True):
+        """location: a local path or a URL (storage.open).  wrap_storage: a function
+        applied to the storage (features such as fault injection are wrappers around
+        a storage; tests use it).  storage_options: for fsspec.filesystem()."""
+        self.remote = is_url(location)
+        if self.remote:
+            self.path = location.rstrip("/")
+            self.storage = open_fsspec(location, storage_options)
+        else:
+            self.path = local_path(location)
+            if not os.path.isdir(self.path):
+                raise NotARepository(f"no repository at {self.path} (run 'chunkrepo init' first)")
+            self.storage = LocalStorage(self.path)
         if wrap_storage is not None:
             self.storage = wrap_storage(self.storage)
         try:
@@ -54,13 +79,29 @@ class Repository:
         except NotFound:
             raise NotARepository(f"{self.path} is not a chunkrepo repository (no config)") from None
         self.config = Config.decode(raw, self.path)
-        self._index_path = os.path.join(self.path, "index")
+        self.cache = IndexCache(self.storage, self.config.repo_id) if self.remote else None
+        self._index_path = self.cache.index_path if self.remote else os.path.join(self.path, "index")
         self.index = _acquire_index(self._index_path)
         self._closed = False
+        if self.cache is not None and sync_index:
+            try:
+                self.cache.sync(self)
+            except BaseException:
+                self.close()
+                raise
 
     @classmethod
-    def init(cls, path: str, config: Optional[Config] = None) -> "Repository":
-        path = os.path.abspath(path)
+    def init(cls, location: str, config: Optional[Config] = None, storage_options=None) -> "Repository":
+        if is_url(location):
+            storage = open_fsspec(location, storage_options)
+            if storage.exists(CONFIG_NAME):
+                raise ChunkrepoError(f"{location} already holds a chunkrepo repository")
+            if next(iter(storage.list("")), None) is not None:
+                raise NotARepository(f"{location} is not empty; not creating a repository there")
+            storage.ensure_root()
+            storage.put(CONFIG_NAME, (config or Config()).encode())
+            return cls(location, storage_options=storage_options)
+        path = local_path(location)
         if os.path.exists(os.path.join(path, CONFIG_NAME)):
             raise ChunkrepoError(f"{path} already holds a chunkrepo repository")
         if os.path.isdir(path) and os.listdir(path):
@@ -71,6 +112,12 @@ class Repository:
             os.makedirs(os.path.join(path, d), exist_ok=True)
         storage.put(CONFIG_NAME, (config or Config()).encode())
         return cls(path)
+
+    def writer_lock(self):
+        """The lock a write session holds: flock on a local repository, a lease in an object store."""
+        if self.remote:
+            return RemoteWriterLock(self)
+        return WriterLock(os.path.join(self.path, "lock"))
 
     def close(self) -> None:
         if not self._closed:
@@ -85,16 +132,75 @@ class Repository:
         self.close()
 
     # -- blobs --------------------------------------------------------------
+    @property
+    def read_plan(self) -> ReadPlan:
+        """How to read chunks ahead (ops.prefetch, read_blobs): on an object store a request
+        costs milliseconds, so batches are bigger, more threads wait on them, and a ranged
+        read of neighbouring blobs may carry the bytes of a few others along."""
+        return _REMOTE_PLAN if self.remote else _LOCAL_PLAN
+
+    @property
+    def upload_threads(self) -> int:
+        """Threads uploading sealed packs while the writers fill the next ones (0: none,
+        the thread that filled a pack writes it: a local disk gains nothing from more)."""
+        return 2 if self.remote else 0
+
     def read_blob(self, entry, blob_id: bytes) -> bytes:
         """Read, decompress and verify one blob given its index entry."""
         if entry.lost:
-            raise IntegrityError(f"blob {blob_id.hex()} was lost with a damaged pack (check --repair); "
-                                 f"a backup of the unchanged file stores it again")
-        blob = self.storage.get(pack_name(entry.pack), entry.offset, entry.length)
+            raise _lost(blob_id)
+        return self._decode_blob(self.storage.get(pack_name(entry.pack), entry.offset, entry.length),
+                                 entry, blob_id)
+
+    @staticmethod
+    def _decode_blob(blob, entry, blob_id: bytes) -> bytes:
         data = compression.decompress(blob, entry.raw_length)
         if hash_bytes(data) != blob_id:
             raise IntegrityError(f"blob {blob_id.hex()} in pack {entry.pack.hex()} fails its hash")
         return data
+
+    def read_blobs(self, items) -> list:
+        """Read many blobs given [(blob id, index entry or None)], in order.
+
+        Blobs lying next to each other in one pack (the chunks of consecutive
+        small files, as a backup wrote them) are fetched with one ranged read (on
+        an object store also across gaps up to read_plan.max_gap).
+        Returns, per item, its bytes or the exception reading it raised (so a
+        consumer meets an error at the blob it concerns, not earlier).
+        """
+        out: list = [None] * len(items)
+        i, n = 0, len(items)
+        max_gap = self.read_plan.max_gap
+        while i < n:
+            e = items[i][1]
+            if e is None or e.lost:
+                out[i] = IntegrityError(f"chunk {items[i][0].hex()} is not in the index") if e is None \
+                    else _lost(items[i][0])
+                i += 1
+                continue
+            j, end = i + 1, e.offset + e.length
+            while j < n:
+                nxt = items[j][1]
+                if (nxt is None or nxt.lost or nxt.pack != e.pack or not end <= nxt.offset <= end + max_gap
+                        or nxt.offset + nxt.length - e.offset > _COALESCE_LIMIT):
+                    break
+                end = nxt.offset + nxt.length
+                j += 1
+            try:
+                buf = memoryview(self.storage.get(pack_name(e.pack), e.offset, end - e.offset))
+            except (ChunkrepoError, OSError) as exc:
+                out[i:j] = [exc] * (j - i)
+                i = j
+                continue
+            for k in range(i, j):
+                cid, ek = items[k]
+                at = ek.offset - e.offset
+                try:
+                    out[k] = self._decode_blob(buf[at:at + ek.length], ek, cid)
+                except ChunkrepoError as exc:
+                    out[k] = exc
+            i = j
+        return out
 
     def read_chunk(self, cid: bytes, view=None) -> bytes:
         if view is None:

@@ -6,21 +6,19 @@ thread's own pack.  A sealed pack's entries wait in a queue until the owner
 thread calls checkpoint(), which commits them to the index in one transaction.
 """
 
-import os
+import concurrent.futures
 import queue
 import threading
 from typing import Dict
 
 from ..codec import compression, records
 from ..codec.hashing import hash_bytes
-from ..errors import IntegrityError, NotFound
+from ..errors import IntegrityError, NotFound, StorageError
 from ..index import BlobEntry, PackInfo
 from ..index.lmdb_index import GARBAGE_META
 from ..model import BackupRecord, Tree
 from .crash_points import crash_point
-from .lock import WriterLock
 from .packs import KIND_DATA, KIND_TREE, PackWriter, pack_id_from_name, read_trailer
-
 
 
 _MAX_PENDING_TREE_BYTES = 8 << 20
@@ -33,7 +31,7 @@ class WriteSession:
         self.index = repo.index
         self.level = repo.config.compression_level
         self.pack_size = repo.config.pack_size
-        self._lock = WriterLock(os.path.join(repo.path, "lock"))
+        self._lock = repo.writer_lock()
         self._claim_lock = threading.Lock()
         self._pending_chunks: set = set()
         self._pending_trees: Dict[bytes, bytes] = {}   # id -> record bytes, until committed
@@ -42,6 +40,10 @@ class WriteSession:
         self._local = threading.local()
         self._writers: list = []
         self._writers_lock = threading.Lock()
+        self._upload_threads = repo.upload_threads     # 0: a pack is written by the thread that filled it
+        self._uploads = None
+        self._upload_slots = threading.BoundedSemaphore(self._upload_threads + 1)
+        self._upload_futures: list = []
         self.bytes_new = 0        # raw bytes of chunks this session stored
         self.bytes_stored = 0     # compressed bytes written to packs
 
@@ -62,6 +64,9 @@ class WriteSession:
             else:
                 self._abort_writers()
         finally:
+            if self._uploads is not None:
+                self._uploads.shutdown(wait=True)
+                self._uploads = None
             self._lock.release()
 
     def recover(self) -> dict:
@@ -113,11 +118,45 @@ class WriteSession:
         return w
 
     def _seal(self, w: PackWriter) -> None:
-        entries = w.seal()
-        crash_point("pack-sealed")
         with self._writers_lock:
-            self._writers.remove(w)
+            self._writers.remove(w)     # no longer open: flush() must not seal it again
+        if not self._upload_threads:
+            self._seal_now(w)
+            return
+        if self._uploads is None:
+            self._uploads = concurrent.futures.ThreadPoolExecutor(self._upload_threads, "chunkrepo-upload")
+        # an object store: the upload overlaps the caller's next pack (bounded by the slots)
+        self._upload_slots.acquire()
+        try:
+            fut = self._uploads.submit(self._seal_now, w)
+        except BaseException:
+            self._upload_slots.release()
+            raise
+        fut.add_done_callback(lambda _: self._upload_slots.release())
+        with self._writers_lock:
+            self._upload_futures.append(fut)
+
+    def _seal_now(self, w: PackWriter) -> None:
+        try:
+            entries = w.seal()
+        except BaseException:
+            w.abort()
+            raise
+        crash_point("pack-sealed")
         self._sealed.put((w.pack_id, entries, w.size))
+
+    def _wait_uploads(self) -> None:
+        """Wait for the packs being uploaded; raise the first failure."""
+        with self._writers_lock:
+            futs, self._upload_futures = self._upload_futures, []
+        first = None
+        for f in futs:
+            try:
+                f.result()
+            except BaseException as e:
+                first = first or e
+        if first is not None:
+            raise first
 
     def claim_chunk(self, cid: bytes) -> bool:
         """True if the caller must store this chunk (nobody has it yet)."""
@@ -182,12 +221,15 @@ class WriteSession:
 
     def _commit_pack(self, pack_id: bytes, entries, size: int) -> None:
         tree_bytes = {}
+        adopted = []
         for e in entries:
             if e.kind == KIND_TREE:
                 data = self._pending_trees.get(e.id)
                 if data is None:   # adopted pack: read the record from the pack itself
-                    data = self.repo.read_blob(BlobEntry(pack_id, e.offset, e.length, e.raw_length, 0), e.id)
-                tree_bytes[e.id] = data
+                    adopted.append((BlobEntry(pack_id, e.offset, e.length, e.raw_length, 0), e.id))
+                else:
+                    tree_bytes[e.id] = data
+        tree_bytes.update(self._read_records(adopted))
         with self.index.write() as w:
             w.put_pack(pack_id, PackInfo(size, len(entries)))
             for e in entries:
@@ -200,7 +242,7 @@ class WriteSession:
                         w.put_tree(e.id, entry, tree_bytes[e.id], new=True)
                 elif old.lost:       # stored again: the backups that lost it are whole again
                     self._restore_lost(w, e, entry._replace(refcount=old.refcount), tree_bytes)
-                else:
+                elif old.pack != pack_id:
                     w.add_dead_copy(e.kind, pack_id, e.id, e.length)
         with self._claim_lock:
             for e in entries:
@@ -208,6 +250,17 @@ class WriteSession:
                     self._pending_chunks.discard(e.id)
                 else:
                     self._pending_tree_bytes -= len(self._pending_trees.pop(e.id, b""))
+
+    def _read_records(self, items) -> Dict[bytes, bytes]:
+        """Directory records out of an adopted pack, [(entry, id)]: neighbours are read
+        with one ranged read (Repository.read_blobs), which an object store needs."""
+        items = sorted(items, key=lambda x: x[0].offset)
+        out: Dict[bytes, bytes] = {}
+        for (_, bid), data in zip(items, self.repo.read_blobs([(bid, e) for e, bid in items])):
+            if isinstance(data, Exception):
+                raise data
+            out[bid] = data
+        return out
 
     @staticmethod
     def _restore_lost(w, e, entry: BlobEntry, tree_bytes: dict) -> None:
@@ -232,9 +285,14 @@ class WriteSession:
                 with self._writers_lock:
                     self._writers.remove(w)
         self._local = threading.local()
+        self._wait_uploads()
         self.checkpoint()
 
     def _abort_writers(self) -> None:
+        try:
+            self._wait_uploads()
+        except Exception:
+            pass        # the session failed already; what was uploaded is adopted later or pruned
         with self._writers_lock:
             for w in self._writers:
                 w.abort()
@@ -243,7 +301,17 @@ class WriteSession:
     def commit_backup(self, rec: BackupRecord) -> None:
         """Make a backup part of the repository: record in storage, then index."""
         self.flush()
-        self.storage.put(f"backups/{rec.id}", records.encode_json(rec.to_dict()))
+        self._lock.check()
+        name = f"backups/{rec.id}"
+        try:
+            self.storage.put(name, records.encode_json(rec.to_dict()))
+        except StorageError as e:
+            if _landed(self.storage, name):
+                # in place, but not known to survive a power cut: not registered now;
+                # the next write session adopts it if it is still there
+                raise StorageError(f"backup {rec.id}: its record was written but not confirmed durable "
+                                   f"({e}); the next write session adopts it if it survived") from None
+            raise
         crash_point("backup-stored")
         self._register_backup(rec)
         crash_point("backup-committed")
@@ -256,6 +324,13 @@ class WriteSession:
                 raise IntegrityError(f"backup {rec.id} has no root record")
             incref_tree(w, bytes.fromhex(rec.root))
             w.put_backup(rec.id, records.encode_json(rec.to_dict()))
+
+
+def _landed(storage, name: str) -> bool:
+    try:
+        return storage.exists(name)
+    except (OSError, StorageError):
+        return False
 
 
 def incref_tree(w, root: bytes) -> None:
@@ -276,14 +351,10 @@ def _cascade(w, root: bytes, delta: int) -> None:
     stack = [root]
     while stack:
         tid = stack.pop()
-        e = w.tree(tid)
-        if e is None and delta > 0:
-            # named by a record but not stored: lost (docs/format.md); a pack
-            # committed later, or a backup storing it again, fills it in
-            w.add_lost(KIND_TREE, tid, 1)
+        # None: a lost record (or one named but never stored, now lost: docs/format.md);
+        # its children hold no references from it
+        if w.add_tree_ref(tid, delta) != edge:
             continue
-        if w.add_tree_ref(tid, delta) != edge or e.lost:
-            continue       # a lost record's children hold no references from it
         data = w.tree_data(tid)
         if data is None:
             raise NotFound(f"directory record {tid.hex()} has no cached data")
@@ -298,11 +369,7 @@ def _reference_children(w, data: bytes, delta: int) -> list:
             subs.append(node.subtree)
         c = node.chunks
         for i in range(0, len(c), 32):
-            cid = c[i:i + 32]
-            if delta > 0 and w.chunk(cid) is None:
-                w.add_lost(KIND_DATA, cid, 1)
-            else:
-                w.add_chunk_ref(cid, delta)
+            w.add_chunk_ref(c[i:i + 32], delta)
     return subs
 
 

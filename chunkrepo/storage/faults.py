@@ -25,7 +25,7 @@ _ERRNO = {"ENOSPC": errno.ENOSPC, "EIO": errno.EIO, "late": errno.EIO}
 
 @dataclass
 class Fault:
-    op: str                 # "write" | "commit" | "put" | "get" | "delete"
+    op: str                 # "write" | "commit" | "put" | "get" | "delete" | "create" | "size" | "list"
     prefix: str = ""        # object names it applies to
     after: int = 0          # matching calls that succeed before the fault
     kind: str = "ENOSPC"    # "ENOSPC" | "EIO" | "short" (half written, then ENOSPC) |
@@ -94,7 +94,22 @@ class FaultyStorage:
         return None
 
     def create(self, name: str):
+        f = self._match("create", name)
+        if f is not None:
+            raise f.error(f"creating {name}")
         return _FaultyWriter(self._inner.create(name), self, name)
+
+    def size(self, name: str) -> int:
+        f = self._match("size", name)
+        if f is not None:
+            raise f.error(f"examining {name}")
+        return self._inner.size(name)
+
+    def list(self, prefix: str):
+        f = self._match("list", prefix)
+        if f is not None:
+            raise f.error(f"listing {prefix}")
+        return self._inner.list(prefix)
 
     def put(self, name: str, data: bytes) -> None:
         f = self._match("put", name)
@@ -116,12 +131,12 @@ class FaultyStorage:
             raise f.error(f"deleting {name}")
         self._inner.delete(name)
 
-    def __getattr__(self, attr):      # size, exists, list, close, remove_stale_temporaries, ...
+    def __getattr__(self, attr):      # exists, close, remove_stale_temporaries, ...
         return getattr(self._inner, attr)
 
 
 FAULTS_ENV = "CHUNKREPO_FAULTS"
-_OPS = ("write", "commit", "put", "get", "delete")
+_OPS = ("write", "commit", "put", "get", "delete", "create", "size", "list")
 _KINDS = ("ENOSPC", "EIO", "short", "late")
 
 

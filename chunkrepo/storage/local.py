@@ -139,7 +139,7 @@ class LocalStorage:
             raise NotFound(f"object {name} is missing") from None
 
     def exists(self, name: str) -> bool:
-        return os.path.exists(self._path(name))
+        return os.path.isfile(self._path(name))
 
     def list(self, prefix: str) -> Iterator[str]:
         base = self._path(prefix) if prefix else self.root

@@ -10,7 +10,7 @@ import pytest
 
 from chunkrepo import DirectorySnapshot, Repo
 from chunkrepo.errors import ChunkrepoError
-from conftest import write_random
+from tests.conftest import write_random
 
 SIZES = {"a.bin": 1_500_000, "b.bin": 700_000, "sub/c.bin": 900_000}
 

@@ -212,8 +212,12 @@ def test_backup_record_in_place_when_the_error_comes(tmp_path):
     _src(src, 2)
     fault = Fault("commit", "backups/", kind="late")
     with Repo(path, wrap_storage=lambda s: FaultyStorage(s, [fault])) as repo:
-        with pytest.raises(StorageError, match="writing backups/"):
+        with pytest.raises(StorageError, match="record was written but not confirmed durable "
+                                               r"\(.*writing backups/.*Input/output error\); the next write "
+                                               "session adopts it") as info:
             repo.backup([src])
+        stored = [p.name for p in (path / "backups").iterdir() if p.name != before.id]
+        assert len(stored) == 1 and str(info.value).startswith(f"backup {stored[0]}: ")
         assert len(repo.list_backups()) == 1
         assert repo.check(read_data=True).ok
     with Repo(path) as repo:
@@ -224,3 +228,95 @@ def test_backup_record_in_place_when_the_error_comes(tmp_path):
         with repo.open_file(adopted.id, src / "f2-3.bin") as f:
             assert f.read() == (src / "f2-3.bin").read_bytes()
         assert repo.check(read_data=True).ok
+
+
+def test_cli_says_a_late_failing_record_is_in_place_and_exits_non_zero(tmp_path):
+    path = tmp_path / "repo"
+    Repo.init(path, Config(pack_size=1 << 20)).close()
+    src = _src(tmp_path / "src", 1)
+    p = _cli("commit:backups/:0:late", "backup", "--repo", str(path), str(src))
+    err = p.stderr.decode().strip()
+    assert p.returncode == 1 and len(err.splitlines()) == 1, err
+    assert "record was written but not confirmed durable" in err and "adopts it" in err
+    bid = err.split("backup ", 1)[1].split(":", 1)[0]
+    assert os.path.exists(path / "backups" / bid)
+    p = _cli("", "list-backups", "--repo", str(path))
+    assert bid not in p.stdout.decode()            # not registered by the failing session ...
+    p = _cli("", "prune", "--repo", str(path))     # ... adopted by the next one
+    assert p.returncode == 0, p.stderr.decode()
+    assert bid in _cli("", "list-backups", "--repo", str(path)).stdout.decode()
+
+
+@pytest.mark.parametrize("fault, message", [
+    (Fault("create", "packs/", after=1, kind="ENOSPC"), "no space left on device.*creating packs/"),
+    (Fault("create", "backups/", kind="EIO"), "creating backups/.*Input/output error"),
+    (Fault("list", "packs", kind="EIO"), "listing packs.*Input/output error"),
+    (Fault("list", "backups", kind="EIO"), "listing backups.*Input/output error"),
+])
+def test_backup_fails_cleanly_on_create_and_list(tmp_path, fault, message):
+    path = tmp_path / "repo"
+    Repo.init(path, Config(pack_size=1 << 20)).close()
+    src = _src(tmp_path / "src", 1)
+    with Repo(path) as repo:
+        before = repo.backup([src])
+    _src(src, 2)
+    with Repo(path, wrap_storage=lambda s: FaultyStorage(s, [fault])) as repo:
+        with pytest.raises(StorageError, match=message) as info:
+            repo.backup([src])
+        assert "\n" not in str(info.value)
+        assert [r.id for r in repo.list_backups()] == [before.id]
+    assert fault.fired == 1
+    _healthy(path, before, src)
+
+
+@pytest.mark.parametrize("fault", [
+    Fault("create", "packs/", kind="ENOSPC"),        # the repacked pack cannot be started
+    Fault("list", "packs", kind="EIO"),              # recovery cannot list the packs
+    Fault("size", "packs/", kind="EIO"),             # reading a trailer to repack
+])
+def test_prune_fails_cleanly_on_create_list_and_size(tmp_path, fault):
+    path = tmp_path / "repo"
+    Repo.init(path, Config(pack_size=1 << 20)).close()
+    src = _src(tmp_path / "src", 1)
+    with Repo(path) as repo:
+        first = repo.backup([src])
+        (src / "f1-1.bin").unlink()
+        kept = repo.backup([src])
+        repo.forget([first.id])
+    with Repo(path, wrap_storage=lambda s: FaultyStorage(s, [fault])) as repo:
+        try:
+            rep = repo.prune(repack_threshold=0.0)
+            assert rep.errors and all(fault.op in e or "Input/output" in e for e in rep.errors)
+        except StorageError as e:
+            assert "\n" not in str(e) and ("space" in str(e) or "Input/output" in str(e))
+    assert fault.fired >= 1
+    with Repo(path) as repo:
+        assert repo.check(read_data=True).ok
+        with repo.open_file(kept.id, src / "f1-0.bin") as f:
+            assert f.read() == (src / "f1-0.bin").read_bytes()
+        repo.prune(repack_threshold=0.0)
+        assert repo.check(read_data=True).ok
+    _src(src, 2)
+    _healthy(path, kept, src)
+
+
+def test_check_and_repair_leave_a_pack_alone_on_an_io_error(tmp_path):
+    """EIO examining a pack is reported, and repair does not treat it as lost data."""
+    path = tmp_path / "repo"
+    Repo.init(path, Config(pack_size=1 << 20)).close()
+    src = _src(tmp_path / "src", 1)
+    with Repo(path) as repo:
+        before = repo.backup([src])
+    fault = Fault("size", "packs/", after=2, kind="EIO", times=1 << 20)
+    with Repo(path, wrap_storage=lambda s: FaultyStorage(s, [fault])) as repo:
+        rep = repo.check()
+        assert not rep.ok and any("cannot be examined" in e and "Input/output" in e for e in rep.errors)
+        rep = repo.check(repair=True)
+        assert rep.repair.unrepaired and rep.repair.packs_salvaged == 0 and rep.repair.blobs_lost == 0
+        assert any("not repaired" in a for a in rep.repair.actions)
+        assert repo.damaged_backups() == {}          # not known to have lost anything
+    with Repo(path) as repo:                         # the storage reads again: all is there
+        rep = repo.check(read_data=True, repair=True)
+        assert rep.ok and rep.repair.nothing_to_do
+    _src(src, 2)
+    _healthy(path, before, src)

@@ -5,6 +5,7 @@ become whole again when the next backup of the unchanged files stores the lost c
 import hashlib
 import json
 import os
+import signal
 import struct
 import subprocess
 import sys
@@ -14,8 +15,10 @@ import pytest
 from chunkrepo import Repo
 from chunkrepo.errors import RepoLocked
 from chunkrepo.repository.config import Config
+from chunkrepo.repository.crash_points import REPAIR_POINTS
 from chunkrepo.repository.lock import WriterLock
 from chunkrepo.repository.packs import pack_name
+from chunkrepo.storage.faults import Fault, FaultyStorage
 from tests.conftest import age, write_random
 
 
@@ -100,10 +103,10 @@ def test_deleted_pack_is_repaired_and_healed_by_the_next_backup(setup, tmp_path)
 
     p = cli("check", "--repair", "--repo", repo.path, check=1)
     err = p.stderr.decode()
-    assert "repaired: pack" in err and f"backup {b1} marked damaged" in err
+    assert "repair: pack" in err and f"backup {b1} marked damaged" in err
     assert str(src / "a.bin") in err and "remain damaged" in err
     p = cli("check", "--repair", "--repo", repo.path, check=1)     # again: nothing more to do
-    assert "repaired: pack" not in p.stderr.decode()
+    assert "repair: pack" not in p.stderr.decode()
     listing = cli("list-backups", "--repo", repo.path, check=0).stdout.decode()
     assert listing.count("DAMAGED") == 2
     js = [json.loads(line) for line in cli("list-backups", "--json", "--repo", repo.path,
@@ -235,3 +238,94 @@ def test_repair_takes_the_writer_lock_and_readers_keep_working(setup):
         assert repo.check().ok           # readers take no lock
     rep = repo.check(repair=True)
     assert rep.ok and rep.repair.nothing_to_do and not rep.repair.unrepaired
+
+
+def test_an_index_that_does_not_match_the_packs_points_to_rebuild_index(setup):
+    repo, src, b1, b2 = setup
+    _, e = _pack_of(repo, b1, str(src / "a.bin"))
+    ix = repo.repository.index
+    node = next(iter(repo.list_backup(b1, str(src / "a.bin")))).node
+    cid = node.chunk_ids()[0]
+    with ix.env.begin(write=True) as txn:        # the entry points next to the blob the pack holds
+        f = list(struct.unpack("<16sQIIQ", txn.get(cid, db=ix.chunks)))
+        f[1] += 1
+        txn.put(cid, struct.pack("<16sQIIQ", *f), db=ix.chunks)
+    p = cli("check", "--repair", "--json", "--repo", repo.path, check=1)
+    d = json.loads(p.stdout)
+    assert d["ok"] is False and d["repair"]["rebuild_index"] is True and d["repair"]["unrepaired"]
+    assert "rebuild-index" in d["repair"]["remaining"][0]
+    assert d["repair"]["packs_salvaged"] == 0                 # nothing touched
+    assert os.path.exists(os.path.join(repo.path, pack_name(e.pack)))
+    repo.close()
+    Repo.rebuild_index(repo.path)
+    with Repo(repo.path) as again:
+        assert again.check(read_data=True).ok
+        p = cli("check", "--repair", "--json", "--repo", repo.path, check=0)
+        assert json.loads(p.stdout)["repair"]["nothing_to_do"] is True
+
+
+def test_rebuild_index_after_a_lost_pack_keeps_every_backup(setup, tmp_path):
+    """The records name chunks no pack holds: registering them makes those chunks lost
+    (not the backups unregistered); check --repair marks the backups, a backup heals them."""
+    repo, src, b1, b2 = setup
+    path, _ = _pack_of(repo, b1, str(src / "a.bin"), 1)
+    os.remove(path)
+    damaged_paths = repo.check().damaged[b2]
+    repo.close()
+    res = Repo.rebuild_index(repo.path)
+    assert res.unregistered_backups == [] and res.damaged_packs == []
+    with Repo(repo.path) as again:
+        assert {b.id for b in again.list_backups()} == {b1, b2}
+        r = again.check(repair=True).repair
+        assert r.damaged == {b1: damaged_paths, b2: damaged_paths}
+        assert set(again.damaged_backups()) == {b1, b2}
+        _heal_and_verify(again, src, b1, b2, damaged_paths, tmp_path)
+
+
+_REPAIR = """
+import sys
+from chunkrepo import Repo
+with Repo(sys.argv[1]) as r:
+    r.check(repair=True)
+"""
+
+
+@pytest.mark.parametrize("point", REPAIR_POINTS)
+def test_repair_killed_at_each_step_is_finished_by_the_next(setup, tmp_path, point):
+    repo, src, b1, b2 = setup
+    path, e = _pack_of(repo, b1, str(src / "d" / "b.bin"), 0)
+    with open(path, "r+b") as f:
+        f.truncate(e.offset + e.length // 2)
+    p = subprocess.run([sys.executable, "-c", _REPAIR, repo.path], capture_output=True,
+                       env=dict(os.environ, CHUNKREPO_CRASH_AT=point))
+    assert p.returncode == -signal.SIGKILL, p.stderr.decode()
+    r = repo.check(repair=True).repair        # finishes the job
+    assert r.unrepaired and str(src / "d" / "b.bin") in r.damaged[b2]
+    rep = repo.check(read_data=True)
+    assert rep.unreferenced_packs == 0 and all("lost" in x for x in rep.errors), rep.errors
+    assert repo.prune().errors == []          # what the killed repair left is garbage at most
+    _heal_and_verify(repo, src, b1, b2, r.damaged[b2], tmp_path)
+
+
+def test_counts_are_left_alone_while_a_record_cannot_be_read(setup):
+    """A directory record whose cached copy is bad and whose pack gives an I/O error: the
+    recount misses what it references, so repair must not lower those counts (prune would
+    then delete live data); once the pack reads, repair restores the cached copy."""
+    repo, src, b1, b2 = setup
+    ix = repo.repository.index
+    tid = next(iter(repo.list_backup(b1, str(src / "d")))).node.subtree
+    cid = next(iter(repo.list_backup(b1, str(src / "d" / "b.bin")))).node.chunk_ids()[0]
+    with ix.env.begin(write=True) as txn:
+        txn.put(tid, b"not the record", db=ix.treedata)
+    with ix.read() as v:
+        before = v.chunk(cid).refcount
+    fault = Fault("get", "packs/", kind="EIO")
+    with Repo(repo.path, wrap_storage=lambda s: FaultyStorage(s, [fault])) as faulty:
+        rep = faulty.check(repair=True)
+        assert rep.repair.unrepaired and rep.repair.refcounts_fixed == 0 and rep.repair.blobs_lost == 0
+        assert any("left as they are" in a for a in rep.repair.actions)
+    with ix.read() as v:
+        assert v.chunk(cid).refcount == before >= 1 and v.lost_count() == 0
+    r = repo.check(repair=True).repair
+    assert not r.unrepaired and r.blobs_kept == 1, r
+    assert repo.check(read_data=True).ok

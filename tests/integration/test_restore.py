@@ -561,3 +561,25 @@ def test_cli_restore_exits_nonzero_on_errors(repo, tmp_path):
     assert result.exit_code == 1, result.output
     assert f"{src / 'f'}:" in result.output and "restore finished with 1 errors" in result.output
     assert not (tmp_path / "out" / "src" / "f").exists()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o000])
+def test_restored_modes_do_not_depend_on_the_umask(repo, tmp_path, umask):
+    src = tmp_path / "src"
+    src.mkdir()
+    modes = {"rw": 0o644, "private": 0o600, "open": 0o666, "exec": 0o755, "ro": 0o444, "none": 0o000,
+             "suid": 0o4755, "sticky": 0o1777, "group": 0o2750}
+    for name, mode in modes.items():
+        (src / name).write_bytes(name.encode())
+        os.chmod(src / name, mode)
+    bid = repo.backup([src]).id
+    old = os.umask(umask)
+    try:
+        res = repo.restore(bid, tmp_path / "out")
+    finally:
+        os.umask(old)
+    assert not res.errors
+    out = tmp_path / "out" / src.relative_to("/")
+    for name, mode in modes.items():
+        assert stat.S_IMODE(os.lstat(out / name).st_mode) == mode, name
+        assert (out / name).read_bytes() == name.encode()

@@ -13,7 +13,7 @@ import blake3
 import pytest
 
 from chunkrepo import DirectorySnapshot, FileSnapshot, Repo, restore
-from conftest import age, write_random
+from tests.conftest import age, write_random
 
 
 @pytest.fixture

@@ -84,6 +84,19 @@ class _Reader:
         return n
 
 
+class _StreamReader:
+    """readinto over any binary file object (an fsspec file), counting the bytes."""
+
+    def __init__(self, raw):
+        self.raw = raw
+        self.total = 0
+
+    def readinto(self, mv) -> int:
+        n = self.raw.readinto(mv) or 0
+        self.total += n
+        return n
+
+
 class FileSaver:
     """Per-thread state: a chunker and a reusable read buffer (fresh memory is costly)."""
 
@@ -125,6 +138,13 @@ class FileSaver:
         finally:
             os.close(fd)
 
+    def read_stream(self, raw, expected: int):
+        """Store the content of a binary file object expected to hold `expected` bytes
+        (a URL backup's object).  Returns (chunk ids, bytes read): the caller compares
+        the count and the object's version token before trusting the result."""
+        reader = _StreamReader(raw)
+        return self._store_stream(reader, expected), reader.total
+
     def _read_small(self, fd: int, fst):
         """One chunk, one read: the common case of a host's many small files."""
         size = fst.st_size
@@ -148,7 +168,7 @@ class FileSaver:
             self.session.store_chunk(cid, data)
         return fst, cid, None, size
 
-    def _store_stream(self, reader: _Reader, expected: int) -> bytes:
+    def _store_stream(self, reader, expected: int) -> bytes:
         session = self.session
         ids = []
         for chunk in self._cut(reader, expected):
@@ -158,7 +178,7 @@ class FileSaver:
             ids.append(cid)
         return b"".join(ids)
 
-    def _cut(self, reader: _Reader, expected: int):
+    def _cut(self, reader, expected: int):
         """Chunks of the stream as memoryviews into the reused buffer.
 
         A chunk starting at p is final once max_size bytes follow p in the

@@ -184,7 +184,10 @@ class Backup:
             self.res.errors.append(f"{os.fsdecode(path)}: {msg}")
 
     def excluded(self, path: bytes, name: bytes) -> bool:
-        """Matches an exclude pattern (the caller skips the repository itself first)."""
+        if path == self.own_repo:
+            return True      # never back up the repository into itself
+        if not self.excludes:
+            return False
         p, n = os.fsdecode(path), os.fsdecode(name)
         return any(fnmatch.fnmatchcase(p, pat) or ("/" not in pat and fnmatch.fnmatchcase(n, pat))
                    for pat in self.excludes)
@@ -201,14 +204,18 @@ class Backup:
             self.opts.progress(self.res)   # the callee serializes calls from several threads
 
     # -- the walk -------------------------------------------------------------
+    def prev_listing(self, prev: Optional[Node]):
+        """(entries, entries by name) of the same directory in the previous backup."""
+        if prev is None or prev.subtree is None:
+            return None, {}
+        try:
+            entries = self.repo.read_tree(prev.subtree).entries
+        except IntegrityError:
+            return None, {}    # a lost record (check --repair): back the directory up afresh
+        return entries, dict(zip(map(_NODE_NAME, entries), entries))
+
     def scan_dir(self, path: bytes, name: bytes, st, prev: Optional[Node], selection, top_dev: int):
-        prev_children, prev_entries = {}, None
-        if prev is not None and prev.subtree is not None:
-            try:
-                prev_entries = self.repo.read_tree(prev.subtree).entries
-                prev_children = dict(zip(map(_NODE_NAME, prev_entries), prev_entries))
-            except IntegrityError:
-                prev_entries = None    # a lost record (check --repair): back the directory up afresh
+        prev_entries, prev_children = self.prev_listing(prev)
         children: list = []
         dnode = self.node(name, st, xattrs=read_xattrs(path, self.all_xattrs))
         self.res.dirs += 1
@@ -228,11 +235,12 @@ class Backup:
         # stat field and owner name equal its previous entry's, old enough to be trusted,
         # is that very entry (no new object; same_stat and borrow, field for field)
         fast = prev_children and selection is None and not self.verify_borrowed
-        trust_before, owner, own_repo = self.trust_before, self.names.owner, self.own_repo
+        trust_before, owner, own_repo, excludes = (self.trust_before, self.names.owner, self.own_repo,
+                                                   self.excludes)
         nfast = fast_bytes = 0
         for cname, entry in listing:
             cpath = base + cname
-            if cpath == own_repo or self.excludes and self.excluded(cpath, cname):
+            if (excludes or cpath == own_repo) and self.excluded(cpath, cname):
                 continue
             try:
                 cst = entry.stat(follow_symlinks=False) if entry is not None else os.lstat(cpath)
@@ -326,7 +334,7 @@ class Backup:
         if node is not None:
             self.res.files_borrowed += 1
             self.res.bytes_done += st.st_size
-            if key is None and self.verify_borrowed:   # checked with the rest of the directory's
+            if key is None:    # its chunks are checked with the rest of the directory's
                 self._borrowed[-1].append((node, path, st, prev))
         else:
             node = self.queue_read(path, name, st, prev)
@@ -358,8 +366,9 @@ class Backup:
 
     def _verify_borrowed(self, children: list, borrowed: list) -> None:
         """Every borrowed chunk must still be in the index (one snapshot per
-        directory); a file whose chunk is missing is read again (Missing_chunk)."""
-        if not borrowed:
+        directory); a file whose chunk is missing is read again (Missing_chunk).
+        Only while something is lost (see verify_borrowed)."""
+        if not borrowed or not self.verify_borrowed:
             return
         with self.repo.index.read() as v:
             missing = [b for b in borrowed if not _chunks_present(v, b[0].chunks)]
@@ -430,13 +439,17 @@ class Backup:
         return None
 
     # -- top level ------------------------------------------------------------
+    def start(self, parent: Optional[BackupRecord]) -> Optional[Node]:
+        """Trust rule from the parent backup; its root as the previous '/' (or None)."""
+        if parent is None:
+            return None
+        self.trust_before = parent.start_ns - TRUST_GRANULARITY_NS
+        return Node(b"", stat.S_IFDIR, 0, 0, "", "", 0, 0, 0, 0, 0, 0, 0, b"", None, b"",
+                    bytes.fromhex(parent.root), None)
+
     def run(self, paths: List[bytes], parent: Optional[BackupRecord]) -> Node:
         selection = _selection(paths, self.opts.listed_paths)
-        prev_root = None
-        if parent is not None:
-            self.trust_before = parent.start_ns - TRUST_GRANULARITY_NS
-            prev_root = Node(b"", stat.S_IFDIR, 0, 0, "", "", 0, 0, 0, 0, 0, 0, 0, b"", None, b"",
-                             bytes.fromhex(parent.root), None)
+        prev_root = self.start(parent)
         try:
             root_st = os.lstat(b"/")
             pd = self.scan_dir(b"/", b"", root_st, prev_root, selection, root_st.st_dev)
@@ -446,7 +459,7 @@ class Backup:
         return pd.result
 
 
-def _parent(repo, host: str, subset: str) -> Optional[BackupRecord]:
+def find_parent(repo, host: str, subset: str) -> Optional[BackupRecord]:
     cands = [r for r in repo.list_backups()
              if r.host == host and r.subset == subset and r.end_ns is not None and r.kind == "backup"]
     return cands[-1] if cands else None
@@ -465,25 +478,29 @@ def run_backup(repo, paths: Sequence[str], opts: BackupOptions) -> BackupResult:
     subset = opts.subset if opts.subset is not None else ",".join(sorted(os.fsdecode(p) for p in abspaths))
     start_ns = opts.clock()
     with repo.write_session() as session:
-        parent = _parent(repo, host, subset)
+        parent = find_parent(repo, host, subset)
         job = Backup(repo, session, opts)
         root = job.run(abspaths, parent)
         res = job.res
         for m in missing:     # listed by --files-from but gone by now
             res.errors.append(f"{os.fsdecode(m)}: vanished before it could be read")
             res.skipped += 1
-        res.bytes_new = session.bytes_new
-        res.bytes_stored = session.bytes_stored
-        res.parent = parent.id if parent else None
-        stats = {k: v for k, v in res.to_dict().items()
-                 if k not in ("id", "errors", "elapsed", "parent", "bytes_done")}
-        stats["errors"] = len(res.errors)
-        rec = BackupRecord("", host, subset, [os.fsdecode(p) for p in abspaths], start_ns,
-                           opts.clock(), root.subtree.hex(), stats=stats)
-        body = rec.to_dict()
-        rec.id = hash_bytes(records.encode_json(body))[:16].hex()
-        session.commit_backup(rec)
-    res.id = rec.id
+        commit_record(session, res, parent, BackupRecord(
+            "", host, subset, [os.fsdecode(p) for p in abspaths], start_ns, opts.clock(), root.subtree.hex()))
     res.elapsed = time.monotonic() - t0
     job._progress(force=True)
     return res
+
+
+def commit_record(session, res: BackupResult, parent: Optional[BackupRecord], rec: BackupRecord) -> None:
+    """Fill rec's stats from res, give it its id and commit it (the last step of a backup)."""
+    res.bytes_new = session.bytes_new
+    res.bytes_stored = session.bytes_stored
+    res.parent = parent.id if parent else None
+    stats = {k: v for k, v in res.to_dict().items()
+             if k not in ("id", "errors", "elapsed", "parent", "bytes_done")}
+    stats["errors"] = len(res.errors)
+    rec.stats = stats
+    rec.id = hash_bytes(records.encode_json(rec.to_dict()))[:16].hex()
+    session.commit_backup(rec)
+    res.id = rec.id

@@ -1,0 +1,81 @@
+"""A repository location -> its storage: a local path, or a URL any fsspec filesystem knows.
+
+    /srv/backups, relative/path, file:///srv/backups   a local directory (LocalStorage)
+    s3://bucket/prefix, memory://name, gcs://..., ...  FsspecStorage on fsspec.filesystem(scheme)
+
+Storage options (passed to fsspec.filesystem) come from $CHUNKREPO_STORAGE_OPTIONS
+(a JSON object) and then from explicit 'key=value' items (the CLI's repeatable
+--storage-option; a value that parses as JSON is taken as JSON, so
+client_kwargs={"region_name":"eu-west-1"} works).  s3fs itself reads the usual
+AWS variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL,
+AWS_DEFAULT_REGION, AWS_PROFILE).
+"""
+
+import json
+import os
+import re
+from typing import Iterable, Optional
+
+from ..errors import NotARepository, StorageError
+from .fsspec_storage import FsspecStorage
+from .retry import RetryingStorage, with_retries
+
+OPTIONS_ENV = "CHUNKREPO_STORAGE_OPTIONS"
+_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://(.*)$")
+
+
+def is_url(location: str) -> bool:
+    return bool(_URL.match(location)) and not location.startswith("file://")
+
+
+def local_path(location: str) -> str:
+    """The absolute path of a local location (a path or a file:// URL)."""
+    if location.startswith("file://"):
+        location = location[len("file://"):]
+    return os.path.abspath(location)
+
+
+def parse_options(items: Iterable[str] = ()) -> dict:
+    """$CHUNKREPO_STORAGE_OPTIONS, then 'key=value' items, as keyword arguments."""
+    opts: dict = {}
+    env = os.environ.get(OPTIONS_ENV)
+    if env:
+        try:
+            opts = json.loads(env)
+        except ValueError as e:
+            raise StorageError(f"{OPTIONS_ENV} is not valid JSON: {e}") from None
+        if not isinstance(opts, dict):
+            raise StorageError(f"{OPTIONS_ENV} must be a JSON object of storage options")
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise StorageError(f"bad storage option {item!r}: expected key=value")
+        try:
+            opts[key.strip()] = json.loads(value)
+        except ValueError:
+            opts[key.strip()] = value
+    return opts
+
+
+def open_fsspec(url: str, options: Optional[dict] = None, tmp_dir: Optional[str] = None) -> RetryingStorage:
+    """An FsspecStorage for a URL, retrying transient failures (storage.retry); one-line
+    errors for unknown schemes and bad options.
+
+    options None: those of $CHUNKREPO_STORAGE_OPTIONS."""
+    import fsspec     # only remote repositories pay for importing it
+
+    m = _URL.match(url)
+    if not m:
+        raise NotARepository(f"{url!r} is not a URL")
+    scheme, rest = m.group(1).lower(), m.group(2)
+    if not rest.strip("/"):
+        raise NotARepository(f"{url}: the URL names no bucket or folder")
+    try:
+        fs = fsspec.filesystem(scheme, **(parse_options() if options is None else options))
+    except ValueError as e:
+        raise StorageError(f"{url}: unknown storage scheme {scheme!r} ({e})") from None
+    except ImportError as e:
+        raise StorageError(f"{url}: scheme {scheme!r} needs a package that is not installed ({e})") from None
+    except TypeError as e:
+        raise StorageError(f"{url}: bad storage option for {scheme!r}: {e}") from None
+    return with_retries(FsspecStorage(fs, url, tmp_dir))

@@ -1,0 +1,61 @@
+"""Every storage implementation, plain and wrapped in RetryingStorage, as one `storage` fixture."""
+
+import uuid
+
+import fsspec
+import pytest
+
+from chunkrepo.storage import FsspecStorage, LocalStorage
+from chunkrepo.storage.retry import RetryingStorage
+
+BACKENDS = ["local", "memory", "file", "moto", pytest.param("ceph", marks=pytest.mark.ceph)]
+
+
+@pytest.fixture
+def make_s3fs():
+    """make_s3fs(info, **s3fs_options): an s3fs filesystem for an S3 fixture's dict (fsspec caches
+    instances by their arguments, so tests on one endpoint share a client)."""
+    s3fs = pytest.importorskip("s3fs")
+
+    def make(info, **kw):
+        opts = dict(info["storage_options"])
+        opts.update(kw)
+        return s3fs.S3FileSystem(**opts)
+    return make
+
+
+def open_backend(kind, request, tmp_path):
+    """A fresh, empty storage of the given kind (cleaned up by the fixtures it uses)."""
+    if kind == "local":
+        return LocalStorage(str(tmp_path / "store"))
+    if kind == "file":
+        return FsspecStorage(fsspec.filesystem("file"), str(tmp_path / "store"))
+    if kind == "memory":
+        fs = fsspec.filesystem("memory")
+        root = f"/chunkrepo-test-{uuid.uuid4().hex}"
+        request.addfinalizer(lambda: fs.rm(root, recursive=True) if fs.exists(root) else None)
+        return FsspecStorage(fs, f"memory://{root}")
+    info = request.getfixturevalue(f"{kind}_s3")
+    fs = request.getfixturevalue("make_s3fs")(info)
+    return FsspecStorage(fs, f"{info['bucket']}/store")
+
+
+@pytest.fixture
+def open_storage(request, tmp_path):
+    """open_storage(kind): a fresh storage of that kind ("local", "memory", "file", "moto", "ceph")."""
+    return lambda kind: open_backend(kind, request, tmp_path)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request, tmp_path):
+    """(kind, the storage unwrapped) for each implementation."""
+    s = open_backend(request.param, request, tmp_path)
+    yield request.param, s
+    s.close()
+
+
+@pytest.fixture(params=["plain", "retrying"])
+def storage(request, backend):
+    """Each implementation, as it is and wrapped in RetryingStorage."""
+    _, s = backend
+    return s if request.param == "plain" else RetryingStorage(s)
