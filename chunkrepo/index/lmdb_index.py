@@ -10,7 +10,7 @@ import msgpack
 
 from ..codec.hashing import ID_SIZE
 from ..errors import IntegrityError, StorageError
-from .resident import CHECK_EVERY as _CHECK_EVERY, MappedPages, maps_of
+from .resident import MappedPages, maps_of
 
 _ENTRY = struct.Struct("<16sQIIQ")  # pack id, offset, stored length, raw length, refcount
 _MAP_SIZE = 1 << 40  # sparse without writemap: costs nothing until used
@@ -77,26 +77,26 @@ class ReadView:
         self.txn = txn
 
     def chunk(self, cid: bytes) -> Optional[BlobEntry]:
-        self._ix.resident.touched()
+        self._ix.resident.looked_up()
         v = self.txn.get(cid, db=self._ix.chunks)
         return BlobEntry.unpack(v) if v is not None else None
 
     def has_chunk(self, cid: bytes) -> bool:
         """The chunk is stored (a lost chunk is not: a backup must store it again)."""
-        self._ix.resident.touched()
+        self._ix.resident.looked_up()
         return _present(self.txn.get(cid, db=self._ix.chunks))
 
     def has_tree(self, tid: bytes) -> bool:
-        self._ix.resident.touched()
+        self._ix.resident.looked_up()
         return _present(self.txn.get(tid, db=self._ix.trees))
 
     def tree(self, tid: bytes) -> Optional[BlobEntry]:
-        self._ix.resident.touched()
+        self._ix.resident.looked_up()
         v = self.txn.get(tid, db=self._ix.trees)
         return BlobEntry.unpack(v) if v is not None else None
 
     def tree_data(self, tid: bytes) -> Optional[bytes]:
-        self._ix.resident.touched(4)      # a record spans a few pages
+        self._ix.resident.streamed(4)      # a record spans a few pages
         v = self.txn.get(tid, db=self._ix.treedata)
         return bytes(v) if v is not None else None
 
@@ -114,9 +114,9 @@ class ReadView:
 
     def _iter(self, db) -> Iterator[tuple]:
         with self.txn.cursor(db=db) as cur:
-            touched = self._ix.resident.touched
+            streamed = self._ix.resident.streamed
             for k, v in cur:
-                touched()
+                streamed()
                 yield bytes(k), BlobEntry.unpack(v)
 
     def all_chunks(self):
@@ -497,7 +497,7 @@ class Index:
                 view = WriteView(self, txn)
                 yield view
                 view._flush()
-            self.resident.touched(_CHECK_EVERY)    # what the transaction read stays mapped
+            self.resident.check(self.resident.lookup_budget)   # what the transaction read stays mapped
         except lmdb.MapFullError:
             raise StorageError("index map is full") from None
         except lmdb.Error as e:
@@ -510,7 +510,7 @@ class Index:
 
     def has_chunk(self, cid: bytes) -> bool:
         """One-shot lookup in a short read transaction (safe from any thread)."""
-        self.resident.touched()
+        self.resident.looked_up()
         with self.env.begin() as txn:
             return _present(txn.get(cid, db=self.chunks))
 

@@ -9,7 +9,7 @@ pages the kernel can reclaim at any time.
 
 MappedPages drops the process's mappings of those pages (madvise
 MADV_DONTNEED) once the file-backed resident set has grown by a budget since
-the last drop.  On a shared file mapping that is a no-op for what readers see:
+the last drop (2 MiB after streaming reads, 32 MiB after point lookups).  On a shared file mapping that is a no-op for what readers see:
 the pages stay in the page cache and the next access maps them again (a minor
 fault), also from a read transaction open in another thread.  Nothing is
 written through the map, so nothing can be lost.  Where the map or madvise
@@ -23,7 +23,7 @@ import os
 import threading
 from typing import Optional, Tuple
 
-CHECK_EVERY = 32            # lookups between two looks at /proc/self/statm
+CHECK_EVERY = 32            # calls between two looks at /proc/self/statm
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
@@ -63,19 +63,26 @@ def _shared_resident() -> int:
 
 
 class MappedPages:
-    """Keeps the resident part of one mapping of a file within about budget bytes.
+    """Keeps the resident part of one mapping of a file within a budget.
 
+    Two budgets: reads that stream through the file (records, cursors) never
+    come back to a page, so their pages are dropped once they add up to
+    `budget`; point lookups and write transactions (random keys: chunk ids)
+    come back to the same B-tree pages often, and dropping those costs a
+    fault per lookup, so they may keep up to `lookup_budget` mapped.
     before: maps_of(path) taken just before the mapping was made; the one new
     mapping is ours (none, or several: stay inactive)."""
 
-    def __init__(self, path: str, before: set, budget: int = 2 << 20):
+    def __init__(self, path: str, before: set, budget: int = 2 << 20, lookup_budget: int = 32 << 20):
         self.path = path
         self.budget = budget
+        self.lookup_budget = lookup_budget
         new = maps_of(path) - before if hasattr(mmap, "MADV_DONTNEED") else set()
         self._map = next(iter(new)) if len(new) == 1 else None
         self._madvise = _madvise() if self._map is not None else None
         self._lock = threading.Lock()
-        self._count = 0
+        self._streamed = 0
+        self._looked_up = 0
         self._floor = self._read_floor()
         self.drops = 0
 
@@ -88,16 +95,28 @@ class MappedPages:
             self._madvise = None
             return 0
 
-    def touched(self, n: int = 1) -> None:
-        """Called after lookups: every CHECK_EVERY, drop the map's pages if over budget."""
+    def streamed(self, n: int = 1) -> None:
+        """After reading n pages or so of records or a cursor's entries."""
         if self._madvise is None:
             return
-        self._count += n    # races between threads only make a check come early or late
-        if self._count < CHECK_EVERY:
+        self._streamed += n    # races between threads only make a check come early or late
+        if self._streamed >= CHECK_EVERY:
+            self._streamed = 0
+            self.check(self.budget)
+
+    def looked_up(self) -> None:
+        """After one point lookup."""
+        if self._madvise is None:
             return
-        self._count = 0
+        self._looked_up += 1
+        if self._looked_up >= CHECK_EVERY:
+            self._looked_up = 0
+            self.check(self.lookup_budget)
+
+    def check(self, budget: int) -> None:
+        """Drop the mapping's pages if the file-backed resident set grew by more than budget."""
         with self._lock:
-            if self._madvise is not None and _shared_resident() - self._floor > self.budget:
+            if self._madvise is not None and _shared_resident() - self._floor > budget:
                 self.drop()
 
     def drop(self) -> None:
