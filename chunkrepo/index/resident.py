@@ -9,9 +9,10 @@ pages the kernel can reclaim at any time.
 
 MappedPages drops the process's mappings of those pages (madvise
 MADV_DONTNEED) once the file-backed resident set has grown by a budget since
-the last drop (2 MiB after streaming reads, 32 MiB after point lookups).  On a shared file mapping that is a no-op for what readers see:
-the pages stay in the page cache and the next access maps them again (a minor
-fault), also from a read transaction open in another thread.  Nothing is
+the last drop (2 MiB after streaming reads, 32 MiB after point lookups).  On
+a shared file mapping that is a no-op for what readers see: the pages stay in
+the page cache and the next access maps them again (a minor fault), also from
+a read transaction open in another thread.  Nothing is
 written through the map, so nothing can be lost.  Where the map or madvise
 cannot be found (not Linux), it does nothing.
 """
@@ -21,7 +22,6 @@ import ctypes.util
 import mmap
 import os
 import threading
-from typing import Optional, Tuple
 
 CHECK_EVERY = 32            # calls between two looks at /proc/self/statm
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096

@@ -6,8 +6,8 @@ import socket
 import pytest
 
 from chunkrepo import Repo
-from chunkrepo.index import KIND_CHUNK
 from chunkrepo.errors import ChunkrepoError, FormatVersionError, NotARepository
+from chunkrepo.index import KIND_CHUNK
 from chunkrepo.repository.config import CONFIG_NAME
 from tests.conftest import age, write_random
 
