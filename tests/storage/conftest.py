@@ -9,6 +9,7 @@ from chunkrepo.storage import FsspecStorage, LocalStorage
 from chunkrepo.storage.retry import RetryingStorage
 
 BACKENDS = ["local", "memory", "file", "moto", pytest.param("ceph", marks=pytest.mark.ceph)]
+LOCK_BACKENDS = BACKENDS[1:]     # the stores with put_if_absent (a local repository locks with flock)
 
 
 @pytest.fixture
@@ -58,4 +59,18 @@ def backend(request, tmp_path):
 def storage(request, backend):
     """Each implementation, as it is and wrapped in RetryingStorage."""
     _, s = backend
+    return s if request.param == "plain" else RetryingStorage(s)
+
+
+@pytest.fixture(params=LOCK_BACKENDS)
+def lock_backend(request, tmp_path):
+    s = open_backend(request.param, request, tmp_path)
+    yield request.param, s
+    s.close()
+
+
+@pytest.fixture(params=["plain", "retrying"])
+def lock_storage(request, lock_backend):
+    """Each implementation with a conditional create, as it is and wrapped in RetryingStorage."""
+    _, s = lock_backend
     return s if request.param == "plain" else RetryingStorage(s)

@@ -119,9 +119,8 @@ def test_abort_leaves_nothing(storage):
     assert list(storage.list("")) == ["packs/keep"]
 
 
-def test_put_if_absent(storage, backend):
-    if not hasattr(backend[1], "put_if_absent"):
-        pytest.skip(f"{type(backend[1]).__name__} has no put_if_absent (local repositories lock with flock)")
+def test_put_if_absent(lock_storage):
+    storage = lock_storage
     assert storage.put_if_absent("locks/writer", b"mine") is True
     assert storage.put_if_absent("locks/writer", b"theirs") is False
     assert storage.get("locks/writer") == b"mine"
