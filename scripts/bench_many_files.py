@@ -5,8 +5,10 @@
 
 For each N: a tree of N small files (100 files per directory, 40-2,000 bytes,
 generated once under --root and reused), then: first backup, unchanged backup,
-`ls` of the last backup, with wall time, peak RSS, and the bytes the unchanged
-backup added to the repository (packs + backup record + index growth).
+`ls` of the last backup, with wall time, user+system CPU seconds (less
+sensitive than wall time to other load on a shared machine), peak RSS, and the
+bytes the unchanged backup added to the repository (packs + backup record +
+index growth).  The load average before each row is printed under the table.
 """
 
 import argparse
@@ -38,13 +40,13 @@ def make_tree(root: str, n: int) -> None:
 def timed(cmd):
     fd, tf = tempfile.mkstemp()
     os.close(fd)
-    p = subprocess.run(["/usr/bin/time", "-o", tf, "-f", "%e %M"] + cmd, stdout=subprocess.PIPE,
+    p = subprocess.run(["/usr/bin/time", "-o", tf, "-f", "%e %U %S %M"] + cmd, stdout=subprocess.PIPE,
                        stderr=subprocess.PIPE)
-    wall, rss = open(tf).read().split()[-2:]
+    wall, user, system, rss = open(tf).read().split()[-4:]
     os.unlink(tf)
     if p.returncode not in (0, 3):
         sys.exit(p.stderr.decode())
-    return float(wall), int(rss) / 1024, p.stdout
+    return f"{float(wall):.2f} ({float(user) + float(system):.1f})", f"{int(rss) / 1024:.0f}", p.stdout
 
 
 def du(path):
@@ -58,24 +60,26 @@ def main():
     ap.add_argument("--exe", default=None)
     args = ap.parse_args()
     exe = [args.exe] if args.exe else [sys.executable, "-m", "chunkrepo"]
-    print("| files | first backup s | RSS MiB | unchanged backup s | RSS MiB | added by unchanged KiB "
-          "| ls s | ls lines |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| files | first backup s (CPU s) | RSS MiB | unchanged backup s (CPU s) | RSS MiB "
+          "| added by unchanged KiB | ls s (CPU s) | RSS MiB | ls lines |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    loads = []
     for n in args.files:
         src = os.path.join(args.root, f"tree-{n}")
         make_tree(src, n)
         repo = tempfile.mkdtemp(prefix="chunkrepo-many-repo-")
         shutil.rmtree(repo)
         subprocess.run(exe + ["init", "--repo", repo], check=True, capture_output=True)
+        loads.append(f"{n}: {os.getloadavg()[0]:.1f}")
         b1, r1, _ = timed(exe + ["backup", "--repo", repo, src])
         size1 = du(repo)
         b2, r2, out = timed(exe + ["backup", "--repo", repo, src])
         added = du(repo) - size1
-        ls, _, listing = timed(exe + ["ls", "--repo", repo, out.split()[-1].decode()])
+        ls, r3, listing = timed(exe + ["ls", "--repo", repo, out.split()[-1].decode()])
         lines = listing.count(b"\n")
-        print(f"| {n} | {b1:.2f} | {r1:.0f} | {b2:.2f} | {r2:.0f} | {added / 1024:.1f} | {ls:.2f} "
-              f"| {lines} |", flush=True)
+        print(f"| {n} | {b1} | {r1} | {b2} | {r2} | {added / 1024:.1f} | {ls} | {r3} | {lines} |", flush=True)
         shutil.rmtree(repo)
+    print("load average (1 min) before each row:", ", ".join(loads))
 
 
 if __name__ == "__main__":

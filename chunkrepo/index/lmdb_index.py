@@ -10,6 +10,7 @@ import msgpack
 
 from ..codec.hashing import ID_SIZE
 from ..errors import IntegrityError, StorageError
+from .resident import MappedPages, maps_of
 
 _ENTRY = struct.Struct("<16sQIIQ")  # pack id, offset, stored length, raw length, refcount
 _MAP_SIZE = 1 << 40  # sparse without writemap: costs nothing until used
@@ -76,21 +77,26 @@ class ReadView:
         self.txn = txn
 
     def chunk(self, cid: bytes) -> Optional[BlobEntry]:
+        self._ix.resident.looked_up()
         v = self.txn.get(cid, db=self._ix.chunks)
         return BlobEntry.unpack(v) if v is not None else None
 
     def has_chunk(self, cid: bytes) -> bool:
         """The chunk is stored (a lost chunk is not: a backup must store it again)."""
+        self._ix.resident.looked_up()
         return _present(self.txn.get(cid, db=self._ix.chunks))
 
     def has_tree(self, tid: bytes) -> bool:
+        self._ix.resident.looked_up()
         return _present(self.txn.get(tid, db=self._ix.trees))
 
     def tree(self, tid: bytes) -> Optional[BlobEntry]:
+        self._ix.resident.looked_up()
         v = self.txn.get(tid, db=self._ix.trees)
         return BlobEntry.unpack(v) if v is not None else None
 
     def tree_data(self, tid: bytes) -> Optional[bytes]:
+        self._ix.resident.streamed(4)      # a record spans a few pages
         v = self.txn.get(tid, db=self._ix.treedata)
         return bytes(v) if v is not None else None
 
@@ -108,7 +114,9 @@ class ReadView:
 
     def _iter(self, db) -> Iterator[tuple]:
         with self.txn.cursor(db=db) as cur:
+            streamed = self._ix.resident.streamed
             for k, v in cur:
+                streamed()
                 yield bytes(k), BlobEntry.unpack(v)
 
     def all_chunks(self):
@@ -443,6 +451,8 @@ class Index:
     def __init__(self, path: str, readonly: bool = False):
         self.path = path
         os.makedirs(path, exist_ok=True) if not readonly else None
+        data_file = os.path.join(path, "data.mdb")
+        before = maps_of(data_file)
         try:
             self.env = lmdb.open(path, map_size=_MAP_SIZE, max_dbs=len(_DBS) + 2,
                                  readonly=readonly, subdir=True, max_readers=256,
@@ -472,6 +482,8 @@ class Index:
         self.digests = handles[b"digests"]    # snapshots: BLAKE3 content digest -> where (ops.snapshot)
         self.lost = handles[b"lost"]          # blobs whose stored copy was lost (check --repair)
         self.damaged = handles[b"damaged"]    # backups that lost data
+        # the process's resident share of the map, bounded (see index/resident.py)
+        self.resident = MappedPages(data_file, before)
 
     @contextmanager
     def read(self):
@@ -485,6 +497,7 @@ class Index:
                 view = WriteView(self, txn)
                 yield view
                 view._flush()
+            self.resident.check(self.resident.lookup_budget)   # what the transaction read stays mapped
         except lmdb.MapFullError:
             raise StorageError("index map is full") from None
         except lmdb.Error as e:
@@ -497,6 +510,7 @@ class Index:
 
     def has_chunk(self, cid: bytes) -> bool:
         """One-shot lookup in a short read transaction (safe from any thread)."""
+        self.resident.looked_up()
         with self.env.begin() as txn:
             return _present(txn.get(cid, db=self.chunks))
 
@@ -514,6 +528,7 @@ class Index:
         return oldest
 
     def close(self) -> None:
+        self.resident.close()
         self.env.close()
 
 

@@ -7,6 +7,7 @@ import pytest
 
 from chunkrepo import Repo
 from chunkrepo.errors import ChunkrepoError, FormatVersionError, NotARepository
+from chunkrepo.index import KIND_CHUNK
 from chunkrepo.repository.config import CONFIG_NAME
 from tests.conftest import age, write_random
 
@@ -111,17 +112,40 @@ def test_recently_modified_file_is_not_trusted(repo, tmp_path):
     assert res.files_borrowed == 0 and res.bytes_read == 1
 
 
-def test_missing_borrowed_chunk_is_healed(repo, tmp_path):
+def _chunk_of(repo, backup_id, name: bytes) -> bytes:
+    return next(e.node for e in repo.list_backup(backup_id) if e.path.endswith(name)).chunks[:32]
+
+
+def test_lost_borrowed_chunk_is_healed(repo, tmp_path):
     src = _tree(tmp_path / "src")
     first = repo.backup([src])
-    node = next(e.node for e in repo.list_backup(first.id) if e.path.endswith(b"mid.bin"))
     ix = repo.repository.index
-    with ix.env.begin(write=True) as txn:   # the chunk is lost from the index
-        assert txn.delete(node.chunks[:32], db=ix.chunks)
+    with ix.write() as w:       # as check --repair does when the chunk's pack is gone
+        w.mark_lost(KIND_CHUNK, _chunk_of(repo, first.id, b"mid.bin"))
     res = repo.backup([src])
     assert res.files_borrowed == 4 and res.bytes_read == 700_000
+    with ix.read() as v:
+        assert v.lost_count() == 0
     with repo.open_file(res.id, src / "d" / "e" / "mid.bin") as f:
         assert f.read() == (src / "d" / "e" / "mid.bin").read_bytes()
+
+
+def test_borrowed_chunks_are_checked_only_while_something_is_lost(repo, tmp_path):
+    """A backup's references keep its chunks' entries, so with nothing lost the per-chunk check
+    is skipped: an entry deleted behind the index's back (damage only check finds) goes
+    unnoticed.  One lost blob anywhere turns the check on, and that file is read again too."""
+    src = _tree(tmp_path / "src")
+    first = repo.backup([src])
+    ix = repo.repository.index
+    with ix.env.begin(write=True) as txn:
+        assert txn.delete(_chunk_of(repo, first.id, b"mid.bin"), db=ix.chunks)
+    res = repo.backup([src])
+    assert res.files_borrowed == 5 and res.bytes_read == 0
+    assert not repo.check().ok
+    with ix.write() as w:
+        w.mark_lost(KIND_CHUNK, _chunk_of(repo, first.id, b"big.bin"))
+    res = repo.backup([src])
+    assert res.files_borrowed == 3 and res.bytes_read == 700_000 + (9 << 20)
 
 
 def test_excludes(repo, tmp_path):

@@ -1,6 +1,7 @@
 """Directory records finished in post-order once the files in them are done."""
 
 import collections
+import operator
 from typing import List, Optional
 
 from ...model import Node, Tree
@@ -41,7 +42,7 @@ class PendingFile:
 class PendingDir:
     """A directory whose record is written once all children are resolved."""
 
-    __slots__ = ("node", "children", "result", "prev", "prev_entries")
+    __slots__ = ("node", "children", "result", "prev", "prev_entries", "waiting", "plain")
 
     def __init__(self, node: Node, children: list, prev: Optional[Node] = None, prev_entries=None):
         self.node = node            # the directory's own entry, subtree still None
@@ -49,9 +50,14 @@ class PendingDir:
         self.result: Optional[Node] = None
         self.prev = prev            # the same directory in the previous backup
         self.prev_entries = prev_entries
+        self.waiting = [c for c in children if type(c) is not Node]   # files being read, subdirectories
+        self.plain = not self.waiting                                  # every child is a Node already
 
     def ready(self) -> bool:
-        return all(c.done() for c in self.children if isinstance(c, PendingFile))
+        w = self.waiting
+        while w and (type(w[-1]) is PendingDir or w[-1].done()):
+            w.pop()    # a subdirectory is finished before its parent (the queue is in post-order)
+        return not w
 
 
 class TreeSaver:
@@ -84,19 +90,22 @@ class TreeSaver:
         self.session.checkpoint()
 
     def _finish(self, pd: PendingDir) -> None:
-        entries: List[Node] = []
-        for c in pd.children:
-            if isinstance(c, PendingFile):
-                node = c.result()
-            elif isinstance(c, PendingDir):
-                node = c.result
-            else:
-                node = c
-            if node is not None:
-                entries.append(node)
+        if pd.plain:
+            entries: List[Node] = pd.children
+        else:
+            entries = []
+            for c in pd.children:
+                if isinstance(c, PendingFile):
+                    node = c.result()
+                elif isinstance(c, PendingDir):
+                    node = c.result
+                else:
+                    node = c
+                if node is not None:
+                    entries.append(node)
         prev = pd.prev
         if (prev is not None and pd.prev_entries is not None and len(entries) == len(pd.prev_entries)
-                and all(a is b for a, b in zip(entries, pd.prev_entries))):
+                and all(map(operator.is_, entries, pd.prev_entries))):
             tid = prev.subtree       # the very same entries: the same record, nothing to encode
         else:
             entries.sort(key=lambda n: n.name)

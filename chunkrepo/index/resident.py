@@ -1,0 +1,137 @@
+"""Bounding how much of the LMDB map stays in the process's resident set.
+
+LMDB reads through a shared, read-only mapping of data.mdb (no MDB_WRITEMAP:
+writes go through pwrite).  Every page a lookup touches stays mapped, and
+Linux maps the cached pages around a faulting one too (fault-around, 64 KiB),
+so a walk over a large index leaves the whole file resident in the process:
+~500 MiB of RSS for an index of a million files, although these are page-cache
+pages the kernel can reclaim at any time.
+
+MappedPages drops the process's mappings of those pages (madvise
+MADV_DONTNEED) once the file-backed resident set has grown by a budget since
+the last drop (2 MiB after streaming reads, 32 MiB after point lookups).  On
+a shared file mapping that is a no-op for what readers see: the pages stay in
+the page cache and the next access maps them again (a minor fault), also from
+a read transaction open in another thread.  Nothing is
+written through the map, so nothing can be lost.  Where the map or madvise
+cannot be found (not Linux), it does nothing.
+"""
+
+import ctypes
+import ctypes.util
+import mmap
+import os
+import threading
+
+CHECK_EVERY = 32            # calls between two looks at /proc/self/statm
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _madvise():
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.madvise
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def maps_of(path: str) -> set:
+    """(start, length) of every mapping of the file at path in this process."""
+    out = set()
+    try:
+        st = os.stat(path)
+        real = os.path.realpath(path)
+        with open("/proc/self/maps") as f:
+            for line in f:
+                parts = line.split(None, 5)
+                if (len(parts) == 6 and int(parts[4]) == st.st_ino
+                        and os.path.realpath(parts[5].rstrip("\n")) == real):
+                    lo, hi = (int(x, 16) for x in parts[0].split("-"))
+                    out.add((lo, hi - lo))
+    except (OSError, ValueError):
+        return set()
+    return out
+
+
+def _shared_resident() -> int:
+    """Bytes of file-backed (and shared) memory resident in this process."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[2]) * _PAGE
+
+
+class MappedPages:
+    """Keeps the resident part of one mapping of a file within a budget.
+
+    Two budgets: reads that stream through the file (records, cursors) never
+    come back to a page, so their pages are dropped once they add up to
+    `budget`; point lookups and write transactions (random keys: chunk ids)
+    come back to the same B-tree pages often, and dropping those costs a
+    fault per lookup, so they may keep up to `lookup_budget` mapped.
+    before: maps_of(path) taken just before the mapping was made; the one new
+    mapping is ours (none, or several: stay inactive)."""
+
+    def __init__(self, path: str, before: set, budget: int = 2 << 20, lookup_budget: int = 32 << 20):
+        self.path = path
+        self.budget = budget
+        self.lookup_budget = lookup_budget
+        new = maps_of(path) - before if hasattr(mmap, "MADV_DONTNEED") else set()
+        self._map = next(iter(new)) if len(new) == 1 else None
+        self._madvise = _madvise() if self._map is not None else None
+        self._lock = threading.Lock()
+        self._streamed = 0
+        self._looked_up = 0
+        self._floor = self._read_floor()
+        self.drops = 0
+
+    def _read_floor(self) -> int:
+        if self._madvise is None:
+            return 0
+        try:
+            return _shared_resident()
+        except (OSError, ValueError, IndexError):
+            self._madvise = None
+            return 0
+
+    def streamed(self, n: int = 1) -> None:
+        """After reading n pages or so of records or a cursor's entries."""
+        if self._madvise is None:
+            return
+        self._streamed += n    # races between threads only make a check come early or late
+        if self._streamed >= CHECK_EVERY:
+            self._streamed = 0
+            self.check(self.budget)
+
+    def looked_up(self) -> None:
+        """After one point lookup."""
+        if self._madvise is None:
+            return
+        self._looked_up += 1
+        if self._looked_up >= CHECK_EVERY:
+            self._looked_up = 0
+            self.check(self.lookup_budget)
+
+    def check(self, budget: int) -> None:
+        """Drop the mapping's pages if the file-backed resident set grew by more than budget."""
+        with self._lock:
+            if self._madvise is not None and _shared_resident() - self._floor > budget:
+                self.drop()
+
+    def drop(self) -> None:
+        """madvise(MADV_DONTNEED) over the mapping, if it is still the file's mapping."""
+        if self._madvise is None or self._map not in maps_of(self.path):
+            self._madvise = None      # unmapped or moved: never touch that address range again
+            return
+        start, length = self._map
+        if self._madvise(start, length, mmap.MADV_DONTNEED) != 0:
+            self._madvise = None
+            return
+        self.drops += 1
+        self._floor = _shared_resident()
+
+    def close(self) -> None:
+        """The mapping is about to go: stop."""
+        with self._lock:
+            self._madvise = None

@@ -1,0 +1,71 @@
+"""index/resident.py: the LMDB map's pages leave the resident set, and reads stay correct."""
+
+import os
+
+import pytest
+
+from chunkrepo.index import BlobEntry, Index
+from chunkrepo.index.resident import MappedPages, maps_of
+
+pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="Linux only")
+
+
+def _rss_file_kib() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("RssFile:"))
+
+
+@pytest.fixture
+def index(tmp_path):
+    ix = Index(str(tmp_path / "index"))
+    records = {i.to_bytes(32, "big"): os.urandom(16) * 768 for i in range(1500)}   # 12 KiB each
+    with ix.env.begin(write=True) as txn:
+        for k, v in records.items():
+            txn.put(k, v, db=ix.treedata)
+    yield ix, records
+    ix.close()
+
+
+def test_reads_through_dropped_pages_are_correct_and_bounded(index):
+    ix, records = index
+    assert ix.resident.drops == 0
+    with ix.read() as v:        # one read transaction across many drops
+        for k, want in records.items():
+            assert v.tree_data(k) == want
+    assert ix.resident.drops >= 2        # 18 MiB read against a 2 MiB budget
+    before = _rss_file_kib()
+    ix.resident.drop()
+    assert _rss_file_kib() < before - 1024
+    with ix.read() as v:
+        assert all(v.tree_data(k) == want for k, want in records.items())
+
+
+def test_never_touches_an_address_range_that_is_not_the_map(tmp_path):
+    ix = Index(str(tmp_path / "index"))
+    data = os.path.join(ix.path, "data.mdb")
+    assert len(maps_of(data)) == 1 and ix.resident._map in maps_of(data)
+    again = MappedPages(data, before=maps_of(data))
+    assert again._map is None                     # no new mapping to call ours: inactive
+    again.drop()
+    assert again.drops == 0
+    ix.env.close()                                # unmapped behind its back
+    ix.resident.drop()
+    assert ix.resident.drops == 0 and ix.resident._madvise is None
+
+
+def test_point_lookups_keep_their_own_larger_budget(tmp_path):
+    ix = Index(str(tmp_path / "index"))
+    ids = [os.urandom(32) for _ in range(60000)]      # ~5 MiB of chunk entries
+    with ix.write() as w:
+        for i, cid in enumerate(ids):
+            w.put_chunk(cid, BlobEntry(b"p" * 16, i, 1, 1, 1), new=True)
+    ix.resident.drop()
+    with ix.read() as v:
+        assert all(v.has_chunk(cid) for cid in ids)
+    assert ix.resident.drops == 1                     # under the 32 MiB lookup budget: kept
+    ix.resident.lookup_budget = 1 << 20
+    with ix.read() as v:
+        ix.resident.drop()
+        assert all(v.chunk(cid).offset == i for i, cid in enumerate(ids))
+    assert ix.resident.drops >= 3
+    ix.close()
