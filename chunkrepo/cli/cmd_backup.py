@@ -5,7 +5,7 @@ import sys
 
 import click
 
-from ..ops.fsspec_url import parse_options
+from ..storage.open import parse_items
 from .common import human_bytes, json_option, open_repo, print_json, repo_option
 from .progress import BackupProgress
 
@@ -53,7 +53,7 @@ def command(repo_path, paths, subset, host, excludes, one_file_system, files_fro
         try:
             res = repo.backup(paths, host=host, subset=subset, excludes=excludes,
                               one_file_system=one_file_system, progress=progress, listed_paths=listed,
-                              source_options=parse_options(source_options))
+                              source_options=parse_items(source_options))
         finally:
             progress.close()
     for err in res.errors:

@@ -5,7 +5,7 @@ import os
 import click
 
 from ..model.nodes import DIR
-from ..ops.fsspec_url import parse_options
+from ..storage.open import parse_items
 from .common import human_bytes, json_option, open_repo, print_json, repo_option, write_lines
 
 
@@ -63,7 +63,7 @@ def command(repo_path, a, b, path, content, source_options, as_json):
     The exit status is 0 whether or not there are differences (like restic's
     diff), 1 on errors."""
     with open_repo(repo_path) as repo:
-        diff = repo.diff(a, b, path, content=content, source_options=parse_options(source_options))
+        diff = repo.diff(a, b, path, content=content, source_options=parse_items(source_options))
         if as_json:
             for c in diff:
                 print_json(_change_json(c))

@@ -3,7 +3,7 @@
 import click
 
 from ..errors import ChunkrepoError
-from ..ops.fsspec_url import parse_options
+from ..storage.open import parse_items
 from ..ops.traverse import split_path
 from .common import json_option, open_repo, print_json, repo_option
 from .progress import RestoreProgress
@@ -30,7 +30,7 @@ def command(repo_path, backup, path, target, target_options, overwrite, mirror, 
         total = (rec.stats or {}).get("bytes_total") if not split_path(path) else None
         with RestoreProgress(total) as progress:
             res = repo.restore(rec.id, target, path, progress=progress if progress.enabled else None,
-                               target_options=parse_options(target_options), mirror=mirror,
+                               target_options=parse_items(target_options), mirror=mirror,
                                overwrite=overwrite)
     d = res.to_dict()
     if d.get("safety_backup"):

@@ -11,7 +11,7 @@ name or password a URL may carry.
 import contextlib
 import posixpath
 import re
-from typing import Dict, Iterable, Tuple
+from typing import Dict, Tuple
 from urllib.parse import urlsplit
 
 from ..errors import ChunkrepoError, NotFound
@@ -31,26 +31,6 @@ def normalise(url: str) -> str:
     host = parts.netloc.rpartition("@")[2]
     path = posixpath.normpath("/" + parts.path.lstrip("/"))
     return f"{parts.scheme}://{host}{path if path != '/' else ''}"
-
-
-def parse_options(pairs: Iterable[str]) -> Dict[str, object]:
-    """key=value strings as filesystem options; true/false/none and integers are converted."""
-    out: Dict[str, object] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ChunkrepoError(f"bad filesystem option {pair!r}: expected key=value")
-        low = value.lower()
-        if low in ("true", "false"):
-            out[key] = low == "true"
-        elif low == "none":
-            out[key] = None
-        else:
-            try:
-                out[key] = int(value)
-            except ValueError:
-                out[key] = value
-    return out
 
 
 @contextlib.contextmanager

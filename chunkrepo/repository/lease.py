@@ -27,6 +27,7 @@ import time
 from typing import Optional
 
 from ..errors import NotFound, RepoLocked
+from ..process import pid_alive
 from .lock import _age
 
 log = logging.getLogger("chunkrepo")
@@ -149,7 +150,7 @@ def break_lock(storage, name: str = LOCK_NAME) -> Optional[str]:
     held = read_lock(storage, name)
     if held is None:
         return None
-    if held.get("host") == socket.gethostname() and _pid_alive(held.get("pid")) and not _expired(held):
+    if held.get("host") == socket.gethostname() and pid_alive(held.get("pid")) and not _expired(held):
         raise RepoLocked(f"repository is locked by {describe(held)}, which is still running: not unlocked")
     try:
         storage.delete(name)
@@ -157,14 +158,3 @@ def break_lock(storage, name: str = LOCK_NAME) -> Optional[str]:
         pass
     return describe(held)
 
-
-def _pid_alive(pid) -> bool:
-    if not isinstance(pid, int):
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

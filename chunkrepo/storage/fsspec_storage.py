@@ -20,6 +20,7 @@ import threading
 from typing import Iterator, Optional
 
 from ..errors import NotFound, StorageError
+from ..process import pid_alive
 
 # filesystems whose PUT makes an object appear whole or not at all
 _ATOMIC_PUT = {"s3", "s3a", "gs", "gcs", "gcp", "abfs", "abfss", "az", "adl", "oci", "oss", "memory"}
@@ -290,7 +291,7 @@ class FsspecStorage:
             if not fn.startswith(f"{_TMP_PREFIX}{host}-"):
                 continue
             pid = fn[len(_TMP_PREFIX) + len(host) + 1:].split("-")[0]
-            if pid.isdigit() and not _pid_alive(int(pid)):
+            if pid.isdigit() and not pid_alive(int(pid)):
                 self._rm_quietly(p)
                 n += 1
         return n
@@ -298,14 +299,3 @@ class FsspecStorage:
     def close(self) -> None:
         pass
 
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -11,6 +11,7 @@ from collections import OrderedDict
 from typing import Iterator, Optional
 
 from ..errors import NotFound, StorageError
+from ..process import pid_alive
 
 _TMP_PREFIX = ".tmp-"
 
@@ -164,7 +165,7 @@ class LocalStorage:
             for fn in filenames:
                 if fn.startswith(_TMP_PREFIX):
                     pid = fn[len(_TMP_PREFIX):].split("-")[0]
-                    if pid.isdigit() and not _pid_alive(int(pid)):
+                    if pid.isdigit() and not pid_alive(int(pid)):
                         os.unlink(os.path.join(dirpath, fn))
                         n += 1
         return n
@@ -181,14 +182,3 @@ class LocalStorage:
                 os.close(fd)
             self._fds.clear()
 
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -47,15 +47,30 @@ def parse_options(items: Iterable[str] = ()) -> dict:
             raise StorageError(f"{OPTIONS_ENV} is not valid JSON: {e}") from None
         if not isinstance(opts, dict):
             raise StorageError(f"{OPTIONS_ENV} must be a JSON object of storage options")
+    opts.update(parse_items(items))
+    return opts
+
+
+def parse_items(items: Iterable[str]) -> dict:
+    """'key=value' strings as filesystem options: true/false/none (any case) are those
+    values, a value that reads as JSON (3, {...}) is that value, anything else the string."""
+    opts: dict = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise StorageError(f"bad storage option {item!r}: expected key=value")
+        low = value.lower()
+        if low in _WORDS:
+            opts[key.strip()] = _WORDS[low]
+            continue
         try:
             opts[key.strip()] = json.loads(value)
         except ValueError:
             opts[key.strip()] = value
     return opts
+
+
+_WORDS = {"true": True, "false": False, "none": None, "null": None}
 
 
 def open_fsspec(url: str, options: Optional[dict] = None, tmp_dir: Optional[str] = None) -> RetryingStorage:

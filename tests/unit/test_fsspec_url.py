@@ -3,7 +3,8 @@
 import pytest
 
 from chunkrepo.errors import ChunkrepoError
-from chunkrepo.ops.fsspec_url import is_url, normalise, one_line, parse_options
+from chunkrepo.ops.fsspec_url import is_url, normalise, one_line
+from chunkrepo.storage.open import parse_items
 
 
 @pytest.mark.parametrize("url, expected", [
@@ -24,12 +25,12 @@ def test_is_url_needs_a_scheme_at_the_start():
     assert not is_url("/srv/a://b") and not is_url("relative/path") and not is_url(b"s3://b")
 
 
-def test_parse_options_converts_booleans_none_and_integers():
-    assert parse_options(["endpoint_url=http://h:1/x=y", "anon=true", "use_ssl=False", "n=3",
+def test_parse_items_converts_booleans_none_and_integers():
+    assert parse_items(["endpoint_url=http://h:1/x=y", "anon=true", "use_ssl=False", "n=3",
                           "profile=none"]) == {
         "endpoint_url": "http://h:1/x=y", "anon": True, "use_ssl": False, "n": 3, "profile": None}
     with pytest.raises(ChunkrepoError, match="expected key=value"):
-        parse_options(["novalue"])
+        parse_items(["novalue"])
 
 
 def test_one_line_hides_credentials():
