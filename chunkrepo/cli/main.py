@@ -61,5 +61,12 @@ for _mod in (cmd_init, cmd_backup, cmd_list, cmd_ls, cmd_tar, cmd_restore, cmd_c
     cli.add_command(_mod.command)
 
 
+# Threads that wait on syscalls, zstd and blake3 get the GIL back sooner: measured on
+# 2 cores, 762 MiB / 30k files, medians of 4: first backup 4.08 -> 3.85 s, tar 2.51 ->
+# 2.36 s, restore 5.51 -> 5.20 s.  A process-wide setting, so the CLI's, not the library's.
+_SWITCH_INTERVAL = 0.0002
+
+
 def main():
+    sys.setswitchinterval(_SWITCH_INTERVAL)
     cli(prog_name="chunkrepo")
