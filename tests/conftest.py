@@ -1,5 +1,6 @@
 import functools
 import logging
+import hashlib
 import os
 import random
 import uuid
@@ -116,3 +117,14 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if {"ceph_s3", "ceph_endpoint"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.ceph)
+
+
+def sha256_tree(root) -> dict:
+    """{path: SHA-256 digest} of every regular file below root (paths as os.walk gives them)."""
+    out = {}
+    for dirpath, _, files in os.walk(root):
+        for n in files:
+            p = os.path.join(dirpath, n)
+            with open(p, "rb") as f:
+                out[p] = hashlib.sha256(f.read()).digest()
+    return out

@@ -16,7 +16,7 @@ import time
 from chunkrepo import Repo
 from chunkrepo.repository.config import Config
 from chunkrepo.repository.packs import KIND_DATA, pack_id_from_name, read_trailer
-from tests.conftest import write_random
+from tests.conftest import sha256_tree, write_random
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ITERATIONS = int(os.environ.get("CHUNKREPO_CRASH_ITERATIONS", "6"))
@@ -42,15 +42,6 @@ def _make_tree(src, rnd):
     for i in range(BIG):
         write_random(src / f"big{i}.bin", BIG_SIZE, seed=rnd.randrange(1 << 30))
 
-
-def _digests(src):
-    out = {}
-    for dirpath, _, files in os.walk(src):
-        for n in files:
-            p = os.path.join(dirpath, n)
-            with open(p, "rb") as f:
-                out[p] = hashlib.sha256(f.read()).digest()
-    return out
 
 
 def _sealed_packs(repo_path):
@@ -101,7 +92,7 @@ def test_kill_minus_nine_at_random_points(tmp_path):
     with Repo(repo_path) as repo:
         first = repo.backup([src])
         assert first.errors == []
-        expected[first.id] = _digests(src)
+        expected[first.id] = sha256_tree(src)
     kills = 0
     for it in range(ITERATIONS):
         # change part of the tree: three big files and a few small ones
@@ -114,7 +105,7 @@ def test_kill_minus_nine_at_random_points(tmp_path):
             data = rnd.randbytes(rnd.randrange(1, 6000))
             p.write_bytes(data)
             changed += len(data)
-        digests = _digests(src)
+        digests = sha256_tree(src)
         indexed = _sealed_packs(repo_path)
         done_id = _kill_during_backup(repo_path, src, rnd)
         if done_id is not None:          # finished before the kill: a complete backup

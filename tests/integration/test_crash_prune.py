@@ -16,7 +16,7 @@ import time
 
 from chunkrepo import Repo
 from chunkrepo.repository.config import Config
-from tests.conftest import age, write_random
+from tests.conftest import age, sha256_tree, write_random
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ITERATIONS = int(os.environ.get("CHUNKREPO_CRASH_ITERATIONS", "6"))
@@ -52,15 +52,6 @@ def _change(src, rnd):
         for n in files:
             age(os.path.join(dirpath, n), 30)
 
-
-def _digests(src):
-    out = {}
-    for dirpath, _, files in os.walk(src):
-        for n in files:
-            p = os.path.join(dirpath, n)
-            with open(p, "rb") as f:
-                out[p] = hashlib.sha256(f.read()).digest()
-    return out
 
 
 def _verify(repo, expected, where):
@@ -102,7 +93,7 @@ def test_kill_forget_prune_and_repack_at_random_times(tmp_path):
     expected = {}
     with Repo(repo_path) as repo:
         for _ in range(3):
-            expected[repo.backup([src]).id] = _digests(src)
+            expected[repo.backup([src]).id] = sha256_tree(src)
             _change(src, rnd)
     # how long the work takes once the child has the repository open
     oldest = next(iter(expected))
@@ -113,7 +104,7 @@ def test_kill_forget_prune_and_repack_at_random_times(tmp_path):
     for it in range(ITERATIONS):
         mode = MODES[it % len(MODES)]
         with Repo(repo_path) as repo:
-            expected[repo.backup([src]).id] = _digests(src)
+            expected[repo.backup([src]).id] = sha256_tree(src)
             _change(src, rnd)
             oldest = repo.list_backups()[0].id
             if mode == "prune":
@@ -140,7 +131,7 @@ def test_kill_forget_prune_and_repack_at_random_times(tmp_path):
             assert res.errors == []
             assert set(expected) <= {b.id for b in repo.list_backups()}
             _verify(repo, {b: d for b, d in expected.items() if b not in listed}, (it, mode))
-            expected[res.id] = _digests(src)
+            expected[res.id] = sha256_tree(src)
             assert not repo.prune(repack_threshold=0.0).errors
             rep = repo.check(read_data=True)
             assert rep.ok and rep.garbage_blobs == 0 and rep.unreferenced_packs == 0, rep.errors

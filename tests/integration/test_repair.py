@@ -19,7 +19,7 @@ from chunkrepo.repository.crash_points import REPAIR_POINTS
 from chunkrepo.repository.lock import WriterLock
 from chunkrepo.repository.packs import pack_name
 from chunkrepo.storage.faults import Fault, FaultyStorage
-from tests.conftest import age, write_random
+from tests.conftest import age, sha256_tree, write_random
 
 
 def cli(*args, check=None):
@@ -47,15 +47,6 @@ def setup(tmp_path):
     repo.close()
 
 
-def _digests(src):
-    out = {}
-    for dirpath, _, files in os.walk(src):
-        for n in files:
-            p = os.path.join(dirpath, n)
-            with open(p, "rb") as f:
-                out[p] = hashlib.sha256(f.read()).hexdigest()
-    return out
-
 
 def _pack_of(repo, bid, path, which=0):
     node = next(iter(repo.list_backup(bid, path))).node
@@ -72,13 +63,13 @@ def _restored(repo, bid, tmp_path, name):
         for n in files:
             p = os.path.join(dirpath, n)
             with open(p, "rb") as f:
-                got["/" + os.path.relpath(p, out)] = hashlib.sha256(f.read()).hexdigest()
+                got["/" + os.path.relpath(p, out)] = hashlib.sha256(f.read()).digest()
     return res, got
 
 
 def _heal_and_verify(repo, src, b1, b2, damaged_paths, tmp_path):
     """The next backup re-reads only the damaged files; then everything is whole again."""
-    want = _digests(src)
+    want = sha256_tree(src)
     res = repo.backup([src])
     sizes = sum(os.path.getsize(p) for p in damaged_paths)
     assert res.bytes_read == sizes > 0           # only the affected files were read
@@ -118,7 +109,7 @@ def test_deleted_pack_is_repaired_and_healed_by_the_next_backup(setup, tmp_path)
     assert all("lost" in e for e in rep.errors), rep.errors
     # the undamaged files of a damaged backup restore; a damaged one fails naming its path
     res, got = _restored(repo, b1, tmp_path, "partial")
-    want = _digests(src)
+    want = sha256_tree(src)
     for p, d in want.items():
         if p in damaged_paths:
             assert p not in got
@@ -176,7 +167,7 @@ def test_forget_and_prune_of_damaged_backups(setup, tmp_path):
     assert rep.ok, rep.errors
     assert rep.lost_blobs == 0 and rep.marked_damaged == [] and rep.backups == 0
     after = repo.backup([src])                # everything is read and stored again
-    assert after.bytes_read == sum(os.path.getsize(p) for p in _digests(src))
+    assert after.bytes_read == sum(os.path.getsize(p) for p in sha256_tree(src))
     assert repo.check(read_data=True).ok
 
 
@@ -198,7 +189,7 @@ def test_lost_directory_record_is_stored_again(setup, tmp_path):
     assert res.bytes_read >= os.path.getsize(src / "d" / "b.bin")
     rep = repo.check(read_data=True)
     assert rep.ok and rep.marked_damaged == [], rep.errors
-    want = _digests(src)
+    want = sha256_tree(src)
     for bid in (b1, b2):
         res, got = _restored(repo, bid, tmp_path, f"r-{bid}")
         assert res.errors == [] and {p: d for p, d in got.items() if p.startswith(str(src))} == want
