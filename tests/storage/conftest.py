@@ -47,30 +47,34 @@ def open_storage(request, tmp_path):
     return lambda kind: open_backend(kind, request, tmp_path)
 
 
+def _opened(request, tmp_path):
+    s = open_backend(request.param, request, tmp_path)
+    request.addfinalizer(s.close)
+    return request.param, s
+
+
+def _as_param(request, s):
+    return s if request.param == "plain" else RetryingStorage(s)
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request, tmp_path):
     """(kind, the storage unwrapped) for each implementation."""
-    s = open_backend(request.param, request, tmp_path)
-    yield request.param, s
-    s.close()
+    return _opened(request, tmp_path)
 
 
 @pytest.fixture(params=["plain", "retrying"])
 def storage(request, backend):
     """Each implementation, as it is and wrapped in RetryingStorage."""
-    _, s = backend
-    return s if request.param == "plain" else RetryingStorage(s)
+    return _as_param(request, backend[1])
 
 
 @pytest.fixture(params=LOCK_BACKENDS)
 def lock_backend(request, tmp_path):
-    s = open_backend(request.param, request, tmp_path)
-    yield request.param, s
-    s.close()
+    return _opened(request, tmp_path)
 
 
 @pytest.fixture(params=["plain", "retrying"])
 def lock_storage(request, lock_backend):
     """Each implementation with a conditional create, as it is and wrapped in RetryingStorage."""
-    _, s = lock_backend
-    return s if request.param == "plain" else RetryingStorage(s)
+    return _as_param(request, lock_backend[1])
