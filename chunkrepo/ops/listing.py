@@ -24,6 +24,7 @@ What had to be reproduced (src/list.c simple_print_header and friends):
 * sockets are left out, as write_tar leaves them out.
 """
 
+import datetime
 import locale
 import os
 import re
@@ -38,6 +39,7 @@ _UNPRINTABLE = frozenset(("Cc", "Cn", "Zl", "Zp"))
 _TYPE_LETTER = {0o100000: "-", 0o040000: "d", 0o120000: "l", 0o020000: "c", 0o060000: "b",
                 0o010000: "p"}
 _LISTED = frozenset(_TYPE_LETTER)
+_EPOCH_ORDINAL = datetime.date(1970, 1, 1).toordinal()
 
 
 def _octal(data: bytes) -> str:
@@ -115,11 +117,32 @@ def _mode_string(mode: int, hardlink: bool) -> str:
 
 
 class _Dates:
-    """localtime "YYYY-MM-DD HH:MM" of a time in ns, cached per UTC minute."""
+    """localtime "YYYY-MM-DD HH:MM" of a time in ns, cached per UTC minute.
+
+    A miss is computed with integer arithmetic from the UTC offset of its UTC day
+    (one localtime() pair per day), which is exact when the offset is the same at
+    both ends of the day and localtime agrees with the arithmetic (no leap-second
+    "right/" zone); otherwise that second goes to localtime/strftime itself.
+    """
 
     def __init__(self):
         self.minutes = {}
         self.seconds = {}
+        self.offsets = {}           # UTC day -> its UTC offset in s, None: ask localtime
+        self.days = {}              # local day -> "YYYY-MM-DD"
+
+    def _offset(self, day: int):
+        try:
+            a = time.localtime(day * 86400)
+            b = time.localtime(day * 86400 + 86399)
+            off = a.tm_gmtoff
+            if off is None or off != b.tm_gmtoff or \
+                    (a.tm_hour * 3600 + a.tm_min * 60 + a.tm_sec) != off % 86400:
+                off = None
+        except (OverflowError, OSError, ValueError):
+            off = None
+        self.offsets[day] = off
+        return off
 
     def __call__(self, ns: int) -> str:
         sec, frac = divmod(ns, 1_000_000_000)
@@ -129,14 +152,27 @@ class _Dates:
         s = self.minutes.get(m)
         if s is not None:
             return s
+        day = sec // 86400
+        off = self.offsets[day] if day in self.offsets else self._offset(day)
+        if off is not None and off % 60 == 0:
+            lday, rem = divmod(m * 60 + off, 86400)
+            date = self.days.get(lday)
+            if date is None:
+                try:
+                    date = datetime.date.fromordinal(_EPOCH_ORDINAL + lday).isoformat()
+                except (OverflowError, ValueError):
+                    date = None
+                if date is None or date[0] == "0":      # strftime does not pad years < 1000
+                    self.offsets[day] = None
+                    return self(ns)
+                self.days[lday] = date
+            h, mi = divmod(rem // 60, 60)
+            s = self.minutes[m] = f"{date} {h:02d}:{mi:02d}"
+            return s
         s = self.seconds.get(sec)
         if s is not None:
             return s
         try:
-            tm = time.localtime(m * 60)
-            if tm.tm_sec == 0:  # the whole UTC minute is one local minute
-                s = self.minutes[m] = time.strftime("%Y-%m-%d %H:%M", tm)
-                return s
             s = time.strftime("%Y-%m-%d %H:%M", time.localtime(sec))
         except (OverflowError, OSError, ValueError):
             s = str(sec).rjust(6)   # tar prints the number when localtime fails

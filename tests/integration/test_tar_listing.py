@@ -8,6 +8,7 @@ do, and extract (GNU tar and tarfile) to the source again, field by field.
 import hashlib
 import io
 import os
+import random
 import socket
 import stat
 import subprocess
@@ -207,6 +208,35 @@ def test_ls_dates_are_local_time_from_tz(world, tmp_path):
     assert len(seen) == 5                    # the zones really gave different listings
     utc = in_utc(lambda: list(tvf_lines(repo.list_backup(res.id, str(src)), utf8=True)))
     assert any(" 1969-12-31 23:59 " in line and "pre-epoch" in line for line in utc)
+
+
+def test_date_column_arithmetic_matches_localtime():
+    """The date column is computed from each UTC day's offset, not by localtime per
+    file: it must agree with localtime/strftime for any instant, in zones with DST,
+    odd offsets, historic second offsets and leap seconds (right/)."""
+    from chunkrepo.ops.listing import _Dates
+    rnd = random.Random(5)
+    zones = ["UTC", "XYZ-5:30:17", "America/New_York", "Europe/Paris", "Asia/Kathmandu",
+             "Africa/Monrovia", "right/UTC"]
+
+    def check():
+        dates, bad = _Dates(), []
+        for i in range(20000):
+            sec = rnd.randrange(-2**35, 2**36) if i % 2 else rnd.randrange(1_600_000_000, 1_800_000_000)
+            ns = sec * 10**9 + rnd.randrange(10**9)
+            s = ns // 10**9 + (1 if ns < 0 and ns % 10**9 else 0)
+            try:
+                want = time.strftime("%Y-%m-%d %H:%M", time.localtime(s))
+            except (OverflowError, OSError, ValueError):
+                want = str(s).rjust(6)
+            if dates(ns) != want:
+                bad.append((ns, dates(ns), want))
+        return bad
+
+    for tz in zones:
+        if "/" in tz and not os.path.exists(os.path.join("/usr/share/zoneinfo", tz)):
+            continue                    # a zone this machine has no data for
+        assert in_utc(check, tz=tz) == [], tz
 
 
 def test_subset_and_nonrecursive(world, tmp_path):
