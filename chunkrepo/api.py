@@ -7,34 +7,33 @@
             ...
 """
 
+from __future__ import annotations
+
 import os
-from typing import Iterator, List, Optional, Sequence
+from typing import TYPE_CHECKING, Iterator, List, Optional, Sequence
 
 from .errors import ChunkrepoError, NotFound
 from .model import BackupRecord
 from .model.nodes import REG
-from .ops.backup import BackupOptions, BackupResult, run_backup
-from .ops.backup.fsspec_source import run_url_backup
-from .ops.check import check_repository
-from .ops.copy import CopyResult, copy_backups
-from .ops.diff import Diff, diff_backups, diff_live
-from .ops.diff_url import diff_url
-from .ops.file_reader import ChunkFile
-from .ops.forget import ForgetResult, forget
-from .ops.prune import DEFAULT_REPACK_THRESHOLD, PruneReport, prune_repository
-from .ops.retention import Policy
-from .ops.rebuild_index import rebuild_index
 from .ops.fsspec_url import is_url
-from .ops.repair import repair_repository
-from .ops.restore import restore_tree
-from .ops.restore_fsspec import restore_to_url
-from .ops.snapshot.materialise import clone as clone_version
-from .ops.snapshot.store import SnapshotResult, take_snapshot
-from .ops.tarout import write_tar
 from .ops.traverse import Entry, find_node, walk
 from .repository import Repository
 from .repository.config import Config
 from .storage.faults import from_env as faults_from_env
+
+# The operations are imported where they are used: a short command (ls, list-backups)
+# then does not pay for importing backup, check, prune, copy, diff, restore and tar.
+if TYPE_CHECKING:
+    from .ops.backup import BackupResult
+    from .ops.copy import CopyResult
+    from .ops.diff import Diff
+    from .ops.file_reader import ChunkFile
+    from .ops.forget import ForgetResult
+    from .ops.prune import PruneReport
+    from .ops.retention import Policy
+    from .ops.snapshot.store import SnapshotResult
+
+DEFAULT_REPACK_THRESHOLD = 0.05      # ops.prune's default (a test keeps the two equal)
 
 
 class Repo:
@@ -59,6 +58,7 @@ class Repo:
     def rebuild_index(path, storage_options: Optional[dict] = None):
         """Recreate the index of the repository at path from its packs and backup records
         (for a remote repository: its local index cache)."""
+        from .ops.rebuild_index import rebuild_index
         return rebuild_index(os.fspath(path),
                              lambda loc, **kw: Repository(loc, storage_options=storage_options, **kw))
 
@@ -80,6 +80,8 @@ class Repo:
                progress=None, source_options: Optional[dict] = None, **kw) -> BackupResult:
         """Back up local paths, or one fsspec URL (s3://bucket/data, memory://..., file:///...)
         whose filesystem gets source_options (endpoint_url=..., see docs/design.md)."""
+        from .ops.backup import BackupOptions, run_backup
+        from .ops.backup.fsspec_source import run_url_backup
         opts = BackupOptions(host=host, subset=subset, excludes=tuple(excludes),
                              one_file_system=one_file_system, progress=progress, **kw)
         paths = [os.fspath(p) for p in paths]
@@ -102,6 +104,7 @@ class Repo:
         return walk(self._repo, bytes.fromhex(rec.root), start, recursive)
 
     def open_file(self, backup_id: str, path) -> ChunkFile:
+        from .ops.file_reader import ChunkFile
         rec = self._repo.resolve_backup(backup_id)
         node = find_node(self._repo, bytes.fromhex(rec.root), path)
         if node.kind != REG:
@@ -114,6 +117,7 @@ class Repo:
 
         progress, if given, is called with the running stats about every 0.2 s.
         """
+        from .ops.tarout import write_tar
         rec = self._repo.resolve_backup(backup_id)
         return write_tar(self._repo, bytes.fromhex(rec.root), out, start, recursive, tar_format,
                          progress=progress)
@@ -124,6 +128,8 @@ class Repo:
         fsspec URL target (whose filesystem gets target_options).  For a URL, overwrite
         replaces existing objects, and mirror also deletes what the backup does not have
         after a safety backup of the target (result.safety_backup)."""
+        from .ops.restore import restore_tree
+        from .ops.restore_fsspec import restore_to_url
         rec = self._repo.resolve_backup(backup_id)
         if is_url(target):
             return restore_to_url(self._repo, bytes.fromhex(rec.root), target, start, target_options,
@@ -141,6 +147,8 @@ class Repo:
         read_data_subset: 'n/k' or 'P%' of the packs to read and re-hash.
         repair: take the writer lock and repair what was found (ops.repair); the
         report is of what was found, report.repair says what was done and what remains."""
+        from .ops.check import check_repository
+        from .ops.repair import repair_repository
         if repair:
             return repair_repository(self._repo, read_data, progress, read_data_subset)
         return check_repository(self._repo, read_data=read_data, progress=progress,
@@ -154,22 +162,26 @@ class Repo:
                dry_run: bool = False, prune: bool = False,
                repack_threshold: float = DEFAULT_REPACK_THRESHOLD) -> ForgetResult:
         """Remove backups by id (full or unique prefix) or by a retention policy; prune after if asked."""
+        from .ops.forget import forget
         return forget(self._repo, backup_ids, policy, dry_run=dry_run, prune=prune,
                       repack_threshold=repack_threshold)
 
     def prune(self, dry_run: bool = False, repack_threshold: float = DEFAULT_REPACK_THRESHOLD) -> PruneReport:
         """Free the space of blobs no backup references (repack_threshold is a fraction, 0.05 = 5%)."""
+        from .ops.prune import prune_repository
         return prune_repository(self._repo, repack_threshold, dry_run=dry_run)
 
     # -- snapshots (docs/snapshots.md) -------------------------------------------------
     def snapshot(self, path, workspace_dir=None) -> SnapshotResult:
         """Store a file or directory as a snapshot; result.digest is its BLAKE3 content digest."""
+        from .ops.snapshot.store import take_snapshot
         return take_snapshot(self._repo, path, workspace_dir)
 
     def clone(self, source: str, dest, path=None, mode: str = "symlink", download: bool = True):
         """Materialise a backup (or path inside it) or a snapshot digest at dest as links into
         the local read-only cache (mode: symlink, hardlink, reflink or copy); download=False
         makes the links without fetching the content.  Returns a PlaceResult."""
+        from .ops.snapshot.materialise import clone as clone_version
         return clone_version(self._repo, source, os.fspath(dest), path, mode, download)
 
     # -- diff and copy -------------------------------------------------------------------
@@ -183,6 +195,8 @@ class Repo:
         path limits a diff of two backups, or of a backup and a URL, to that path inside them.
         content=True reads every live file to compare chunk ids (else equal size and mtime,
         or for objects equal size and ETag, mean equal content)."""
+        from .ops.diff import diff_backups, diff_live
+        from .ops.diff_url import diff_url
         left = self._repo.resolve_backup(a)
         if is_url(b_or_path):
             return diff_url(self._repo, left, b_or_path, path, content, source_options)
@@ -204,4 +218,5 @@ class Repo:
         """Copy backups of this repository (all, or those named) that target lacks, with the
         same ids, sending only the blobs target's index lacks.  Resumable: a rerun after a
         kill sends nothing that was committed.  progress is called with the running result."""
+        from .ops.copy import copy_backups
         return copy_backups(self._repo, target.repository, backup_ids, dry_run=dry_run, progress=progress)

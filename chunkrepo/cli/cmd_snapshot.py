@@ -7,13 +7,13 @@ import click
 
 from ..errors import ChunkrepoError
 from ..ops.snapshot.cache import LocalCache
-from ..ops.snapshot.materialise import _plan_snapshot_dir, place_tree, restore_file_at
 from ..ops.snapshot.place import MODES
-from ..ops.snapshot.store import locate, take_snapshot
 from .common import human_bytes, json_option, open_repo, print_json, repo_option
 
 
 def _restore(repo, digest: str, out_path: str, overwrite, mode: str) -> str:
+    from ..ops.snapshot.materialise import _plan_snapshot_dir, place_tree, restore_file_at
+    from ..ops.snapshot.store import locate
     loc = locate(repo.repository, digest)
     cache = LocalCache()
     if loc.type == "dir":
@@ -57,7 +57,7 @@ def command(repo_path, path, digest, mode, overwrite, workspace, as_json):
                 click.echo(out)
             return
         with open_repo(repo_path, create_default=True) as repo:
-            res = take_snapshot(repo.repository, path, workspace)
+            res = repo.snapshot(path, workspace)
         _echo_warnings(caught)
     if as_json:
         print_json({"id": res.id, "digest": res.digest, "type": res.type, "name": res.name,

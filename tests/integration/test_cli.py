@@ -122,3 +122,15 @@ def test_ambiguous_prefix(tmp_path, src):
     dup = next(c for c in firsts if firsts.count(c) > 1)
     p = run("ls", "--repo", repo, dup, check=False)
     assert p.returncode == 1 and "matches" in p.stderr.decode()
+
+
+def test_short_commands_do_not_import_the_heavy_operations():
+    """ls and list-backups start fast: the CLI and the API import backup, check, prune,
+    copy, diff, restore, tar and the snapshot machinery only when a command uses them."""
+    code = ("import sys, chunkrepo, chunkrepo.cli.main; "
+            "print(sorted(m for m in sys.modules if m.startswith(('chunkrepo.ops.backup', "
+            "'chunkrepo.ops.check', 'chunkrepo.ops.prune', 'chunkrepo.ops.copy', 'chunkrepo.ops.diff', "
+            "'chunkrepo.ops.restore', 'chunkrepo.ops.tarout', 'chunkrepo.ops.snapshot.store', "
+            "'chunkrepo.snapshots', 's3fs', 'botocore'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

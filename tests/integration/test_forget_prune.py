@@ -396,3 +396,13 @@ def test_a_damaged_pack_met_by_prune_is_reported_and_kept(setup):
         rep = again.check()
         assert rep.ok, rep.errors                         # structure and accounting still agree
         assert cid.hex() in " ".join(again.check(read_data=True).errors)
+
+
+def test_api_and_prune_share_the_default_repack_threshold():
+    """api.py states the default without importing ops.prune (short commands stay light)."""
+    import inspect
+
+    from chunkrepo import api
+    from chunkrepo.ops import prune
+    assert api.DEFAULT_REPACK_THRESHOLD == prune.DEFAULT_REPACK_THRESHOLD
+    assert inspect.signature(Repo.prune).parameters["repack_threshold"].default == prune.DEFAULT_REPACK_THRESHOLD

@@ -12,7 +12,7 @@ from typing import Optional
 
 from ...model import Node
 from .cache import LocalCache
-from .store import LINK_FILE_MODE, stored_content
+from . import store        # (module, not names: store imports the backup, which imports us)
 
 
 class CacheLinks:
@@ -28,11 +28,11 @@ class CacheLinks:
         d = self.cache.digest_of_link_target(path, link_node.target)
         if d is None:
             return None
-        info = stored_content(self.repo, d, self.cache)
+        info = store.stored_content(self.repo, d, self.cache)
         if info is None:
             return None
         size, chunks, sparse = info
-        return link_node._replace(mode=stat.S_IFREG | LINK_FILE_MODE, size=size, nlink=1, target=b"",
+        return link_node._replace(mode=stat.S_IFREG | store.LINK_FILE_MODE, size=size, nlink=1, target=b"",
                                   chunks=chunks, sparse=sparse)
 
 
