@@ -188,50 +188,42 @@ def tvf_lines(entries, utf8: Optional[bool] = None) -> Iterator[str]:
     """
     if utf8 is None:
         utf8 = tar_locale_is_utf8()
-    modes: dict = {}
-    owners: dict = {}
+    heads: dict = {}            # (mode, hardlink, owner) -> (mode string + owner, its width)
     dates = _Dates()
     plain = _PLAIN.search
     ugswidth = 19
     datewidth = 16
     listed = _LISTED
-    for e in entries:
-        n = e.node
-        mode = n.mode
+    for path, n, hardlink_to in entries:
+        _, mode, uid, gid, user, group, size, mtime_ns = n[:8]
         ftype = mode & 0o170000
         if ftype not in listed:
             continue
-        hard = e.hardlink_to is not None
-        key = (mode, hard)
-        ms = modes.get(key)
-        if ms is None:
-            ms = modes[key] = _mode_string(mode, hard)
-        okey = (n.user, n.uid, n.group, n.gid)
-        ow = owners.get(okey)
-        if ow is None:
-            o = f"{n.user or n.uid}/{n.group or n.gid}"
-            ow = owners[okey] = (o, len(o.encode("utf-8", "surrogateescape")))
-        if hard:
-            size = "0"
-        elif ftype == 0o100000:
-            size = str(n.size)
+        hard = hardlink_to is not None
+        key = (mode, hard, user, uid, group, gid)
+        head = heads.get(key)
+        if head is None:
+            o = f"{user or uid}/{group or gid}"
+            head = heads[key] = (f"{_mode_string(mode, hard)} {o} ", len(o.encode("utf-8", "surrogateescape")))
+        if ftype == 0o100000 and not hard:
+            size = str(size)
         elif ftype == 0o020000 or ftype == 0o060000:
             size = f"{os.major(n.rdev)},{os.minor(n.rdev)}"
         else:
             size = "0"
-        pad = ow[1] + 1 + len(size)
+        pad = head[1] + 1 + len(size)
         if pad > ugswidth:
             ugswidth = pad
-        date = dates(n.mtime_ns)
-        if len(date) > datewidth:
-            datewidth = len(date)
-        elif len(date) < datewidth:
-            date = date.ljust(datewidth)
-        p = e.path
-        name = p.decode("ascii") if plain(p) is None else quote_name(p, utf8)
+        date = dates(mtime_ns)
+        if len(date) != datewidth:
+            if len(date) > datewidth:
+                datewidth = len(date)
+            else:
+                date = date.ljust(datewidth)
+        name = path.decode("ascii") if plain(path) is None else quote_name(path, utf8)
         if hard:
-            tail = " link to " + (e.hardlink_to.decode("ascii") if plain(e.hardlink_to) is None
-                                  else quote_name(e.hardlink_to, utf8))
+            tail = " link to " + (hardlink_to.decode("ascii") if plain(hardlink_to) is None
+                                  else quote_name(hardlink_to, utf8))
         elif ftype == 0o040000:
             tail = "/"
         elif ftype == 0o120000:
@@ -239,7 +231,7 @@ def tvf_lines(entries, utf8: Optional[bool] = None) -> Iterator[str]:
             tail = " -> " + (t.decode("ascii") if plain(t) is None else quote_name(t, utf8))
         else:
             tail = ""
-        yield f"{ms} {ow[0]} {size.rjust(ugswidth - ow[1] - 1)} {date} {name}{tail}"
+        yield f"{head[0]}{size.rjust(ugswidth - head[1] - 1)} {date} {name}{tail}"
 
 
 def tf_lines(entries, utf8: Optional[bool] = None) -> Iterator[str]:

@@ -72,13 +72,20 @@ def _entry(path: bytes, node: Node, links: dict) -> Entry:
 
 
 def _walk_dir(repo, view, tid: bytes, prefix: bytes, links: dict):
-    stack = [iter([(prefix, c) for c in repo.read_tree(tid, view).entries])]
+    # the hot loop of ls, tar and restore: no per-entry helper calls or tuples
+    read_tree = repo.read_tree
+    stack = [(prefix + b"/" if prefix else b"", iter(read_tree(tid, view).entries))]
     while stack:
-        for path_prefix, child in stack[-1]:
-            path = _join(path_prefix, child.name)
-            yield _entry(path, child, links)
-            if child.kind == DIR and child.subtree is not None:
-                stack.append(iter([(path, c) for c in repo.read_tree(child.subtree, view).entries]))
+        base, children = stack[-1]
+        for child in children:
+            path = base + child.name
+            mode = child.mode & 0o170000
+            if child.nlink > 1 and mode == 0o100000:
+                yield _entry(path, child, links)
+            else:
+                yield Entry(path, child, None)
+            if mode == 0o040000 and child.subtree is not None:
+                stack.append((path + b"/", iter(read_tree(child.subtree, view).entries)))
                 break
         else:
             stack.pop()
