@@ -378,6 +378,7 @@ class Backup:
         self.batch = Batch()
         self.inflight.acquire()
         batch.future = self.pool.submit(self._read_batch, batch.items)
+        batch.items = None    # the worker's until read: the stat results go with it, not with the dir
         batch.future.add_done_callback(lambda f: self.inflight.release())
 
     # -- worker side ----------------------------------------------------------
