@@ -54,7 +54,6 @@ class _LocalWriter:
         self._tmp = os.path.join(d, f"{_TMP_PREFIX}{os.getpid()}-{os.urandom(4).hex()}")
         self._name = name
         self._storage = storage
-        self._buf = None
         self._direct = -1            # O_DIRECT descriptor, opened at the first full block
         try:
             self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
@@ -97,7 +96,6 @@ class _LocalWriter:
                 self._storage._direct_ok = False     # alignment refused: buffered from here on
                 os.close(self._direct)
                 self._direct = -1
-                done -= done % 4096
         self._pwrite_all(view[done:], self._off + done)
         self._off += _BLOCK
         self._fill = 0
