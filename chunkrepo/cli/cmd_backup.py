@@ -1,5 +1,6 @@
 """chunkrepo backup: the nightly job."""
 
+import gc
 import os
 import sys
 
@@ -10,6 +11,12 @@ from .common import human_bytes, json_option, open_repo, print_json, repo_option
 from .progress import BackupProgress
 
 EXIT_SKIPPED = 3   # the backup completed, but some files could not be stored
+# A backup makes a few objects per file (stat results, entries, tuples), none of them in
+# reference cycles, so the collector's youngest generation (every 700 allocations by
+# default) only walks them in vain: at 100,000 a first backup of 60k small files took
+# ~8% less CPU (5.6 -> 5.1 s, medians of 4 alternating pairs) for ~1 MiB more RSS.
+# A process-wide setting, so the CLI's, not the library's.
+_GC_YOUNG_THRESHOLD = 100_000
 
 
 def _read_files_from(source: str, null: bool):
@@ -48,6 +55,7 @@ def command(repo_path, paths, subset, host, excludes, one_file_system, files_fro
     paths = list(paths) + (_read_files_from(files_from, null) if files_from else [])
     if not paths:
         raise click.UsageError("give at least one PATH or --files-from")
+    gc.set_threshold(_GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
     with open_repo(repo_path, create_default=True) as repo:
         progress = BackupProgress(_estimate(repo, host, subset) if sys.stderr.isatty() else None)
         try:

@@ -42,10 +42,18 @@ def _decompressor() -> "zstandard.ZstdDecompressor":
 
 def compress(data, level: int = 3) -> bytes:
     """Return header + payload; stored raw when zstd does not save space."""
+    return b"".join(compress_parts(data, level))
+
+
+def compress_parts(data, level: int = 3) -> tuple:
+    """(header, payload) of the blob compress() returns, without joining them: a
+    writer appends both, and a chunk of megabytes is not copied once more (raw
+    chunks are returned as given, so data must stay valid until written).
+    Any level makes the same kind of zstd frame: readers need not know it."""
     z = _compressor(level).compress(data)
     if len(z) < len(data):
-        return _HEADER_ZSTD + z
-    return _HEADER_RAW + bytes(data)
+        return _HEADER_ZSTD, z
+    return _HEADER_RAW, data
 
 
 def decompress(blob, raw_length: int) -> bytes:

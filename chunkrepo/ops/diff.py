@@ -160,7 +160,7 @@ class _LiveSide:
         if old.mtime_ns == new.mtime_ns and not self.content:
             return True
         try:
-            _, chunks, sparse, _ = self.saver.read_file(path, os.lstat(path))
+            _, chunks, sparse, _, _ = self.saver.read_file(path, os.lstat(path))
         except (OSError, FileChanged) as e:
             self.stats.errors.append(f"{os.fsdecode(path)}: cannot read to compare: {e}")
             return False

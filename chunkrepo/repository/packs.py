@@ -57,9 +57,17 @@ class PackWriter:
         return self._offset
 
     def add(self, kind: int, blob_id: bytes, blob: bytes, raw_length: int) -> None:
-        self._w.write(blob)
-        self.entries.append(PackEntry(kind, blob_id, self._offset, len(blob), raw_length))
-        self._offset += len(blob)
+        self.add_parts(kind, blob_id, (blob,), raw_length)
+
+    def add_parts(self, kind: int, blob_id: bytes, parts, raw_length: int) -> int:
+        """Append one blob given in pieces (compression.compress_parts); returns its length."""
+        n = 0
+        for part in parts:
+            self._w.write(part)
+            n += len(part)
+        self.entries.append(PackEntry(kind, blob_id, self._offset, n, raw_length))
+        self._offset += n
+        return n
 
     def seal(self) -> List[PackEntry]:
         trailer = records.pack_msgpack([list(e) for e in self.entries])

@@ -6,7 +6,8 @@ from typing import Iterator, Optional, Protocol
 class ObjectWriter(Protocol):
     """A new object being written; invisible under its name until commit()."""
 
-    def write(self, data) -> None: ...
+    def write(self, data) -> None:
+        """Append data (any bytes-like object); the caller may reuse its buffer once this returns."""
 
     def tell(self) -> int: ...
 

@@ -101,6 +101,23 @@ def test_create_is_invisible_until_commit(storage):
     assert list(storage.list("packs")) == ["packs/aa/aa01"]
 
 
+def test_large_object_in_uneven_pieces(storage):
+    # crosses LocalStorage's 1 MiB direct-write blocks at unaligned offsets, ends in a partial block
+    import random
+    data = random.Random(5).randbytes(3 * (1 << 20) + 12345)
+    w = storage.create("packs/bb/bb01")
+    pos = 0
+    for n in (7, 1 << 20, 4095, 2 << 20, 1):
+        w.write(memoryview(data)[pos:pos + n])
+        pos += n
+    w.write(data[pos:])
+    assert w.tell() == len(data)
+    w.commit()
+    assert storage.size("packs/bb/bb01") == len(data)
+    assert storage.get("packs/bb/bb01") == data
+    assert storage.get("packs/bb/bb01", (1 << 20) - 3, 10) == data[(1 << 20) - 3:(1 << 20) + 7]
+
+
 def test_create_replaces_on_commit(storage):
     storage.put("o", b"old")
     w = storage.create("o")

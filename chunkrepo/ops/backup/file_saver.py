@@ -10,6 +10,7 @@ and then reported as changed during the backup, never stored torn.
 import os
 import stat
 import threading
+from typing import Optional
 
 from ...codec.chunking import Chunker
 from ...codec.hashing import hash_bytes
@@ -26,6 +27,29 @@ def same_object(a, b) -> bool:
     return (stat.S_IFMT(a.st_mode) == stat.S_IFMT(b.st_mode) and a.st_dev == b.st_dev
             and a.st_ino == b.st_ino and a.st_uid == b.st_uid and a.st_gid == b.st_gid
             and a.st_mode == b.st_mode)
+
+
+def read_xattrs(target, all_namespaces: bool):
+    """[[name, value], ...] (sorted) or None; target: a path (a symlink is not followed)
+    or an open descriptor (of a file being read: no second path lookup)."""
+    follow = isinstance(target, int)     # a descriptor is the object itself
+    try:
+        names = os.listxattr(target, follow_symlinks=follow)
+    except OSError:
+        return None
+    out = []
+    for name in sorted(names):
+        if not all_namespaces and not name.startswith("user."):
+            continue
+        try:
+            out.append([name.encode(), os.getxattr(target, name, follow_symlinks=follow)])
+        except OSError:
+            continue
+    return out or None
+
+
+def _xattrs(fd: int, all_xattrs: Optional[bool]):
+    return None if all_xattrs is None else read_xattrs(fd, all_xattrs)
 
 
 def _open(path: bytes) -> int:
@@ -112,8 +136,9 @@ class FileSaver:
             st = self._local.state = (Chunker(self.params), bytearray(cap))
         return st
 
-    def read_file(self, path: bytes, lst):
-        """Store a file's content.  Returns (fstat, chunk ids, sparse extents, bytes read)."""
+    def read_file(self, path: bytes, lst, all_xattrs: Optional[bool] = None):
+        """Store a file's content.  Returns (fstat, chunk ids, sparse extents, bytes read,
+        xattrs): the xattrs as read_xattrs(all_xattrs) gives them, None if all_xattrs is None."""
         fd = _open(path)
         try:
             fst = os.fstat(fd)
@@ -121,7 +146,7 @@ class FileSaver:
                 raise FileChanged()
             size = fst.st_size
             if size <= self.params.min_size and fst.st_blocks * 512 >= size:
-                return self._read_small(fd, fst)
+                return self._read_small(fd, fst) + (_xattrs(fd, all_xattrs),)
             extents = None
             if size > 0 and fst.st_blocks * 512 < size:
                 extents = data_extents(fd, size)
@@ -134,7 +159,7 @@ class FileSaver:
             if (reader.total != expected or after.st_size != size
                     or after.st_mtime_ns != fst.st_mtime_ns or after.st_ctime_ns != fst.st_ctime_ns):
                 raise FileChanged()
-            return fst, chunks, extents, reader.total
+            return fst, chunks, extents, reader.total, _xattrs(fd, all_xattrs)
         finally:
             os.close(fd)
 

@@ -19,7 +19,7 @@ from ...codec.hashing import hash_bytes
 from ...errors import ChunkrepoError, IntegrityError
 from ...model import BackupRecord, Node, Tree, node_from_stat
 from ...model.nodes import DIR, REG
-from .file_saver import FileChanged, FileSaver
+from .file_saver import FileChanged, FileSaver, read_xattrs
 from .tree_saver import Batch, PendingDir, PendingFile, TreeSaver
 from ..snapshot.cachelink import CacheLinks     # snapshots: links into chunkrepo's cache
 
@@ -98,22 +98,6 @@ class _Names:
                 n = ""
             self._g[gid] = n
         return n
-
-
-def read_xattrs(path: bytes, all_namespaces: bool):
-    try:
-        names = os.listxattr(path, follow_symlinks=False)
-    except OSError:
-        return None
-    out = []
-    for name in sorted(names):
-        if not all_namespaces and not name.startswith("user."):
-            continue
-        try:
-            out.append([name.encode(), os.getxattr(path, name, follow_symlinks=False)])
-        except OSError:
-            continue
-    return out or None
 
 
 def _chunks_present(view, chunks: bytes) -> bool:
@@ -394,6 +378,7 @@ class Backup:
         self.batch = Batch()
         self.inflight.acquire()
         batch.future = self.pool.submit(self._read_batch, batch.items)
+        batch.items = None    # the worker's until read: the stat results go with it, not with the dir
         batch.future.add_done_callback(lambda f: self.inflight.release())
 
     # -- worker side ----------------------------------------------------------
@@ -403,7 +388,7 @@ class Backup:
     def _read_one(self, path, name, st, prev) -> Optional[Node]:
         for attempt in (1, 2):
             try:
-                fst, chunks, sparse, nread = self.saver.read_file(path, st)
+                fst, chunks, sparse, nread, xattrs = self.saver.read_file(path, st, self.all_xattrs)
             except FileChanged:
                 try:
                     st = os.lstat(path)
@@ -428,8 +413,7 @@ class Backup:
                 self.res.bytes_read += nread
                 self.res.bytes_done += fst.st_size
             self._progress()
-            return self.node(name, fst, xattrs=read_xattrs(path, self.all_xattrs),
-                             chunks=chunks, sparse=sparse)
+            return self.node(name, fst, xattrs=xattrs, chunks=chunks, sparse=sparse)
         with self._lock:
             self.res.files_changed_during_backup += 1
         if prev is not None and prev.kind == REG:

@@ -13,7 +13,7 @@ class Batch:
     __slots__ = ("items", "nbytes", "future")
 
     def __init__(self):
-        self.items: list = []
+        self.items: Optional[list] = []   # None once submitted
         self.nbytes = 0
         self.future = None
 
