@@ -53,7 +53,7 @@ class ChunkFile(io.RawIOBase):
             try:
                 self._cache = (i, self._repo.read_chunk(self._ids[i]))
             except ChunkrepoError as e:     # damaged data, or the storage failing (EIO)
-                raise _with_path(e, self._path) from None
+                raise with_path(e, self._path) from None
         return self._cache[1]
 
     def _read_stream(self, soff: int, n: int) -> bytes:
@@ -122,7 +122,7 @@ class ChunkFile(io.RawIOBase):
         try:
             yield from source
         except ChunkrepoError as e:
-            raise _with_path(e, self._path) from None
+            raise with_path(e, self._path) from None
 
     def seek(self, offset: int, whence: int = 0) -> int:
         base = {0: 0, 1: self._pos, 2: self.size}[whence]
@@ -149,7 +149,7 @@ def chunk_entries(view, ids, path: str) -> list:
     return entries
 
 
-def _with_path(e: ChunkrepoError, path: str) -> ChunkrepoError:
+def with_path(e: ChunkrepoError, path: str) -> ChunkrepoError:
     """The same kind of error, its message naming the file (once)."""
     if not path or str(e).startswith(path) or path in str(e):
         return e

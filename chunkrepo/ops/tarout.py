@@ -25,8 +25,9 @@ import time
 
 from ..errors import ChunkrepoError, IntegrityError
 from ..model.nodes import BLK, CHR, DIR, FIFO, REG, SYMLINK
-from .file_reader import ChunkFile
+from .file_reader import ChunkFile, with_path
 from .prefetch import prefetch
+from .stream_out import StreamOut
 from .traverse import walk
 
 BLOCK = 512
@@ -318,6 +319,19 @@ class _Writer:
         pos = 0         # next file offset expected
         total = 0       # bytes written
         pf, self.prefetched = self.prefetched, None     # chunks read ahead for this entry
+        if pf is not None and node.sparse is None and len(pf.sizes) == 1 and pf.sizes[0] is not None:
+            # most files are one chunk: no layout to follow
+            try:
+                data = next(pf.data())
+            except ChunkrepoError as exc:
+                raise with_path(exc, where) from None
+            if len(data) != node.size:
+                raise IntegrityError(f"/{where}: stored content is shorter than its size" if len(data) < node.size
+                                     else f"/{where}: stored data does not match the file's layout")
+            self.write(data)
+            self.stats["content_bytes"] += node.size
+            self.zeros(-node.size % BLOCK)
+            return
         f = ChunkFile(self.repo, node, e.path, self.view, pf.sizes if pf is not None else None)
         try:
             for off, view in f.iter_data(pf.data() if pf is not None else None):
@@ -359,12 +373,18 @@ def write_tar(repo, root_tid, out, start="/", recursive=True, tar_format="pax", 
     progress, if given, is called with (a copy of) the running stats about
     every 0.2 s and once at the end.
     """
-    w = _Writer(repo, out, tar_format, progress)
-    with repo.index.read() as w.view:
-        for e, w.prefetched in prefetch(repo, walk(repo, root_tid, start, recursive)):
-            w.entry(e)
-            w.tick()
-    w.finish()
+    stream = StreamOut(out)     # the writes to out overlap the work of the next entries
+    try:
+        w = _Writer(repo, stream, tar_format, progress)
+        with repo.index.read() as w.view:
+            for e, w.prefetched in prefetch(repo, walk(repo, root_tid, start, recursive), budget=8 << 20):
+                w.entry(e)
+                w.tick()
+        w.finish()
+    except BaseException:
+        stream.abort()
+        raise
+    stream.close()
     if progress is not None:
         progress(dict(w.stats))
     return w.stats
