@@ -53,10 +53,11 @@ Threads
     the data never changes threads; os.open/os.write, zstd and blake3 release
     the GIL, so both cores work.  A directory keeps its descriptor open, and
     gets its metadata, once the main thread has left it *and* its last file
-    is finished.  A hard link waits until its first name is complete.  The
-    raw bytes of the queued batches are bounded (_AHEAD; every file counts at
-    least _JOB_COST), which bounds the directories held open for their files;
-    a worker holds one run of chunks (the read batch) at a time.
+    is finished.  A hard link waits until its first name is complete.  What
+    the queued batches count is bounded (_AHEAD; a file counts its bytes, at
+    least _JOB_COST and at most one read run), which bounds the directories
+    held open for their files; a worker holds one run of chunks (the read
+    batch) at a time, so a big file does not hold back the files after it.
 """
 
 import errno
@@ -108,8 +109,8 @@ class RestoreResult:
 
 _WORKERS = 3              # threads that read, decompress, verify and write files
 _BATCH_FILES = 64         # files of one batch (a worker's unit of work)
-_AHEAD = 16 << 20         # raw bytes of the batches queued and not written (how far the walk runs ahead)
-_JOB_COST = 32 << 10      # the least a queued file counts against _AHEAD
+_AHEAD = 16 << 20         # what the batches queued and not written count (how far the walk runs ahead)
+_JOB_COST = 32 << 10      # the least a queued file counts (the most: its bytes, up to one read run)
 _PROGRESS_EVERY = 0.2     # seconds between progress calls
 
 
@@ -529,7 +530,9 @@ class _Restorer:
         with self.lock:
             parent.pending += 1
         self.batch.append(job)
-        self.batch_cost += max(_JOB_COST, sum(e.raw_length for _, e in entries))
+        # a worker holds at most one run of a file's chunks at a time: a big file costs
+        # one run, and does not hold back the files after it until it is written
+        self.batch_cost += max(_JOB_COST, min(sum(e.raw_length for _, e in entries), self.run_bytes))
         if len(self.batch) >= _BATCH_FILES or self.batch_cost >= self.run_bytes:
             self.flush()
 
@@ -631,10 +634,12 @@ class _Restorer:
             # most files are one chunk: read it before creating the file, which a
             # chunk that cannot be read then never leaves behind
             whole = data.get(first)
-            if isinstance(whole, BaseException) or len(whole) != node.size:
-                msg = whole if isinstance(whole, BaseException) else \
-                    f"stored content has {len(whole)} bytes, expected {node.size}"
-                self.error(shown, f"{_reason(msg)}; the file was not restored")
+            if isinstance(whole, BaseException):
+                self.error(shown, f"{_reason(whole)}; the file was not restored")
+                return False
+            if len(whole) != node.size:
+                self.error(shown, f"stored content has {len(whole)} bytes, expected {node.size}; "
+                                  "the file was not restored")
                 return False
         try:
             mode = stat.S_IMODE(node.mode)
@@ -722,9 +727,9 @@ def _write_all(fd: int, buf, offset: Optional[int] = None) -> int:
     return n
 
 
-def _reason(e) -> str:
+def _reason(e: BaseException) -> str:
     """An exception's message for the user (an OSError's strerror)."""
-    if isinstance(e, OSError) and not isinstance(e, ChunkrepoError) and e.strerror:
+    if isinstance(e, OSError) and e.strerror:
         return e.strerror
     return str(e)
 
