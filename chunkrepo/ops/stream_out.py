@@ -3,9 +3,10 @@
 Writing a large archive into a file is mostly kernel time (copying into the
 page cache), and os.write releases the GIL: a thread that only writes lets
 that copy overlap the producer's work (headers, the walk, decompression
-hand-offs) instead of following it.  Small pieces are gathered into reused
-1 MiB buffers; a piece of 64 KiB or more (a chunk) is handed over as it is,
-never copied.  At most _QUEUED bytes wait (the producer waits beyond), so
+hand-offs) instead of following it.  Pieces smaller than 1 MiB are gathered
+into reused 1 MiB buffers (one hand-off per MiB: handing over every chunk of
+64 KiB or more cost more system time than the copy); bigger ones are handed
+over as they are, never copied.  At most _QUEUED bytes wait (the producer waits beyond), so
 memory stays bounded.  A write error is raised to the producer at its next
 write or at close().
 """
@@ -14,7 +15,7 @@ import queue
 import threading
 
 _BUF = 1 << 20          # gathering buffer for small pieces
-_DIRECT = 64 << 10      # pieces this big go out as they are
+_DIRECT = _BUF          # pieces this big go out as they are
 _QUEUED = 4 << 20       # bytes handed over and not yet written
 
 

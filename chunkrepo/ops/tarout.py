@@ -1,8 +1,9 @@
 """Streaming a backup (or a part of it) as a tar archive.
 
 Headers are built with the stdlib tarfile (TarInfo.tobuf); content goes
-straight from the chunks (ChunkFile.iter_data) to the output, so memory stays
-at about one chunk whatever the archive's size.
+straight from the chunks (ChunkFile.iter_data) to the output, written by a
+background thread (ops.stream_out), so memory stays at a few chunks whatever
+the archive's size.
 
 Formats:
   pax    (default) everything: long and non-UTF-8 names, ns mtimes, xattrs
@@ -35,6 +36,7 @@ RECORD = 20 * BLOCK                 # GNU tar's default blocking factor
 _ZEROS = memoryview(bytes(1 << 20))  # source of hole and padding zeros
 _FORMATS = {"pax": tarfile.PAX_FORMAT, "gnu": tarfile.GNU_FORMAT, "ustar": tarfile.USTAR_FORMAT}
 _PROGRESS_EVERY = 0.2              # seconds between progress calls
+_PREFETCH_BUDGET = 8 << 20         # chunks read ahead (ops.prefetch); stream_out holds 4 MiB more
 _TYPES = {REG: tarfile.REGTYPE, DIR: tarfile.DIRTYPE, SYMLINK: tarfile.SYMTYPE,
           CHR: tarfile.CHRTYPE, BLK: tarfile.BLKTYPE, FIFO: tarfile.FIFOTYPE}
 
@@ -377,7 +379,7 @@ def write_tar(repo, root_tid, out, start="/", recursive=True, tar_format="pax", 
     try:
         w = _Writer(repo, stream, tar_format, progress)
         with repo.index.read() as w.view:
-            for e, w.prefetched in prefetch(repo, walk(repo, root_tid, start, recursive), budget=8 << 20):
+            for e, w.prefetched in prefetch(repo, walk(repo, root_tid, start, recursive), budget=_PREFETCH_BUDGET):
                 w.entry(e)
                 w.tick()
         w.finish()
