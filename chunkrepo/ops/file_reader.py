@@ -29,26 +29,14 @@ class ChunkFile(io.RawIOBase):
         if sizes is None or None in sizes:
             if view is None:
                 with repo.index.read() as v:
-                    sizes = self._sizes(v)
+                    sizes = [e.raw_length for e in chunk_entries(v, self._ids, self._path)]
             else:
-                sizes = self._sizes(view)
+                sizes = [e.raw_length for e in chunk_entries(view, self._ids, self._path)]
         self._starts = [0] + list(accumulate(sizes))   # data-stream offset of each chunk
         ext = node.sparse or [[0, self._starts[-1]]]
         self._ext_file = [e[0] for e in ext]
         self._ext_len = [e[1] for e in ext]
         self._ext_stream = [0] + list(accumulate(self._ext_len))
-
-    def _sizes(self, view) -> list:
-        sizes = []
-        for cid in self._ids:
-            e = view.chunk(cid)
-            if e is None:
-                raise IntegrityError(f"{self._path}: chunk {cid.hex()} is missing from the index")
-            if e.lost:
-                raise IntegrityError(f"{self._path}: chunk {cid.hex()} was lost with a damaged pack "
-                                     f"(check --repair); a backup of the unchanged file stores it again")
-            sizes.append(e.raw_length)
-        return sizes
 
     def readable(self) -> bool:
         return True
@@ -65,7 +53,7 @@ class ChunkFile(io.RawIOBase):
             try:
                 self._cache = (i, self._repo.read_chunk(self._ids[i]))
             except ChunkrepoError as e:     # damaged data, or the storage failing (EIO)
-                raise _with_path(e, self._path) from None
+                raise with_path(e, self._path) from None
         return self._cache[1]
 
     def _read_stream(self, soff: int, n: int) -> bytes:
@@ -134,7 +122,7 @@ class ChunkFile(io.RawIOBase):
         try:
             yield from source
         except ChunkrepoError as e:
-            raise _with_path(e, self._path) from None
+            raise with_path(e, self._path) from None
 
     def seek(self, offset: int, whence: int = 0) -> int:
         base = {0: 0, 1: self._pos, 2: self.size}[whence]
@@ -145,7 +133,23 @@ class ChunkFile(io.RawIOBase):
         return self._pos
 
 
-def _with_path(e: ChunkrepoError, path: str) -> ChunkrepoError:
+def chunk_entries(view, ids, path: str) -> list:
+    """The index entries of a file's chunks; IntegrityError (naming path) for one the
+    index lacks or that was lost with a damaged pack."""
+    entries = []
+    chunk = view.chunk
+    for cid in ids:
+        e = chunk(cid)
+        if e is None:
+            raise IntegrityError(f"{path}: chunk {cid.hex()} is missing from the index")
+        if e.lost:
+            raise IntegrityError(f"{path}: chunk {cid.hex()} was lost with a damaged pack "
+                                 f"(check --repair); a backup of the unchanged file stores it again")
+        entries.append(e)
+    return entries
+
+
+def with_path(e: ChunkrepoError, path: str) -> ChunkrepoError:
     """The same kind of error, its message naming the file (once)."""
     if not path or str(e).startswith(path) or path in str(e):
         return e

@@ -43,16 +43,21 @@ Metadata
 
 Threads
     The main thread walks the backup and creates directories, symlinks,
-    FIFOs, devices and hard links; it takes each regular file's chunks out of
-    the prefetch stream in order and hands them to a few writer threads, which
-    create, fill and finish the file relative to its parent's descriptor
-    (creating and writing files is mostly kernel time, and os.open/os.write
-    release the GIL, so both cores work).  A directory keeps its descriptor
-    open, and gets its metadata, once the main thread has left it *and* its
-    last file is finished.  A hard link waits until its first name is
-    complete.  Bytes handed to writers and not yet written are bounded (_BUDGET),
-    and every queued file counts at least _JOB_COST against it, which bounds
-    the directories held open for their files too.
+    FIFOs, devices and hard links; regular files it gathers into batches
+    (consecutive files, up to _BATCH_FILES or the repository's read batch of
+    bytes) with their chunks looked up in the index, not read.  A few worker
+    threads take one batch at a time and do all the rest for its files: read
+    the chunks (one ranged read per run of neighbouring blobs), decompress
+    and verify them, create, fill and finish each file relative to its
+    parent's descriptor.  One hand-off per batch, not per file or chunk, and
+    the data never changes threads; os.open/os.write, zstd and blake3 release
+    the GIL, so both cores work.  A directory keeps its descriptor open, and
+    gets its metadata, once the main thread has left it *and* its last file
+    is finished.  A hard link waits until its first name is complete.  What
+    the queued batches count is bounded (_AHEAD; a file counts its bytes, at
+    least _JOB_COST and at most one read run), which bounds the directories
+    held open for their files; a worker holds one run of chunks (the read
+    batch) at a time, so a big file does not hold back the files after it.
 """
 
 import errno
@@ -70,8 +75,7 @@ from typing import Callable, List, Optional
 from ..codec.hashing import ID_SIZE
 from ..errors import ChunkrepoError, StorageError, TargetNotEmpty
 from ..model.nodes import BLK, CHR, DIR, FIFO, REG, SOCK, SYMLINK
-from .file_reader import ChunkFile
-from .prefetch import prefetch
+from .file_reader import ChunkFile, chunk_entries
 from .traverse import find_node, split_path, walk
 
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
@@ -103,22 +107,19 @@ class RestoreResult:
                 "errors": list(self.errors), "elapsed": self.elapsed}
 
 
-_WRITERS = 3              # writer threads
-_BUDGET = 16 << 20        # bytes handed to writers and not written yet
-_PREFETCH_BUDGET = 8 << 20   # chunks read ahead of the walk (ops.prefetch)
-_JOB_COST = 128 << 10     # the least a queued file counts: at most _BUDGET/_JOB_COST files queued
-_RUN = 16                 # files of one directory handed to the same writer in a row
+_WORKERS = 3              # threads that read, decompress, verify and write files
+_BATCH_FILES = 64         # files of one batch (a worker's unit of work)
+_AHEAD = 16 << 20         # what the batches queued and not written count (how far the walk runs ahead)
+_JOB_COST = 32 << 10      # the least a queued file counts (the most: its bytes, up to one read run)
 _PROGRESS_EVERY = 0.2     # seconds between progress calls
-
-_END = object()           # the end of a file's chunks on its feed
 
 
 class _Aborted(Exception):
-    """Put on a feed when the main thread stops in the middle of a file."""
+    """The restore stops: a worker leaves the file it was writing (and removes it)."""
 
 
 class _Budget:
-    """Bytes handed to the writers and not yet written (only the main thread waits)."""
+    """Bytes of the batches handed to the workers and not yet written (only the main thread waits)."""
 
     __slots__ = ("_cond", "_used", "_limit", "aborted")
 
@@ -163,31 +164,60 @@ class _Dir:
         self.rel = rel        # its path relative to target (b"" for target)
         self.owner = owner    # (uid, gid) to set, when root
         self.names = set()    # names created in it (duplicates in a record are refused)
-        self.pending = 0      # files handed to writers and not finished (under _Restorer.lock)
+        self.pending = 0      # files handed to workers and not finished (under _Restorer.lock)
         self.left = False     # the main thread is done with it (under _Restorer.lock)
 
 
 class _Job:
-    """One regular file for a writer: its data whole (data), or chunk by chunk (feed)."""
+    """One regular file for a worker: where it goes, and the index entries of its chunks."""
 
-    __slots__ = ("dir", "name", "node", "shown", "owner", "data", "cf", "feed", "held", "done", "ok")
+    __slots__ = ("dir", "name", "node", "shown", "owner", "entries", "done", "ok")
 
-    def __init__(self, d: _Dir, name: bytes, node, shown: str, owner):
+    def __init__(self, d: _Dir, name: bytes, node, shown: str, owner, entries: list):
         self.dir = d
         self.name = name
         self.node = node
         self.shown = shown
         self.owner = owner
-        self.data = None      # the single chunk of a plain file
-        self.cf = None        # ChunkFile (layout) of any other file with content
-        self.feed = None      # SimpleQueue of its chunks, then _END or an exception
-        self.held = 0         # bytes of the chunk being written (budget not given back yet)
-        self.done = None      # Event, for the first name of hard links
+        self.entries = entries  # [(chunk id, BlobEntry)] in content order
+        self.done = None        # Event, for the first name of hard links
         self.ok = False
 
 
+class _BatchData:
+    """The chunks of a batch's files, read on demand a run of neighbours at a time.
+
+    get(i) reads the run that starts at chunk i (up to the repository's batch
+    size, one ranged read per run of neighbouring blobs: Repository.read_blobs)
+    unless i is in the run read last; chunks are asked for in increasing order,
+    and those of a file that failed are never read.  Memory: one run.
+    """
+
+    __slots__ = ("repo", "items", "run_bytes", "start", "end", "run")
+
+    def __init__(self, repo, items: list, run_bytes: int):
+        self.repo = repo
+        self.items = items
+        self.run_bytes = run_bytes
+        self.start = self.end = 0
+        self.run: list = []
+
+    def get(self, i: int):
+        """Chunk i's bytes, or the exception reading it raised."""
+        if not self.start <= i < self.end:
+            items = self.items
+            j, size = i + 1, items[i][1].raw_length
+            while j < len(items) and j - i < _BATCH_FILES and size + items[j][1].raw_length <= self.run_bytes:
+                size += items[j][1].raw_length
+                j += 1
+            self.run = []       # the previous run's memory goes before the next is read
+            self.run = self.repo.read_blobs(items[i:j])
+            self.start, self.end = i, j
+        return self.run[i - self.start]
+
+
 class _Counts:
-    """What one writer did (each writer has its own: no lock, no lost updates)."""
+    """What one worker did (each worker has its own: no lock, no lost updates)."""
 
     __slots__ = ("files", "skipped", "bytes")
 
@@ -196,7 +226,7 @@ class _Counts:
 
 
 class _Restorer:
-    def __init__(self, repo, root_tid: bytes, target, start, progress=None, writers: int = _WRITERS):
+    def __init__(self, repo, root_tid: bytes, target, start, progress=None, workers: Optional[int] = None):
         self.repo = repo
         self.root_tid = root_tid
         self.target = os.fsencode(target)
@@ -207,26 +237,29 @@ class _Restorer:
         self.now = time.time_ns()
         self.umask = _umask()
         self.progress = progress
-        self.nwriters = max(1, writers)
+        plan = repo.read_plan
+        # on an object store a read waits milliseconds: as many workers as the plan's readers
+        self.nworkers = max(1, workers or max(_WORKERS, plan.threads))
+        self.run_bytes = max(plan.batch_bytes, 1)
         self._uids: dict = {}
         self._gids: dict = {}
         self._first: dict = {}    # backup path of a hard link's first name -> (parent key, name, rel dir, job)
         self._xattr_unsupported = 0
-        self.view = None          # the index snapshot of the walk
-        self.prefetched = None    # chunks read ahead for the current entry (ops.prefetch)
+        self.view = None          # the index snapshot of the walk, open until the workers are done
         self.lock = threading.Lock()           # _Dir.pending/left, _xattr_unsupported, fatal
-        self.budget = _Budget(_BUDGET)
-        self.queues: List["queue.SimpleQueue"] = []   # one per writer
-        self._turn = (None, 0, 0)     # (directory, writer, files) of the last file handed out
+        self.budget = _Budget(_AHEAD)
+        self.jobs: "queue.SimpleQueue" = queue.SimpleQueue()    # batches for the workers
+        self.batch: List[_Job] = []   # files of the batch being gathered (main thread)
+        self.batch_cost = 0
         self.counts: List[_Counts] = []
-        self.fatal: Optional[BaseException] = None   # a writer's reason to stop the restore
+        self.fatal: Optional[BaseException] = None   # a worker's reason to stop the restore
 
     # -- helpers --------------------------------------------------------------
     def error(self, shown: str, msg: str) -> None:
         self.res.errors.append(f"{shown}: {msg}")    # list.append: safe from any thread
 
     def fail(self, exc: BaseException) -> None:
-        """Stop the restore (from a writer): the main thread raises exc."""
+        """Stop the restore (from a worker): the main thread raises exc."""
         with self.lock:
             if self.fatal is None:
                 self.fatal = exc
@@ -267,7 +300,7 @@ class _Restorer:
     def apply_fd(self, fd: int, node, shown: str, owner=None, mode_set: bool = False) -> None:
         """Owner, xattrs, mode, times of an open file or directory, in that order.
 
-        owner: (uid, gid) looked up already (writers get it from the main thread);
+        owner: (uid, gid) looked up already (workers get it from the main thread);
         mode_set: the file was created with its mode (no set-id bits, umask clear)."""
         if self.is_root:
             owner = owner or self.owner(node)
@@ -299,7 +332,7 @@ class _Restorer:
         os.utime(name, ns=(self.now, node.mtime_ns), dir_fd=pfd, follow_symlinks=False)
 
     def snapshot(self) -> RestoreResult:
-        """The running counts (main thread's plus writers')."""
+        """The running counts (main thread's plus workers')."""
         r = self.res
         s = RestoreResult(r.files, r.dirs, r.links, r.bytes_written, r.skipped, r.errors)
         for c in self.counts:
@@ -337,42 +370,41 @@ class _Restorer:
         base = b"/".join(parts[:-1])                        # backup path that maps onto target
         self.base_len = len(base) + 1 if base else 0
         stack = [_Dir(base, self.open_target(), None, os.fsdecode(self.target), b"")]
-        writers = []
+        workers = []
         progress = self.progress
         ok = False
-        try:
-            for i in range(self.nwriters):
-                c = _Counts()
-                self.counts.append(c)
-                self.queues.append(queue.SimpleQueue())
-                t = threading.Thread(target=self.writer, args=(c, self.queues[i]), name=f"chunkrepo-restore-{i}",
-                                     daemon=True)
-                t.start()
-                writers.append(t)
-            next_report = time.monotonic() + _PROGRESS_EVERY
-            # one read snapshot of the index for the single-chunk fast path
-            with self.repo.index.read() as self.view:
-                entries = walk(self.repo, self.root_tid, self.start)
-                for entry, self.prefetched in prefetch(self.repo, entries, budget=_PREFETCH_BUDGET):
+        # one snapshot of the index until the workers are done: they read the packs its
+        # entries name, and prune deletes a pack only once no older reader is active
+        with self.repo.index.read() as self.view:
+            try:
+                for i in range(self.nworkers):
+                    c = _Counts()
+                    self.counts.append(c)
+                    t = threading.Thread(target=self.worker, args=(c,), name=f"chunkrepo-restore-{i}", daemon=True)
+                    t.start()
+                    workers.append(t)
+                next_report = time.monotonic() + _PROGRESS_EVERY
+                for entry in walk(self.repo, self.root_tid, self.start):
                     if self.fatal is not None:
                         raise self.fatal
                     self.entry(stack, entry)
                     if progress is not None and time.monotonic() >= next_report:
                         progress(self.snapshot())
                         next_report = time.monotonic() + _PROGRESS_EVERY
-            ok = True
-        finally:
-            self.view = None
-            if not ok:
-                self.budget.abort()          # writers drop what is queued
-            try:
-                while stack:
-                    self.leave(stack.pop())
+                ok = True
             finally:
-                for q in self.queues:
-                    q.put(None)
-                for t in writers:
-                    t.join()
+                if not ok:
+                    self.budget.abort()          # workers drop what is queued
+                try:
+                    self.flush()                 # (its files count in their directories' pending)
+                    while stack:
+                        self.leave(stack.pop())
+                finally:
+                    for _ in workers:
+                        self.jobs.put(None)
+                    for t in workers:
+                        t.join()
+                    self.view = None
         if self.fatal is not None:
             raise self.fatal
         self.res = self.snapshot()
@@ -386,7 +418,7 @@ class _Restorer:
         return self.res
 
     def leave(self, d: _Dir) -> None:
-        """The main thread is done with d: finish it now, or its last writer will."""
+        """The main thread is done with d: finish it now, or its last worker will."""
         d.names = None
         with self.lock:
             d.left = True
@@ -481,69 +513,36 @@ class _Restorer:
 
     # -- regular files: the main thread's side --------------------------------
     def submit_file(self, parent: _Dir, name: bytes, node, shown: str, key: bytes) -> None:
-        """Hand a regular file to the writers, with its content taken from the stream in order."""
-        pf, self.prefetched = self.prefetched, None    # chunks read ahead, when this is their file
-        job = _Job(parent, name, node, shown, self.owner(node) if self.is_root else None)
-        chunks = None
-        if node.sparse is None and len(node.chunks) == ID_SIZE:
-            # most files are one chunk: skip ChunkFile's setup (same checks, fewer lookups)
+        """Add a regular file to the batch being gathered (its chunks looked up, not read)."""
+        entries = []
+        if node.chunks:
+            ids = node.chunk_ids() if len(node.chunks) != ID_SIZE else [node.chunks]
             try:
-                data = next(pf.data()) if pf is not None else self.repo.read_chunk(node.chunks, self.view)
-                if len(data) != node.size:
-                    raise StorageError(f"stored content has {len(data)} bytes, expected {node.size}")
+                entries = list(zip(ids, chunk_entries(self.view, ids, shown)))
             except ChunkrepoError as e:
-                self.error(shown, f"{e}; the file was not restored")
+                self.res.errors.append(f"{e}; the file was not restored")     # e names the file
                 self.res.skipped += 1
                 return
-            job.data = data
-        elif node.chunks or node.size:
-            try:
-                job.cf = ChunkFile(self.repo, node, shown.encode(_FS_ENCODING, "surrogateescape"), self.view,
-                                   pf.sizes if pf is not None else None)
-            except ChunkrepoError as e:
-                msg = str(e)
-                self.res.errors.append(f"{msg if msg.startswith(shown) else f'{shown}: {msg}'}; "
-                                       "the file was not restored")
-                self.res.skipped += 1
-                return
-            job.feed = queue.SimpleQueue()
-            chunks = pf.data() if pf is not None else (
-                self.repo.read_chunk(c, self.view) for c in node.chunk_ids())
+        job = _Job(parent, name, node, shown, self.owner(node) if self.is_root else None, entries)
         if node.nlink > 1:
             job.done = threading.Event()
             self._first.setdefault(key, (parent.key, name, parent.rel, job))
-        self.budget.take(_JOB_COST + (len(job.data) if job.data is not None else 0))
         with self.lock:
             parent.pending += 1
-        # a directory's files go to one writer (a run of _RUN at a time): two
-        # writers creating names in one directory would queue on its lock
-        d, w, n = self._turn
-        if d is not parent or n >= _RUN:
-            w, n = (w + 1) % len(self.queues), 0
-        self._turn = (parent, w, n + 1)
-        self.queues[w].put(job)
-        if chunks is None:
-            return
-        feed = job.feed
-        take = self.budget.take
-        try:
-            for data in chunks:
-                take(len(data))
-                if self.budget.aborted:
-                    break     # a writer failed (or we stop): no point reading the rest
-                feed.put(data)
-            else:
-                feed.put(_END)
-                return
-        except ChunkrepoError as e:
-            feed.put(e)       # the writer reports it and removes the partial file
-            return
-        except BaseException:
-            feed.put(_Aborted())
-            raise
-        feed.put(_Aborted())
-        if self.fatal is not None:
-            raise self.fatal
+        self.batch.append(job)
+        # a worker holds at most one run of a file's chunks at a time: a big file costs
+        # one run, and does not hold back the files after it until it is written
+        self.batch_cost += max(_JOB_COST, min(sum(e.raw_length for _, e in entries), self.run_bytes))
+        if len(self.batch) >= _BATCH_FILES or self.batch_cost >= self.run_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        """Hand the batch gathered so far to the workers (waiting while too much is queued)."""
+        if self.batch:
+            batch, cost = self.batch, self.batch_cost
+            self.batch, self.batch_cost = [], 0
+            self.budget.take(cost)
+            self.jobs.put((batch, cost))
 
     def hard_link(self, stack: list, pfd: int, name: bytes, link_to: bytes, shown: str) -> bool:
         """Link to the restored first name; False when it must get its own data."""
@@ -552,6 +551,7 @@ class _Restorer:
             return False     # first name outside the restored part, or it failed
         fkey, fname, frel, job = first
         if job is not None:
+            self.flush()     # (it may be in the batch being gathered)
             job.done.wait()  # never link to a name whose content is not complete
             if not job.ok:
                 del self._first[link_to]     # this copy becomes the first name
@@ -589,74 +589,71 @@ class _Restorer:
             raise
         return fd
 
-    # -- regular files: the writers' side -------------------------------------
-    def writer(self, counts: _Counts, jobs: "queue.SimpleQueue") -> None:
-        get = jobs.get
+    # -- regular files: the workers' side -------------------------------------
+    def worker(self, counts: _Counts) -> None:
+        get = self.jobs.get
         while True:
-            job = get()
-            if job is None:
+            item = get()
+            if item is None:
                 return
+            batch, cost = item
+            data = _BatchData(self.repo, [c for job in batch for c in job.entries], self.run_bytes)
+            first = 0       # index of the job's first chunk in data
             try:
-                ok = self.write_job(job, counts)
-            except BaseException as e:     # a bug: stop the restore with it, keep counting down
-                self.fail(e)
-                ok = False
-            d = job.dir
-            try:
-                self.drain(job)
+                for job in batch:
+                    ok = False
+                    try:
+                        ok = not self.budget.aborted and self.write_job(job, data, first, counts)
+                    except BaseException as e:     # a bug: stop the restore with it, keep counting down
+                        self.fail(e)
+                    finally:
+                        first += len(job.entries)
+                        self.finish_job(job, ok, counts)
             finally:
-                if ok:
-                    counts.files += 1
-                else:
-                    counts.skipped += 1
-                with self.lock:
-                    d.pending -= 1
-                    last = d.left and d.pending == 0
-                if job.done is not None:
-                    job.ok = ok
-                    job.done.set()
-                if last:
-                    self.finish_dir(d)
+                self.budget.give(cost)
 
-    def drain(self, job: _Job) -> None:
-        """Give back the budget of a finished job, taking what is left on its feed."""
-        give = self.budget.give
-        give(_JOB_COST + job.held + (len(job.data) if job.data is not None else 0))
-        job.held = 0
-        job.data = None
-        feed, job.feed = job.feed, None
-        if feed is not None:
-            while True:
-                item = feed.get()
-                if item is _END or isinstance(item, BaseException):
-                    break
-                give(len(item))
+    def finish_job(self, job: _Job, ok: bool, counts: _Counts) -> None:
+        if ok:
+            counts.files += 1
+        else:
+            counts.skipped += 1
+        d = job.dir
+        with self.lock:
+            d.pending -= 1
+            last = d.left and d.pending == 0
+        if job.done is not None:
+            job.ok = ok
+            job.done.set()
+        if last:
+            self.finish_dir(d)
 
-    def write_job(self, job: _Job, counts: _Counts) -> bool:
-        if self.budget.aborted:
-            return False
-        d, name, shown = job.dir, job.name, job.shown
+    def write_job(self, job: _Job, data: _BatchData, first: int, counts: _Counts) -> bool:
+        d, name, node, shown = job.dir, job.name, job.node, job.shown
+        whole = None
+        if len(job.entries) == 1 and node.sparse is None:
+            # most files are one chunk: read it before creating the file, which a
+            # chunk that cannot be read then never leaves behind
+            whole = data.get(first)
+            if isinstance(whole, BaseException):
+                self.error(shown, f"{_reason(whole)}; the file was not restored")
+                return False
+            if len(whole) != node.size:
+                self.error(shown, f"stored content has {len(whole)} bytes, expected {node.size}; "
+                                  "the file was not restored")
+                return False
         try:
-            mode = stat.S_IMODE(job.node.mode)
+            mode = stat.S_IMODE(node.mode)
             # created with its final mode when the umask keeps it, no chown will clear
             # set-id bits and no xattr needs write access later: one fchmod less per file
-            exact = not mode & 0o7000 and not mode & self.umask and (not job.node.xattrs or mode & 0o200)
+            exact = not mode & 0o7000 and not mode & self.umask and (not node.xattrs or mode & 0o200)
             fd = os.open(name, _FILE_FLAGS, mode if exact else 0o600, dir_fd=d.fd)
             done = False
             try:
-                if job.data is not None:
-                    data = job.data
-                    k = os.write(fd, data)
-                    counts.bytes += k
-                    if k < len(data):
-                        mv = memoryview(data)[k:]
-                        while mv:
-                            k = os.write(fd, mv)
-                            counts.bytes += k
-                            mv = mv[k:]
-                elif job.cf is not None:
-                    self.fill(fd, job, counts)
-                self.apply_fd(fd, job.node, shown, job.owner, mode_set=exact)
+                if whole is not None:
+                    counts.bytes += _write_all(fd, whole)
+                elif job.entries or node.size:
+                    self.fill(fd, job, data, first, counts)
+                self.apply_fd(fd, node, shown, job.owner, mode_set=exact)
                 done = True
             except ChunkrepoError as e:
                 msg = str(e)
@@ -682,44 +679,24 @@ class _Restorer:
                 self.error(shown, e.strerror or str(e))
             return False
 
-    def chunks(self, job: _Job):
-        """The chunks the main thread puts on job's feed, giving back each one's budget once written."""
-        feed, give = job.feed, self.budget.give
-        while True:
-            item = feed.get()
-            if job.held:
-                give(job.held)
-                job.held = 0
-            if item is _END:
-                job.feed = None
-                return
-            if isinstance(item, BaseException):
-                job.feed = None
-                raise item
-            job.held = len(item)
-            yield item
-
-    def fill(self, fd: int, job: _Job, counts: _Counts) -> None:
-        node, shown, cf = job.node, job.shown, job.cf
+    def fill(self, fd: int, job: _Job, data: _BatchData, first: int, counts: _Counts) -> None:
+        """Write a file of several chunks (or with holes) as its layout says."""
+        node, shown = job.node, job.shown
+        cf = ChunkFile(self.repo, node, shown.encode(_FS_ENCODING, "surrogateescape"),
+                       sizes=[e.raw_length for _, e in job.entries])
         sparse = node.sparse is not None
         total = 0
-        write, pwrite = os.write, os.pwrite
         try:
-            if sparse:
-                for off, mv in cf.iter_data(self.chunks(job)):
-                    while mv:
-                        k = pwrite(fd, mv, off)
-                        off += k
-                        total += k
-                        mv = mv[k:]
-            else:
-                for off, mv in cf.iter_data(self.chunks(job)):
-                    if off != total:
-                        raise StorageError(f"{shown}: stored content is not contiguous")
-                    while mv:
-                        k = write(fd, mv)
-                        total += k
-                        mv = mv[k:]
+            for off, mv in cf.iter_data(_chunks(data, first, len(job.entries))):
+                if self.budget.aborted:
+                    raise _Aborted()
+                if sparse:
+                    k = _write_all(fd, mv, off)
+                elif off != total:
+                    raise StorageError(f"{shown}: stored content is not contiguous")
+                else:
+                    k = _write_all(fd, mv)
+                total += k
         except IndexError:   # more stored data than the extents say
             raise StorageError(f"{shown}: stored content does not match its extents") from None
         finally:
@@ -729,6 +706,32 @@ class _Restorer:
             raise StorageError(f"{shown}: stored content has {total} bytes, expected {expected}")
         if sparse:
             os.ftruncate(fd, node.size)   # holes after the last extent
+
+
+def _chunks(data: _BatchData, first: int, n: int):
+    for i in range(first, first + n):
+        item = data.get(i)
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
+def _write_all(fd: int, buf, offset: Optional[int] = None) -> int:
+    """Write all of buf (at offset, if given); returns its length."""
+    n = len(buf)
+    k = os.write(fd, buf) if offset is None else os.pwrite(fd, buf, offset)
+    if k < n:
+        mv = memoryview(buf)
+        while k < n:
+            k += os.write(fd, mv[k:]) if offset is None else os.pwrite(fd, mv[k:], offset + k)
+    return n
+
+
+def _reason(e: BaseException) -> str:
+    """An exception's message for the user (an OSError's strerror)."""
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    return str(e)
 
 
 def _umask() -> int:

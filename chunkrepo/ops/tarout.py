@@ -1,8 +1,9 @@
 """Streaming a backup (or a part of it) as a tar archive.
 
 Headers are built with the stdlib tarfile (TarInfo.tobuf); content goes
-straight from the chunks (ChunkFile.iter_data) to the output, so memory stays
-at about one chunk whatever the archive's size.
+straight from the chunks (ChunkFile.iter_data) to the output, written by a
+background thread (ops.stream_out), so memory stays at a few chunks whatever
+the archive's size.
 
 Formats:
   pax    (default) everything: long and non-UTF-8 names, ns mtimes, xattrs
@@ -25,8 +26,9 @@ import time
 
 from ..errors import ChunkrepoError, IntegrityError
 from ..model.nodes import BLK, CHR, DIR, FIFO, REG, SYMLINK
-from .file_reader import ChunkFile
+from .file_reader import ChunkFile, with_path
 from .prefetch import prefetch
+from .stream_out import StreamOut
 from .traverse import walk
 
 BLOCK = 512
@@ -34,6 +36,7 @@ RECORD = 20 * BLOCK                 # GNU tar's default blocking factor
 _ZEROS = memoryview(bytes(1 << 20))  # source of hole and padding zeros
 _FORMATS = {"pax": tarfile.PAX_FORMAT, "gnu": tarfile.GNU_FORMAT, "ustar": tarfile.USTAR_FORMAT}
 _PROGRESS_EVERY = 0.2              # seconds between progress calls
+_PREFETCH_BUDGET = 8 << 20         # chunks read ahead (ops.prefetch); stream_out holds 4 MiB more
 _TYPES = {REG: tarfile.REGTYPE, DIR: tarfile.DIRTYPE, SYMLINK: tarfile.SYMTYPE,
           CHR: tarfile.CHRTYPE, BLK: tarfile.BLKTYPE, FIFO: tarfile.FIFOTYPE}
 
@@ -318,6 +321,19 @@ class _Writer:
         pos = 0         # next file offset expected
         total = 0       # bytes written
         pf, self.prefetched = self.prefetched, None     # chunks read ahead for this entry
+        if pf is not None and node.sparse is None and len(pf.sizes) == 1 and pf.sizes[0] is not None:
+            # most files are one chunk: no layout to follow
+            try:
+                data = next(pf.data())
+            except ChunkrepoError as exc:
+                raise with_path(exc, where) from None
+            if len(data) != node.size:
+                raise IntegrityError(f"/{where}: stored content is shorter than its size" if len(data) < node.size
+                                     else f"/{where}: stored data does not match the file's layout")
+            self.write(data)
+            self.stats["content_bytes"] += node.size
+            self.zeros(-node.size % BLOCK)
+            return
         f = ChunkFile(self.repo, node, e.path, self.view, pf.sizes if pf is not None else None)
         try:
             for off, view in f.iter_data(pf.data() if pf is not None else None):
@@ -359,12 +375,18 @@ def write_tar(repo, root_tid, out, start="/", recursive=True, tar_format="pax", 
     progress, if given, is called with (a copy of) the running stats about
     every 0.2 s and once at the end.
     """
-    w = _Writer(repo, out, tar_format, progress)
-    with repo.index.read() as w.view:
-        for e, w.prefetched in prefetch(repo, walk(repo, root_tid, start, recursive)):
-            w.entry(e)
-            w.tick()
-    w.finish()
+    stream = StreamOut(out)     # the writes to out overlap the work of the next entries
+    try:
+        w = _Writer(repo, stream, tar_format, progress)
+        with repo.index.read() as w.view:
+            for e, w.prefetched in prefetch(repo, walk(repo, root_tid, start, recursive), budget=_PREFETCH_BUDGET):
+                w.entry(e)
+                w.tick()
+        w.finish()
+    except BaseException:
+        stream.abort()
+        raise
+    stream.close()
     if progress is not None:
         progress(dict(w.stats))
     return w.stats
