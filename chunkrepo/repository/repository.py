@@ -10,7 +10,7 @@ from ..errors import AmbiguousId, ChunkrepoError, IntegrityError, NotARepository
 from ..index import Index
 from ..model import BackupRecord, Tree
 from ..storage import LocalStorage
-from ..storage.open import is_url, local_path, open_fsspec
+from ..storage.open import is_url, local_path, open_remote
 from .config import CONFIG_NAME, Config
 from .index_cache import IndexCache, RemoteWriterLock
 from .lock import WriterLock
@@ -66,7 +66,7 @@ class Repository:
         self.remote = is_url(location)
         if self.remote:
             self.path = location.rstrip("/")
-            self.storage = open_fsspec(location, storage_options)
+            self.storage = open_remote(location, storage_options)
         else:
             self.path = local_path(location)
             if not os.path.isdir(self.path):
@@ -97,7 +97,7 @@ class Repository:
     @classmethod
     def init(cls, location: str, config: Optional[Config] = None, storage_options=None) -> "Repository":
         if is_url(location):
-            storage = open_fsspec(location, storage_options)
+            storage = open_remote(location, storage_options)
             if storage.exists(CONFIG_NAME):
                 raise ChunkrepoError(f"{location} already holds a chunkrepo repository")
             if next(iter(storage.list("")), None) is not None:
