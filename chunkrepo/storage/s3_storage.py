@@ -31,7 +31,7 @@ from xml.etree import ElementTree
 
 from ..errors import NotFound, StorageError
 from .s3_config import S3Settings
-from .sigv4 import EMPTY_SHA256, UNSIGNED_PAYLOAD, sign, uri_encode
+from .sigv4 import EMPTY_SHA256, UNSIGNED_PAYLOAD, canonical_query, sign, uri_encode
 
 _XMLNS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 _SEND_BLOCK = 1 << 20
@@ -152,7 +152,7 @@ class S3Storage:
         headers.update(sign(method, path, list(query), headers, payload_hash, s.creds, s.region))
         target = path
         if query:
-            target += "?" + "&".join(f"{uri_encode(k, '')}={uri_encode(v, '')}" for k, v in query)
+            target += "?" + canonical_query(list(query))
         conn = self._connection()
         try:
             if body is None or length is None:

@@ -1,9 +1,9 @@
 """AWS Signature Version 4 for S3 requests, with hashlib and hmac only.
 
-The signature covers the method, the path, the query, the `host` header and
-every `x-amz-*` header (among them `x-amz-content-sha256`: the SHA-256 of the
-body in hex, or UNSIGNED-PAYLOAD).  Other headers (Range, If-None-Match,
-Content-Length) go unsigned, which S3 allows.
+The signature covers the method, the path, the query, the headers given (the
+caller passes those it sends: host, range, if-none-match, content-length) and the
+`x-amz-*` headers added here, among them `x-amz-content-sha256`: the SHA-256 of
+the body in hex, or UNSIGNED-PAYLOAD.
 
     headers = sign("GET", "/bucket/key", [], {"host": "h:9000"}, EMPTY_SHA256, creds, "us-east-1")
 """
@@ -28,6 +28,11 @@ class Credentials(NamedTuple):
 def uri_encode(s: str, safe: str = "/") -> str:
     """RFC 3986 encoding as SigV4 wants it: everything but A-Z a-z 0-9 - . _ ~ (and `safe`)."""
     return quote(s, safe=safe)
+
+
+def canonical_query(query: List[Tuple[str, str]]) -> str:
+    """name=value pairs, encoded, sorted (as the signature and the request line both want them)."""
+    return "&".join(f"{k}={v}" for k, v in sorted((uri_encode(k, ""), uri_encode(v, "")) for k, v in query))
 
 
 def _hmac(key: bytes, msg: str) -> bytes:
@@ -56,14 +61,13 @@ def sign(method: str, path: str, query: List[Tuple[str, str]], headers: dict, pa
     added = {"x-amz-date": amz_date, "x-amz-content-sha256": payload_hash}
     if creds.token:
         added["x-amz-security-token"] = creds.token
-    signed = {k.lower(): " ".join(str(v).split()) for k, v in headers.items()
-              if k.lower() == "host" or k.lower().startswith("x-amz-")}
+    signed = {k.lower(): " ".join(str(v).split()) for k, v in headers.items()}
     signed.update(added)
     names = sorted(signed)
     canonical = "\n".join([
         method,
         path,
-        "&".join(f"{uri_encode(k, '')}={uri_encode(v, '')}" for k, v in sorted(query)),
+        canonical_query(query),
         "".join(f"{n}:{signed[n]}\n" for n in names),
         ";".join(names),
         payload_hash,
