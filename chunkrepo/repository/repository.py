@@ -27,7 +27,10 @@ class ReadPlan(NamedTuple):
 
 
 _LOCAL_PLAN = ReadPlan(2, 2 << 20, 0)
-_REMOTE_PLAN = ReadPlan(8, 8 << 20, 256 << 10)
+# 4 readers of 4 MiB tasks: with the native S3 client a GET costs ~2 ms of CPU per 4 MiB, so
+# more threads only add memory (8 x 8 MiB: peak RSS of a restore 160-170 MiB, 4 x 4 MiB: ~100,
+# as a local restore) and GIL hand-offs (docs/design.md, "Repositories on object stores")
+_REMOTE_PLAN = ReadPlan(4, 4 << 20, 256 << 10)
 _open_envs: Dict[str, list] = {}   # LMDB allows one Environment per path per process
 _open_envs_lock = threading.Lock()
 
