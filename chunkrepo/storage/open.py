@@ -26,8 +26,6 @@ from typing import Iterable, Optional
 from ..errors import NotARepository, StorageError
 from .fsspec_storage import FsspecStorage
 from .retry import RetryingStorage, with_retries
-from .s3_config import Unsupported, resolve
-from .s3_storage import S3Storage
 
 log = logging.getLogger("chunkrepo.storage")
 
@@ -96,6 +94,9 @@ def open_remote(url: str, options: Optional[dict] = None, tmp_dir: Optional[str]
         return open_fsspec(url, options, tmp_dir)
     if not m.group(2).strip("/"):
         raise NotARepository(f"{url}: the URL names no bucket or folder")
+    # only s3:// pays for http.client and ssl (~20 ms), as only URLs pay for fsspec
+    from .s3_config import Unsupported, resolve
+    from .s3_storage import S3Storage
     try:
         settings = resolve(url, options)
     except Unsupported as e:

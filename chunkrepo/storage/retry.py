@@ -27,7 +27,6 @@ IncompleteRead for a body cut short, RemoteDisconnected, a garbled answer).
 """
 
 import errno
-import http.client
 import logging
 import os
 import random
@@ -39,7 +38,6 @@ from typing import Callable, Iterator, Optional
 
 from ..errors import ChunkrepoError, NotFound, StorageError
 from .local import LocalStorage
-from .s3_storage import S3Error
 
 log = logging.getLogger("chunkrepo.storage")
 
@@ -65,7 +63,10 @@ def _s3_verdict(code, status) -> bool:
 def _network_error_types() -> tuple:
     """The standard library's, botocore's and aiohttp's connection errors (only loaded modules
     can have raised any): a cut or garbled HTTP answer, a failed name lookup, a TLS stream cut."""
-    types: tuple = (http.client.HTTPException, socket.gaierror)
+    types: tuple = (socket.gaierror,)
+    http_client = sys.modules.get("http.client")
+    if http_client is not None:
+        types += (http_client.HTTPException,)
     ssl = sys.modules.get("ssl")
     if ssl is not None:
         types += (ssl.SSLEOFError, ssl.SSLZeroReturnError)
@@ -89,7 +90,8 @@ def _verdict(e: BaseException) -> Optional[bool]:
         return False
     if isinstance(e, (TimeoutError, ConnectionError)):     # socket timeouts, resets, broken pipes
         return True
-    if isinstance(e, S3Error):                              # the native client's
+    s3 = sys.modules.get(f"{__package__}.s3_storage")      # the native client's S3Error
+    if s3 is not None and isinstance(e, s3.S3Error):
         return _s3_verdict(e.code, e.status)
     response = getattr(e, "response", None)                 # botocore's ClientError
     if isinstance(response, dict) and "Error" in response:

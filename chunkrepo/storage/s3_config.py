@@ -12,10 +12,12 @@ options and the usual AWS sources, read the way botocore reads them; or why it c
     region       client_kwargs.region_name, $AWS_REGION, $AWS_DEFAULT_REGION, the profile's
                  region, us-east-1
     timeouts     config_kwargs.connect_timeout / read_timeout (seconds; default 60 each)
+    https        verified with the system's CAs, or $AWS_CA_BUNDLE / the profile's ca_bundle
 
 Anything else (another option, a profile that assumes a role or runs a credential
-process, web identity, no static credentials at all: instance roles and the like)
-raises Unsupported with the reason; storage.open then uses s3fs, which knows them all.
+process, web identity, no static credentials at all: instance roles and the like,
+an HTTP proxy in $HTTP(S)_PROXY for the endpoint) raises Unsupported with the
+reason; storage.open then uses s3fs, which knows them all.
 The option `client` ("native" or "s3fs") is ours: it chooses, and is never passed on.
 """
 
@@ -50,6 +52,7 @@ class S3Settings(NamedTuple):
     creds: Credentials
     connect_timeout: float
     read_timeout: float
+    ca_bundle: Optional[str] = None     # CA certificates for https (None: the system's)
 
 
 def split_url(url: str) -> Tuple[str, str]:
@@ -83,9 +86,25 @@ def resolve(url: str, options: dict, env=os.environ) -> S3Settings:
     else:
         scheme, virtual = "https", "." not in bucket     # a dotted name fails the certificate
         host = f"{bucket}.s3.{region}.amazonaws.com" if virtual else f"s3.{region}.amazonaws.com"
+    proxy = _proxy(scheme, host.rsplit(":", 1)[0], env)
+    if proxy:
+        raise Unsupported(f"a proxy for {scheme} (${proxy})")
     return S3Settings(scheme, host, bucket, prefix, virtual, region, creds,
                       float(cfg.get("connect_timeout", _DEFAULT_TIMEOUT)),
-                      float(cfg.get("read_timeout", _DEFAULT_TIMEOUT)))
+                      float(cfg.get("read_timeout", _DEFAULT_TIMEOUT)),
+                      env.get("AWS_CA_BUNDLE") or profile.get("ca_bundle"))
+
+
+def _proxy(scheme: str, hostname: str, env) -> Optional[str]:
+    """The variable naming a proxy for this scheme and host, if any (as urllib and botocore read it)."""
+    name = next((n for n in (f"{scheme}_proxy", f"{scheme.upper()}_PROXY") if env.get(n)), None)
+    if name is None:
+        return None
+    no_proxy = env.get("no_proxy") or env.get("NO_PROXY") or ""
+    for entry in filter(None, (e.strip().lstrip(".") for e in no_proxy.split(","))):
+        if entry == "*" or hostname == entry or hostname.endswith("." + entry):
+            return None
+    return name
 
 
 def _dict_option(options: dict, name: str, known: set) -> dict:

@@ -6,8 +6,9 @@ Why not s3fs: importing aiohttp, aiobotocore and botocore and building a client 
 backup does, and each request ~3.5 ms of CPU.  This client imports only the standard
 library (~20 ms) and spends a fraction of that per request.
 
-- One keep-alive connection per thread, reused; one found closed by the server while
-  idle is replaced before use, never retried blindly.
+- Keep-alive connections, reused by whichever thread needs one (up to 16 kept idle,
+  so pools that come and go do not pile up sockets); one found closed by the server
+  while idle is replaced before use, never retried blindly.
 - Reads are ranged GETs read straight into one bytes object; a response shorter than
   its Content-Length is http.client.IncompleteRead (a transient failure for
   storage.retry), a range the object does not hold whole is "truncated" (permanent).
@@ -35,6 +36,7 @@ from .sigv4 import EMPTY_SHA256, UNSIGNED_PAYLOAD, canonical_query, sign, uri_en
 
 _XMLNS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 _SEND_BLOCK = 1 << 20
+_MAX_IDLE = 16            # connections kept open between requests (more threads than that are rare)
 
 
 class S3Error(Exception):
@@ -105,9 +107,8 @@ class S3Storage:
         s = settings
         self._bucket_path = "" if s.virtual_host else "/" + uri_encode(s.bucket)
         self._key_prefix = s.prefix + "/" if s.prefix else ""
-        self._local = threading.local()
-        self._conns: List[http.client.HTTPConnection] = []
-        self._conns_lock = threading.Lock()
+        self._idle: List[http.client.HTTPConnection] = []     # open connections no request uses
+        self._idle_lock = threading.Lock()
         self._ssl_context = None
 
     # -- the wire -------------------------------------------------------------
@@ -116,27 +117,33 @@ class S3Storage:
             raise ValueError(f"bad object name {name!r}")
         return self._key_prefix + name
 
-    def _connection(self) -> http.client.HTTPConnection:
-        conn = getattr(self._local, "conn", None)
+    def _take(self) -> http.client.HTTPConnection:
+        """An idle connection (the most recently used: the likeliest to be alive), or a new one."""
+        with self._idle_lock:
+            conn = self._idle.pop() if self._idle else None
         if conn is not None and conn.sock is not None and _readable(conn.sock):
             conn.close()        # readable while idle: the server closed it (or broke the protocol)
         if conn is None:
             s = self.settings
             if s.scheme == "https":
                 if self._ssl_context is None:
-                    import ssl
-                    self._ssl_context = ssl.create_default_context()
+                    import ssl      # only https pays for it (an SSL context loads the system's CAs)
+                    self._ssl_context = ssl.create_default_context(cafile=s.ca_bundle)
                 conn = http.client.HTTPSConnection(s.host, timeout=s.connect_timeout, context=self._ssl_context,
                                                    blocksize=_SEND_BLOCK)
             else:
                 conn = http.client.HTTPConnection(s.host, timeout=s.connect_timeout, blocksize=_SEND_BLOCK)
-            self._local.conn = conn
-            with self._conns_lock:
-                self._conns.append(conn)
         if conn.sock is None:
             conn.connect()
             conn.sock.settimeout(self.settings.read_timeout)
         return conn
+
+    def _give_back(self, conn: http.client.HTTPConnection) -> None:
+        with self._idle_lock:
+            if len(self._idle) < _MAX_IDLE:
+                self._idle.append(conn)
+                return
+        conn.close()
 
     def _request(self, method: str, key: Optional[str], query: Tuple = (), headers: Optional[dict] = None,
                  body=None, payload_hash: str = EMPTY_SHA256, length: Optional[int] = None):
@@ -153,7 +160,7 @@ class S3Storage:
         target = path
         if query:
             target += "?" + canonical_query(list(query))
-        conn = self._connection()
+        conn = self._take()
         try:
             if body is None or length is None:
                 conn.request(method, target, body=body, headers=headers)
@@ -169,6 +176,7 @@ class S3Storage:
         except BaseException:
             conn.close()        # a half-done exchange leaves the connection unusable
             raise
+        self._give_back(conn)
         return resp.status, resp, data
 
     def _call(self, what: str, method: str, key: Optional[str], ok=(200,), missing: Optional[str] = None, **kw):
@@ -292,8 +300,7 @@ class S3Storage:
         return 0
 
     def close(self) -> None:
-        with self._conns_lock:
-            for conn in self._conns:
-                conn.close()
-            self._conns.clear()
-        self._local = threading.local()
+        with self._idle_lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()

@@ -332,6 +332,17 @@ def test_file_url_is_a_local_repository(tmp_path, src):
         assert [b.id for b in repo.list_backups()] == [bid]
 
 
+@pytest.mark.parametrize("client", ["native", "s3fs"])
+def test_init_creates_a_missing_bucket(tmp_path, moto_endpoint, monkeypatch, client):
+    monkeypatch.setenv("CHUNKREPO_INDEX_CACHE", str(tmp_path / "machine1"))
+    url = f"s3://t{uuid.uuid4().hex[:12]}/repo"
+    opts = dict(S3_CREDS, endpoint_url=moto_endpoint, client=client)
+    with Repo.init(url, storage_options=opts) as repo:
+        assert repo.list_backups() == []
+    with Repo(url, storage_options=opts) as repo:
+        assert repo.repository.config.repo_id
+
+
 def test_bad_locations_are_one_line_errors(tmp_path, moto_endpoint):
     with pytest.raises(StorageError, match="unknown storage scheme 'nosuch'"):
         Repo("nosuch://x/y")
@@ -399,9 +410,15 @@ def test_cli_on_s3_imports_no_s3fs_stack(tmp_path, moto_endpoint, cli_env):
     run("init", "--repo", url, *opt, env=cli_env)
     p = subprocess.run([sys.executable, "-X", "importtime", "-m", "chunkrepo", "list-backups", "--repo", url, *opt],
                        capture_output=True, env=cli_env, check=True)
-    imported = {line.split("|")[-1].strip() for line in p.stderr.decode().splitlines() if line.startswith("import time")}
+    imported = {line.split("|")[-1].strip() for line in p.stderr.decode().splitlines()
+                if line.startswith("import time")}
     assert "chunkrepo.storage.s3_storage" in imported
     assert not imported & {"fsspec", "s3fs", "botocore", "aiobotocore", "aiohttp"}
+    local = str(tmp_path / "local")
+    run("init", "--repo", local, env=cli_env)
+    p = subprocess.run([sys.executable, "-X", "importtime", "-m", "chunkrepo", "list-backups", "--repo", local],
+                       capture_output=True, env=cli_env, check=True)
+    assert "http.client" not in p.stderr.decode()       # a local repository does not pay for the client
 
 
 @pytest.mark.parametrize("args, words", [

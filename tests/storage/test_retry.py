@@ -327,7 +327,8 @@ def test_staged_upload_leaves_no_temporary_file(inner, direct, proxy, tmp_path):
     staging.mkdir()
     seen = []
     inner.tmp_dir = str(staging)
-    store = RetryingStorage(inner, attempts=2, base_delay=0.01, sleep=lambda _: seen.append(len(list(staging.iterdir()))))
+    store = RetryingStorage(inner, attempts=2, base_delay=0.01,
+                            sleep=lambda _: seen.append(len(list(staging.iterdir()))))
     proxy.inject("slowdown", method="PUT")
     w = store.create("packs/cc/cc01")
     w.write(PACK)

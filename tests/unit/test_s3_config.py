@@ -21,8 +21,8 @@ def home(tmp_path):
 def test_options_env_and_defaults(home):
     s = resolve("s3://bucket/some/prefix/", {"key": "k", "secret": "s", "endpoint_url": "http://127.0.0.1:7480"},
                 env=home)
-    assert (s.scheme, s.host, s.bucket, s.prefix, s.virtual_host) == ("http", "127.0.0.1:7480", "bucket",
-                                                                     "some/prefix", False)
+    assert (s.scheme, s.host, s.bucket, s.prefix, s.virtual_host) == (
+        "http", "127.0.0.1:7480", "bucket", "some/prefix", False)
     assert (s.region, s.creds, s.connect_timeout, s.read_timeout) == ("us-east-1", ("k", "s", None), 60.0, 60.0)
     env = dict(home, AWS_ACCESS_KEY_ID="ek", AWS_SECRET_ACCESS_KEY="es", AWS_SESSION_TOKEN="et",
                AWS_ENDPOINT_URL="https://other:9000", AWS_ENDPOINT_URL_S3="https://s3.example:8443",
@@ -73,10 +73,21 @@ def test_profiles_from_the_aws_files(home, tmp_path):
     ({}, {}, "no access key"),
     ({}, {"AWS_WEB_IDENTITY_TOKEN_FILE": "/t"}, "web identity"),
     ({"key": "k", "secret": "s", "endpoint_url": "ftp://h"}, {}, "is not http"),
+    ({"key": "k", "secret": "s", "endpoint_url": "http://rgw.lan:7480"}, {"http_proxy": "http://p:3128"},
+     r"a proxy for http \(\$http_proxy\)"),
+    ({"key": "k", "secret": "s"}, {"HTTPS_PROXY": "http://p:3128", "NO_PROXY": "example.com"}, "HTTPS_PROXY"),
 ])
 def test_what_the_native_client_does_not_do(home, options, env, reason):
     with pytest.raises(Unsupported, match=reason):
         resolve("s3://b/p", options, env=dict(home, **env))
+
+
+def test_proxies_that_do_not_apply_and_ca_bundle(home):
+    opts = {"key": "k", "secret": "s", "endpoint_url": "https://rgw.lan:7480"}
+    env = dict(home, HTTP_PROXY="http://p:3128", NO_PROXY="localhost,.lan", AWS_CA_BUNDLE="/etc/ca.pem")
+    s = resolve("s3://b/p", opts, env=env)       # no proxy for https; rgw.lan is excluded anyway
+    assert (s.host, s.ca_bundle) == ("rgw.lan:7480", "/etc/ca.pem")
+    assert resolve("s3://b/p", opts, env=dict(env, HTTPS_PROXY="http://p:3128")).ca_bundle == "/etc/ca.pem"
 
 
 def test_open_remote_chooses_and_says_why(home, monkeypatch, caplog):
