@@ -27,10 +27,12 @@ class ReadPlan(NamedTuple):
 
 
 _LOCAL_PLAN = ReadPlan(2, 2 << 20, 0)
-# 4 readers of 4 MiB tasks: with the native S3 client a GET costs ~2 ms of CPU per 4 MiB, so
-# more threads only add memory (8 x 8 MiB: peak RSS of a restore 160-170 MiB, 4 x 4 MiB: ~100,
-# as a local restore) and GIL hand-offs (docs/design.md, "Repositories on object stores")
-_REMOTE_PLAN = ReadPlan(4, 4 << 20, 256 << 10)
+# 2 readers of 4 MiB tasks (coalescing gaps up to 256 KiB).  With the native S3 client a GET
+# costs ~0.5 ms of CPU, so readers mostly wait; on Ceph RGW on loopback 2, 3 or 4 readers
+# restore in the same time, and each one more adds ~5 MiB of peak RSS (8 x 8 MiB, sized for
+# s3fs: 160-170 MiB; 2 x 4 MiB: ~93 MiB, what a local restore takes).  A link with a long
+# round trip would want more readers (docs/design.md, "Repositories on object stores").
+_REMOTE_PLAN = ReadPlan(2, 4 << 20, 256 << 10)
 _open_envs: Dict[str, list] = {}   # LMDB allows one Environment per path per process
 _open_envs_lock = threading.Lock()
 

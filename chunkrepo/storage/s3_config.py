@@ -21,7 +21,6 @@ reason; storage.open then uses s3fs, which knows them all.
 The option `client` ("native" or "s3fs") is ours: it chooses, and is never passed on.
 """
 
-import configparser
 import os
 from typing import NamedTuple, Optional, Tuple
 from urllib.parse import urlsplit
@@ -142,9 +141,13 @@ def _credentials(options: dict, ck: dict, env, profile_name: str, profile: dict)
 
 def _section(path: str, name: str) -> dict:
     """One section of an AWS ini file ({} if the file or the section is missing)."""
+    path = os.path.expanduser(path)
+    if not os.path.isfile(path):
+        return {}
+    import configparser     # ~2 ms, for those who have the file
     parser = configparser.RawConfigParser()
     try:
-        parser.read(os.path.expanduser(path))
+        parser.read(path)
     except configparser.Error as e:
         raise Unsupported(f"{path}: {e}") from None
     return dict(parser.items(name)) if parser.has_section(name) else {}
