@@ -11,6 +11,8 @@ looks at the store between attempts: nothing half-written may be visible then.
 
 import errno
 import logging
+import socket
+import threading
 
 import pytest
 from s3_fault_proxy import FaultProxy
@@ -162,10 +164,8 @@ def test_native_permanent_failures_classify_as_permanent(native_raw, proxy):
     assert native_raw.get("o", 2) == b"ta"
 
 
-def test_native_short_body_is_transient(native_raw, s3):
+def test_native_short_body_is_transient(native_raw):
     """A connection that ends before the Content-Length: http.client's IncompleteRead."""
-    import socket
-    import threading
     listener = socket.create_server(("127.0.0.1", 0))
 
     def serve():
@@ -202,7 +202,6 @@ def test_permanent_failures_classify_as_permanent(s3, proxy, raw_fs):
 
 
 def test_refused_connection_is_transient(make_s3fs, make_native):
-    import socket
     with socket.socket() as s:          # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
