@@ -10,7 +10,7 @@ from ..errors import AmbiguousId, ChunkrepoError, IntegrityError, NotARepository
 from ..index import Index
 from ..model import BackupRecord, Tree
 from ..storage import LocalStorage
-from ..storage.open import is_url, local_path, open_fsspec
+from ..storage.open import is_url, local_path, open_remote
 from .config import CONFIG_NAME, Config
 from .index_cache import IndexCache, RemoteWriterLock
 from .lock import WriterLock
@@ -27,7 +27,12 @@ class ReadPlan(NamedTuple):
 
 
 _LOCAL_PLAN = ReadPlan(2, 2 << 20, 0)
-_REMOTE_PLAN = ReadPlan(8, 8 << 20, 256 << 10)
+# 2 readers of 4 MiB tasks (coalescing gaps up to 256 KiB).  With the native S3 client a GET
+# costs ~0.5 ms of CPU, so readers mostly wait; on Ceph RGW on loopback 2, 3 or 4 readers
+# restore in the same time, and each one more adds ~5 MiB of peak RSS (8 x 8 MiB, sized for
+# s3fs: 160-170 MiB; 2 x 4 MiB: ~93 MiB, what a local restore takes).  A link with a long
+# round trip would want more readers (docs/design.md, "Repositories on object stores").
+_REMOTE_PLAN = ReadPlan(2, 4 << 20, 256 << 10)
 _open_envs: Dict[str, list] = {}   # LMDB allows one Environment per path per process
 _open_envs_lock = threading.Lock()
 
@@ -66,7 +71,7 @@ class Repository:
         self.remote = is_url(location)
         if self.remote:
             self.path = location.rstrip("/")
-            self.storage = open_fsspec(location, storage_options)
+            self.storage = open_remote(location, storage_options)
         else:
             self.path = local_path(location)
             if not os.path.isdir(self.path):
@@ -97,7 +102,7 @@ class Repository:
     @classmethod
     def init(cls, location: str, config: Optional[Config] = None, storage_options=None) -> "Repository":
         if is_url(location):
-            storage = open_fsspec(location, storage_options)
+            storage = open_remote(location, storage_options)
             if storage.exists(CONFIG_NAME):
                 raise ChunkrepoError(f"{location} already holds a chunkrepo repository")
             if next(iter(storage.list("")), None) is not None:

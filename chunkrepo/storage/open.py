@@ -1,7 +1,13 @@
 """A repository location -> its storage: a local path, or a URL any fsspec filesystem knows.
 
     /srv/backups, relative/path, file:///srv/backups   a local directory (LocalStorage)
-    s3://bucket/prefix, memory://name, gcs://..., ...  FsspecStorage on fsspec.filesystem(scheme)
+    s3://bucket/prefix                                 S3Storage, the native S3 client (else s3fs)
+    memory://name, gcs://..., ...                      FsspecStorage on fsspec.filesystem(scheme)
+
+s3:// goes to the native client (storage.s3_storage) unless the options or the
+environment ask for something only s3fs does (storage.s3_config says what it
+knows): then to s3fs, with a warning naming the reason.  The option client=s3fs
+chooses s3fs, client=native insists on the native client (an error if it cannot).
 
 Storage options (passed to fsspec.filesystem) come from $CHUNKREPO_STORAGE_OPTIONS
 (a JSON object) and then from explicit 'key=value' items (the CLI's repeatable
@@ -12,6 +18,7 @@ AWS_DEFAULT_REGION, AWS_PROFILE).
 """
 
 import json
+import logging
 import os
 import re
 from typing import Iterable, Optional
@@ -19,6 +26,8 @@ from typing import Iterable, Optional
 from ..errors import NotARepository, StorageError
 from .fsspec_storage import FsspecStorage
 from .retry import RetryingStorage, with_retries
+
+log = logging.getLogger("chunkrepo.storage")
 
 OPTIONS_ENV = "CHUNKREPO_STORAGE_OPTIONS"
 _S3_SCHEMES = ("s3", "s3a")
@@ -71,6 +80,31 @@ def parse_items(items: Iterable[str]) -> dict:
 
 
 _WORDS = {"true": True, "false": False, "none": None, "null": None}
+
+
+def open_remote(url: str, options: Optional[dict] = None, tmp_dir: Optional[str] = None) -> RetryingStorage:
+    """The storage of a remote repository (s3:// natively where it can), retrying transient
+    failures.  options None: those of $CHUNKREPO_STORAGE_OPTIONS."""
+    options = parse_options() if options is None else dict(options)
+    m = _URL.match(url)
+    client = options.pop("client", None)
+    if client not in (None, "native", "s3fs"):
+        raise StorageError(f"{url}: storage option client={client!r}: expected native or s3fs")
+    if not m or m.group(1).lower() not in _S3_SCHEMES or client == "s3fs":
+        return open_fsspec(url, options, tmp_dir)
+    if not m.group(2).strip("/"):
+        raise NotARepository(f"{url}: the URL names no bucket or folder")
+    # only s3:// pays for http.client and ssl (~20 ms), as only URLs pay for fsspec
+    from .s3_config import Unsupported, resolve
+    from .s3_storage import S3Storage
+    try:
+        settings = resolve(url, options)
+    except Unsupported as e:
+        if client == "native":
+            raise StorageError(f"{url}: the native S3 client cannot be used: {e}") from None
+        log.warning("chunkrepo: %s: using s3fs: %s (client=s3fs chooses it without this warning)", url, e)
+        return open_fsspec(url, options, tmp_dir)
+    return with_retries(S3Storage(settings, url, tmp_dir))
 
 
 def open_fsspec(url: str, options: Optional[dict] = None, tmp_dir: Optional[str] = None) -> RetryingStorage:

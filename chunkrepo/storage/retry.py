@@ -19,12 +19,18 @@ arrives as the botocore exception itself (ReadTimeoutError,
 ConnectionClosedError, EndpointConnectionError: all HTTPClientError) or as an
 aiohttp one.  A storage that turns these into StorageError keeps them as its
 __cause__ or __context__, which is where is_transient() looks.
+
+Through the native client (storage.s3_storage): an error answer is an S3Error
+(status and S3 code, classified as botocore's); a network failure is the
+standard library's own (socket timeouts and resets, http.client's
+IncompleteRead for a body cut short, RemoteDisconnected, a garbled answer).
 """
 
 import errno
 import logging
 import os
 import random
+import socket
 import sys
 import tempfile
 import time
@@ -38,6 +44,7 @@ log = logging.getLogger("chunkrepo.storage")
 _TRANSIENT_CODES = {
     "SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout", "Throttling",
     "ThrottlingException", "TooManyRequests", "RequestLimitExceeded", "RequestThrottled",
+    "ConditionalRequestConflict",       # 409: a conditional PUT raced another; AWS says retry
 }
 _TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
 _TRANSIENT_ERRNOS = {
@@ -49,15 +56,20 @@ _PERMANENT = (NotFound, FileNotFoundError, PermissionError, FileExistsError,
 _COPY_PIECE = 4 << 20
 
 
-def _s3_verdict(response: dict) -> bool:
-    err = response.get("Error") or {}
-    status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
-    return err.get("Code") in _TRANSIENT_CODES or status in _TRANSIENT_STATUS
+def _s3_verdict(code, status) -> bool:
+    return code in _TRANSIENT_CODES or status in _TRANSIENT_STATUS
 
 
 def _network_error_types() -> tuple:
-    """botocore's and aiohttp's connection errors; only loaded modules can have raised any."""
-    types: tuple = ()
+    """The standard library's, botocore's and aiohttp's connection errors (only loaded modules
+    can have raised any): a cut or garbled HTTP answer, a failed name lookup, a TLS stream cut."""
+    types: tuple = (socket.gaierror,)
+    http_client = sys.modules.get("http.client")
+    if http_client is not None:
+        types += (http_client.HTTPException,)
+    ssl = sys.modules.get("ssl")
+    if ssl is not None:
+        types += (ssl.SSLEOFError, ssl.SSLZeroReturnError)
     bc = sys.modules.get("botocore.exceptions")
     if bc is not None:      # ReadTimeoutError, ConnectionClosedError, EndpointConnectionError, ...
         types += (bc.HTTPClientError, bc.IncompleteReadError)
@@ -78,9 +90,13 @@ def _verdict(e: BaseException) -> Optional[bool]:
         return False
     if isinstance(e, (TimeoutError, ConnectionError)):     # socket timeouts, resets, broken pipes
         return True
+    s3 = sys.modules.get(f"{__package__}.s3_storage")      # the native client's S3Error
+    if s3 is not None and isinstance(e, s3.S3Error):
+        return _s3_verdict(e.code, e.status)
     response = getattr(e, "response", None)                 # botocore's ClientError
     if isinstance(response, dict) and "Error" in response:
-        return _s3_verdict(response)
+        return _s3_verdict(response["Error"].get("Code"),
+                           (response.get("ResponseMetadata") or {}).get("HTTPStatusCode"))
     if isinstance(e, _network_error_types()):
         return True
     if isinstance(e, OSError) and e.errno in _TRANSIENT_ERRNOS:

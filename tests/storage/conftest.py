@@ -7,8 +7,11 @@ import pytest
 
 from chunkrepo.storage import FsspecStorage, LocalStorage
 from chunkrepo.storage.retry import RetryingStorage
+from chunkrepo.storage.s3_config import resolve
+from chunkrepo.storage.s3_storage import S3Storage
 
-BACKENDS = ["local", "memory", "file", "moto", pytest.param("ceph", marks=pytest.mark.ceph)]
+BACKENDS = ["local", "memory", "file", "moto", "native-moto", pytest.param("ceph", marks=pytest.mark.ceph),
+            pytest.param("native-ceph", marks=pytest.mark.ceph)]
 LOCK_BACKENDS = BACKENDS[1:]     # the stores with put_if_absent (a local repository locks with flock)
 
 
@@ -25,6 +28,18 @@ def make_s3fs():
     return make
 
 
+def open_native(info, url, **options):
+    """The native S3 client (storage.s3_storage) for an S3 fixture's dict, as storage.open makes it
+    (options override the fixture's; the environment is not consulted)."""
+    return S3Storage(resolve(url, dict(info["storage_options"], **options), env={}), url)
+
+
+@pytest.fixture
+def make_native():
+    """make_native(info, url, **options): open_native as a fixture."""
+    return open_native
+
+
 def open_backend(kind, request, tmp_path):
     """A fresh, empty storage of the given kind (cleaned up by the fixtures it uses)."""
     if kind == "local":
@@ -36,14 +51,17 @@ def open_backend(kind, request, tmp_path):
         root = f"/chunkrepo-test-{uuid.uuid4().hex}"
         request.addfinalizer(lambda: fs.rm(root, recursive=True) if fs.exists(root) else None)
         return FsspecStorage(fs, f"memory://{root}")
-    info = request.getfixturevalue(f"{kind}_s3")
+    info = request.getfixturevalue(f"{kind.removeprefix('native-')}_s3")
+    if kind.startswith("native-"):
+        return open_native(info, f"s3://{info['bucket']}/store")
     fs = request.getfixturevalue("make_s3fs")(info)
     return FsspecStorage(fs, f"{info['bucket']}/store")
 
 
 @pytest.fixture
 def open_storage(request, tmp_path):
-    """open_storage(kind): a fresh storage of that kind ("local", "memory", "file", "moto", "ceph")."""
+    """open_storage(kind): a fresh storage of that kind ("local", "memory", "file", "moto", "ceph",
+    "native-moto", "native-ceph": S3 through s3fs or through the native client)."""
     return lambda kind: open_backend(kind, request, tmp_path)
 
 

@@ -1,9 +1,12 @@
 """The storage contract: what every implementation (and the retrying wrapper around it) does.
 
 Run against a local directory, fsspec's memory and local filesystems, S3 on moto
-and S3 on Ceph RGW (when CHUNKREPO_TEST_S3_ENDPOINT is set), each plain and
-wrapped in RetryingStorage (tests/storage/conftest.py).
+and S3 on Ceph RGW (when CHUNKREPO_TEST_S3_ENDPOINT is set) each through s3fs and
+through the native client, each plain and wrapped in RetryingStorage
+(tests/storage/conftest.py).
 """
+
+import concurrent.futures
 
 import pytest
 
@@ -146,7 +149,8 @@ def test_put_if_absent(lock_storage):
     assert storage.get("locks/writer") == b"theirs"
 
 
-@pytest.mark.parametrize("kind", ["moto", pytest.param("ceph", marks=pytest.mark.ceph)])
+@pytest.mark.parametrize("kind", ["moto", "native-moto", pytest.param("ceph", marks=pytest.mark.ceph),
+                                  pytest.param("native-ceph", marks=pytest.mark.ceph)])
 def test_list_crosses_s3_pages(kind, open_storage):
     """S3 lists 1000 names per request; a listing must follow the continuation."""
     s = open_storage(kind)
@@ -160,12 +164,16 @@ def test_list_crosses_s3_pages(kind, open_storage):
 def seed_objects(kind, s, names):
     """Tiny objects under s: straight into moto's in-process backend (1000 HTTP PUTs to moto
     cost seconds of CPU; the listing under test still goes over HTTP), by PUTs on Ceph."""
-    if kind == "moto":
+    native = kind.startswith("native-")
+    if kind.endswith("moto"):
         from moto.core.models import DEFAULT_ACCOUNT_ID
         from moto.s3.models import s3_backends
-        bucket, _, root = s.root.partition("/")
+        bucket, root = (s.settings.bucket, s.settings.prefix) if native else s.root.split("/", 1)
         backend = s3_backends[DEFAULT_ACCOUNT_ID]["global"]
         for n in names:
             backend.put_object(bucket, f"{root}/{n}", b"x")
+    elif native:
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda n: s.put(n, b"x"), names))
     else:
         s.fs.pipe({f"{s.root}/{n}": b"x" for n in names})

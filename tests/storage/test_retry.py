@@ -1,23 +1,27 @@
 """RetryingStorage against real failures: an S3 endpoint (moto, and Ceph RGW when
 CHUNKREPO_TEST_S3_ENDPOINT is set) behind a proxy that answers 503 SlowDown or
 500, stalls past the client's timeout, or drops a connection halfway through an
-upload (tests/storage/s3_fault_proxy.py).
+upload (tests/storage/s3_fault_proxy.py); through s3fs and through the native
+client (storage.s3_storage).
 
-The client's own retries (botocore's and s3fs's) are switched off, so every
-retry seen here is RetryingStorage's.  The injected sleep looks at the store
-between attempts: nothing half-written may be visible then.
+The clients' own retries (botocore's and s3fs's; the native client has none) are
+switched off, so every retry seen here is RetryingStorage's.  The injected sleep
+looks at the store between attempts: nothing half-written may be visible then.
 """
 
 import errno
 import logging
+import socket
+import threading
 
 import pytest
 from s3_fault_proxy import FaultProxy
 
 from chunkrepo.errors import IntegrityError, NotFound, StorageError
 from chunkrepo.storage.fsspec_storage import FsspecStorage
-from chunkrepo.storage.open import open_fsspec
+from chunkrepo.storage.open import open_fsspec, open_remote
 from chunkrepo.storage.retry import RetryingStorage, is_transient
+from chunkrepo.storage.s3_storage import S3Storage
 
 PACK = bytes(range(256)) * (12 << 10)         # 3 MiB: one PUT, long enough to cut in half
 
@@ -57,6 +61,28 @@ def raw_fs(s3, proxy, make_s3fs):
     return fs
 
 
+_TIMEOUTS = {"read_timeout": 1, "connect_timeout": 1}
+
+
+@pytest.fixture
+def native_raw(s3, proxy, make_native):
+    """The native client through the proxy, with a 1 s read timeout."""
+    return make_native(s3, f"s3://{s3['bucket']}/repo", endpoint_url=proxy.url, config_kwargs=_TIMEOUTS)
+
+
+@pytest.fixture(params=["s3fs", "native"])
+def client(request):
+    return request.param
+
+
+@pytest.fixture
+def inner(client, s3, request):
+    """The repository folder through the proxy: s3fs's FsspecStorage or the native S3Storage."""
+    if client == "native":
+        return request.getfixturevalue("native_raw")
+    return FsspecStorage(request.getfixturevalue("raw_fs"), f"{s3['bucket']}/repo")
+
+
 @pytest.fixture
 def direct(s3, make_s3fs):
     """The same store seen without the proxy: what really is there."""
@@ -82,9 +108,8 @@ def sleeps():
 
 
 @pytest.fixture
-def store(s3, raw_fs, sleeps):
-    return RetryingStorage(FsspecStorage(raw_fs, f"{s3['bucket']}/repo"), attempts=4, base_delay=0.01,
-                           sleep=sleeps)
+def store(inner, sleeps):
+    return RetryingStorage(inner, attempts=4, base_delay=0.01, sleep=sleeps)
 
 
 def _raised(fn) -> BaseException:
@@ -109,6 +134,52 @@ def test_transient_failures_classify_as_transient(s3, proxy, raw_fs, action, met
     assert is_transient(e), repr(e)
 
 
+@pytest.mark.parametrize("action,method", [("slowdown", "GET"), ("internal", "GET"), ("stall", "GET"),
+                                           ("drop_response", "GET"), ("drop_upload", "PUT"),
+                                           ("slowdown", "PUT"), ("drop_response", "DELETE")])
+def test_native_transient_failures_classify_as_transient(native_raw, proxy, action, method):
+    native_raw.put("o", b"data")
+    native_raw.put("keep", b"kept")
+    proxy.inject(action, method=method)
+    e = _raised({"GET": lambda: native_raw.get("o"), "PUT": lambda: _upload(native_raw, "p", PACK),
+                 "DELETE": lambda: native_raw.delete("o")}[method])
+    assert is_transient(e), repr(e)
+    assert native_raw.get("keep", 1, 3) == b"ept"      # the client goes on, on a fresh connection
+
+
+def _upload(storage, name, data):
+    w = storage.create(name)
+    w.write(data)
+    w.commit()
+
+
+def test_native_permanent_failures_classify_as_permanent(native_raw, proxy):
+    native_raw.put("o", b"data")
+    with pytest.raises(NotFound):
+        native_raw.get("nope")
+    assert native_raw.put_if_absent("o", b"x") is False           # 412: an answer, not an error
+    proxy.inject("denied", method="GET")
+    denied = _raised(lambda: native_raw.get("o"))
+    assert isinstance(denied, StorageError) and "AccessDenied" in str(denied) and not is_transient(denied)
+    assert native_raw.get("o", 2) == b"ta"
+
+
+def test_native_short_body_is_transient(native_raw):
+    """A connection that ends before the Content-Length: http.client's IncompleteRead."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve():
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part")
+    threading.Thread(target=serve, daemon=True).start()
+    storage = S3Storage(native_raw.settings._replace(host=f"127.0.0.1:{listener.getsockname()[1]}"), "s3://x/y")
+    e = _raised(lambda: storage.get("o"))
+    listener.close()
+    assert is_transient(e) and "IncompleteRead" in repr(e)
+
+
 def test_slowdown_surfaces_as_ebusy_caused_by_client_error(s3, proxy, raw_fs):
     """What the classifier's docstring claims about s3fs."""
     raw_fs.pipe_file(f"{s3['bucket']}/o", b"data")
@@ -130,11 +201,13 @@ def test_permanent_failures_classify_as_permanent(s3, proxy, raw_fs):
     assert isinstance(denied, PermissionError) and not is_transient(denied)
 
 
-def test_refused_connection_is_transient(make_s3fs):
-    import socket
+def test_refused_connection_is_transient(make_s3fs, make_native):
     with socket.socket() as s:          # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    native = make_native({"storage_options": {"key": "k", "secret": "s"}}, "s3://bucket/r",
+                         endpoint_url=f"http://127.0.0.1:{port}", config_kwargs=_TIMEOUTS)
+    assert is_transient(_raised(lambda: native.get("o")))
     fs = make_s3fs({"storage_options": {"key": "k", "secret": "s", "client_kwargs": {
         "endpoint_url": f"http://127.0.0.1:{port}", "region_name": "us-east-1"}}},
         config_kwargs={"retries": {"total_max_attempts": 1}, "connect_timeout": 1})
@@ -182,7 +255,7 @@ def test_internal_error_and_timeout_on_reads_are_retried(store, direct, proxy, s
     assert sorted(store.list("packs")) == ["packs/p1"]
 
 
-def test_upload_dropped_midway_is_retried_whole_and_never_half_visible(store, direct, proxy, sleeps):
+def test_upload_dropped_midway_is_retried_whole_and_never_half_visible(store, direct, proxy, sleeps, client):
     name = "packs/aa/aa01"
     seen = []
 
@@ -196,7 +269,7 @@ def test_upload_dropped_midway_is_retried_whole_and_never_half_visible(store, di
     for i in range(0, len(PACK), 1 << 20):
         w.write(PACK[i:i + (1 << 20)])
     w.commit()
-    assert seen == [False]
+    assert seen == ([False] if client == "s3fs" else [False, False])     # the native client never resends
     assert direct.get(name) == PACK
     assert list(direct.list("")) == [name]
     assert proxy.count("PUT", "drop_upload") == 2 and proxy.count("PUT", "forward") == 1
@@ -245,15 +318,16 @@ def test_permanent_errors_are_not_retried(store, direct, proxy, sleeps):
     assert sleeps == []
 
 
-def test_staged_upload_leaves_no_temporary_file(s3, raw_fs, direct, proxy, tmp_path):
+def test_staged_upload_leaves_no_temporary_file(inner, direct, proxy, tmp_path):
     """The retry layer's staged file (anonymous: a killed backup leaves none behind) is what
-    FsspecStorage uploads, again on a retry; nothing is left whether the upload succeeded
+    the storage uploads, again on a retry; nothing is left whether the upload succeeded
     after a retry or failed for good."""
     staging = tmp_path / "staging"
     staging.mkdir()
     seen = []
-    store = RetryingStorage(FsspecStorage(raw_fs, f"{s3['bucket']}/repo", tmp_dir=str(staging)),
-                            attempts=2, base_delay=0.01, sleep=lambda _: seen.append(len(list(staging.iterdir()))))
+    inner.tmp_dir = str(staging)
+    store = RetryingStorage(inner, attempts=2, base_delay=0.01,
+                            sleep=lambda _: seen.append(len(list(staging.iterdir()))))
     proxy.inject("slowdown", method="PUT")
     w = store.create("packs/cc/cc01")
     w.write(PACK)
@@ -274,6 +348,19 @@ def test_open_fsspec_leaves_retrying_to_retrying_storage(s3, proxy, caplog):
     options = dict(s3["storage_options"],
                    client_kwargs=dict(s3["storage_options"]["client_kwargs"], endpoint_url=proxy.url))
     store = open_fsspec(f"s3://{s3['bucket']}/repo", options)
+    store.base_delay = 0.01
+    store.put("config", b"c")
+    proxy.inject("slowdown", method="GET", times=2)
+    with caplog.at_level(logging.WARNING, logger="chunkrepo.storage"):
+        assert store.get("config") == b"c"
+    assert proxy.count("GET") == 3
+    assert len([r for r in caplog.records if "retry" in r.getMessage()]) == 2
+
+
+def test_open_remote_is_native_and_leaves_retrying_to_retrying_storage(s3, proxy, caplog):
+    options = dict(s3["storage_options"], endpoint_url=proxy.url)
+    store = open_remote(f"s3://{s3['bucket']}/repo", options)
+    assert isinstance(store.inner, S3Storage)
     store.base_delay = 0.01
     store.put("config", b"c")
     proxy.inject("slowdown", method="GET", times=2)
