@@ -372,6 +372,7 @@ class WriteView(ReadView):
         self.txn.delete(key.encode(), db=self._ix.meta)
 
     def _add_ref(self, db, key: bytes, delta: int) -> Optional[int]:
+        self._ix.resident.looked_up()
         v = self.txn.get(key, db=db)
         if v is None:
             if delta > 0:

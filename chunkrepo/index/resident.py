@@ -73,7 +73,7 @@ class MappedPages:
     before: maps_of(path) taken just before the mapping was made; the one new
     mapping is ours (none, or several: stay inactive)."""
 
-    def __init__(self, path: str, before: set, budget: int = 2 << 20, lookup_budget: int = 32 << 20):
+    def __init__(self, path: str, before: set, budget: int = 2 << 20, lookup_budget: int = 8 << 20):
         self.path = path
         self.budget = budget
         self.lookup_budget = lookup_budget

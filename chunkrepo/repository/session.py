@@ -21,7 +21,11 @@ from .crash_points import crash_point
 from .packs import KIND_DATA, KIND_TREE, PackWriter, pack_id_from_name, read_trailer
 
 
-_MAX_PENDING_TREE_BYTES = 8 << 20
+_MAX_PENDING_TREE_BYTES = 2 << 20
+# a pack is sealed at pack_size bytes or at this many blobs: what a session holds per
+# open pack (its entries, the claimed chunk ids) stays the same for a million small
+# files as for a thousand
+MAX_PACK_BLOBS = 8192
 # index updates per write transaction when a pack is committed or a backup registered:
 # LMDB holds a malloc'd copy of every page a transaction changes until it commits, and
 # random chunk ids put nearly every update on a page of its own
@@ -192,7 +196,7 @@ class WriteSession:
         w = self._writer()
         w.add(kind, bid, blob, raw_length)
         self.bytes_stored += len(blob)
-        if w.size >= self.pack_size:
+        if w.size >= self.pack_size or len(w.entries) >= MAX_PACK_BLOBS:
             self._local.writer = None
             self._seal(w)
 
