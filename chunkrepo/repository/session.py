@@ -95,6 +95,10 @@ class WriteSession:
             # a pack pending deletion was dropped by prune: its file goes, never comes back
             unknown = [n for n in self.storage.list("packs")
                        if not v.has_pack(pack_id_from_name(n)) and not v.is_pending(pack_id_from_name(n))]
+            marked = v.meta(COMMITTING_META)
+        # the pack a killed writer was committing in steps first: adopting another one in
+        # steps moves the mark, and a pack committed in part must never be left unmarked
+        unknown.sort(key=lambda n: pack_id_from_name(n) != marked)
         damaged = []
         for name in unknown:
             try:

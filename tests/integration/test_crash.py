@@ -2,20 +2,26 @@
 whose earlier backups read back unchanged, and whose next backup reuses the packs
 the killed one sealed.
 
+Each round also adds more small files than session.STEP, so packs are committed and
+backups registered in several index transactions, and some kills fall between them.
+
 CHUNKREPO_CRASH_ITERATIONS (default 6) sets how many kills; CHUNKREPO_CRASH_SEED the seed.
 """
 
 import hashlib
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
 from chunkrepo import Repo
+from chunkrepo.index.lmdb_index import COMMITTING_META, REGISTERING_META
 from chunkrepo.repository.config import Config
 from chunkrepo.repository.packs import KIND_DATA, pack_id_from_name, read_trailer
+from chunkrepo.repository.session import STEP
 from tests.conftest import sha256_tree, write_random
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -64,7 +70,7 @@ def _kill_during_backup(repo_path, src, rnd):
     """Start a backup in a child and SIGKILL it after some packs were sealed."""
     before = _sealed_packs(repo_path)
     want = rnd.randint(2, 5)
-    extra = rnd.uniform(0, 0.03)
+    extra = rnd.uniform(0, 0.03) if rnd.random() < 0.5 else rnd.uniform(0, 0.4)
     env = dict(os.environ, PYTHONPATH=ROOT)
     child = subprocess.Popen([sys.executable, "-c", CHILD, str(repo_path), str(src)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
@@ -93,7 +99,7 @@ def test_kill_minus_nine_at_random_points(tmp_path):
         first = repo.backup([src])
         assert first.errors == []
         expected[first.id] = sha256_tree(src)
-    kills = 0
+    kills = between_steps = 0
     for it in range(ITERATIONS):
         # change part of the tree: three big files and a few small ones
         changed = 0
@@ -103,6 +109,13 @@ def test_kill_minus_nine_at_random_points(tmp_path):
         for _ in range(10):
             p = src / f"dir{rnd.randrange(10)}" / f"f{rnd.choice([1, 2, 4, 5])}.txt"
             data = rnd.randbytes(rnd.randrange(1, 6000))
+            p.write_bytes(data)
+            changed += len(data)
+        shutil.rmtree(src / f"z{it - 1:03d}", ignore_errors=True)
+        for i in range(2 * STEP):      # walked last ("z..."), in four directories
+            p = src / f"z{it:03d}" / f"s{i % 4}" / f"{i}"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            data = b"%d %d\n" % (it, i)
             p.write_bytes(data)
             changed += len(data)
         digests = sha256_tree(src)
@@ -121,6 +134,8 @@ def test_kill_minus_nine_at_random_points(tmp_path):
                 continue
             adopted_raw += sum(e.raw_length for e in entries if e.kind == KIND_DATA)
         with Repo(repo_path) as repo:
+            with repo._repo.index.read() as v:
+                between_steps += v.meta(COMMITTING_META) is not None or v.meta(REGISTERING_META) is not None
             rep = repo.check(read_data=True)
             assert rep.ok, (it, rep.errors)
             _verify(repo, expected)
@@ -132,7 +147,7 @@ def test_kill_minus_nine_at_random_points(tmp_path):
             assert res.bytes_new < res.bytes_total * 0.45
             expected[res.id] = digests
             assert repo.check().ok
-    print(f"{kills} kills in {ITERATIONS} iterations")
+    print(f"{kills} kills in {ITERATIONS} iterations, {between_steps} between two index steps")
     assert kills >= ITERATIONS // 2
     with Repo(repo_path) as repo:
         rep = repo.check(read_data=True)
