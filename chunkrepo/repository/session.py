@@ -3,7 +3,9 @@
 Blobs are claimed (deduplicated against the index and against what this
 session already wrote), compressed by the caller's thread and appended to that
 thread's own pack.  A sealed pack's entries wait in a queue until the owner
-thread calls checkpoint(), which commits them to the index in one transaction.
+thread calls checkpoint(), which commits them to the index in transactions of at
+most STEP entries; a backup is registered in steps likewise (docs/format.md, Write
+order: what a kill between two steps leaves, and how recovery finishes it).
 """
 
 import concurrent.futures

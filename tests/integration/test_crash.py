@@ -49,7 +49,6 @@ def _make_tree(src, rnd):
         write_random(src / f"big{i}.bin", BIG_SIZE, seed=rnd.randrange(1 << 30))
 
 
-
 def _sealed_packs(repo_path):
     out = set()
     for dirpath, _, files in os.walk(os.path.join(repo_path, "packs")):
