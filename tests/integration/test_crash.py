@@ -2,8 +2,8 @@
 whose earlier backups read back unchanged, and whose next backup reuses the packs
 the killed one sealed.
 
-Each round also adds more small files than session.STEP, so packs are committed and
-backups registered in several index transactions, and some kills fall between them.
+Every other round also adds more small files than session.STEP, so packs are committed
+and backups registered in several index transactions, and some kills fall between them.
 
 CHUNKREPO_CRASH_ITERATIONS (default 6) sets how many kills; CHUNKREPO_CRASH_SEED the seed.
 """
@@ -65,8 +65,14 @@ def _verify(repo, expected):
                 assert hashlib.sha256(f.read()).digest() == digest, (bid, path)
 
 
-def _kill_during_backup(repo_path, src, rnd):
-    """Start a backup in a child and SIGKILL it after some packs were sealed."""
+def _in_steps(repo):
+    with repo._repo.index.read() as v:
+        return v.meta(COMMITTING_META) is not None or v.meta(REGISTERING_META) is not None
+
+
+def _kill_during_backup(repo_path, src, rnd, steps):
+    """Start a backup in a child and SIGKILL it after some packs were sealed, or
+    (steps) once the index shows a pack commit or registration in steps under way."""
     before = _sealed_packs(repo_path)
     want = rnd.randint(2, 5)
     extra = rnd.uniform(0, 0.03) if rnd.random() < 0.5 else rnd.uniform(0, 0.4)
@@ -74,10 +80,12 @@ def _kill_during_backup(repo_path, src, rnd):
     child = subprocess.Popen([sys.executable, "-c", CHILD, str(repo_path), str(src)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     deadline = time.monotonic() + 60
-    while child.poll() is None and time.monotonic() < deadline:
-        if len(_sealed_packs(repo_path) - before) >= want:
-            break
-        time.sleep(0.003)
+    with Repo(repo_path) as reader:
+        while child.poll() is None and time.monotonic() < deadline:
+            if _in_steps(reader) if steps else len(_sealed_packs(repo_path) - before) >= want:
+                extra = 0 if steps else extra
+                break
+            time.sleep(0.001 if steps else 0.003)
     time.sleep(extra)
     child.send_signal(signal.SIGKILL)
     out, err = child.communicate()
@@ -111,7 +119,7 @@ def test_kill_minus_nine_at_random_points(tmp_path):
             p.write_bytes(data)
             changed += len(data)
         shutil.rmtree(src / f"z{it - 1:03d}", ignore_errors=True)
-        for i in range(2 * STEP):      # walked last ("z..."), in four directories
+        for i in range(2 * STEP if it % 2 == 0 else 0):      # walked last ("z..."), in four directories
             p = src / f"z{it:03d}" / f"s{i % 4}" / f"{i}"
             p.parent.mkdir(parents=True, exist_ok=True)
             data = b"%d %d\n" % (it, i)
@@ -119,7 +127,7 @@ def test_kill_minus_nine_at_random_points(tmp_path):
             changed += len(data)
         digests = sha256_tree(src)
         indexed = _sealed_packs(repo_path)
-        done_id = _kill_during_backup(repo_path, src, rnd)
+        done_id = _kill_during_backup(repo_path, src, rnd, steps=it % 4 == 2)
         if done_id is not None:          # finished before the kill: a complete backup
             expected[done_id] = digests
             continue
