@@ -7,10 +7,10 @@ records cached in the index):
   * every index entry lies inside its pack (offset + length <= size);
   * every backup's root and every directory record below it resolves and
     hashes to its id; every chunk a file names is in the index;
-  * every reference count equals a recount from scratch, as the cascade of
-    session.incref_tree defines it: a root gets one per backup, and each
-    directory record reachable from a backup adds one to each child record
-    and one to each chunk of its files (with multiplicity); while a backup's
+  * every reference count equals a recount from scratch, as the cascade of a
+    backup's registration (session.py) defines it: a root gets one per backup,
+    and each directory record reachable from a backup adds one to each child
+    record and one to each chunk of its files (with multiplicity); while a backup's
     registration is journaled (a writer registering it, or killed doing so),
     a count above the recount is the references it has added so far;
   * the garbage set is exactly the indexed blobs whose stored count is 0 plus

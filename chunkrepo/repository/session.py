@@ -408,16 +408,12 @@ def _landed(storage, name: str) -> bool:
         return False
 
 
-def incref_tree(w, root: bytes) -> None:
-    """Add one reference to a tree; a record going 0 -> 1 references its children."""
-    _cascade(w, [root], +1)
-
-
 def decref_tree(w, root: bytes) -> None:
     """Remove one reference from a tree; a record going 1 -> 0 releases its children.
 
-    The reverse of incref_tree: blobs reaching 0 enter the garbage set (the
-    index does that), so forgetting a backup costs what it frees."""
+    The reverse of registering a backup (a record going 0 -> 1 references its
+    children): blobs reaching 0 enter the garbage set (the index does that), so
+    forgetting a backup costs what it frees."""
     _cascade(w, [root], -1)
 
 
@@ -457,4 +453,4 @@ def _reference_children(w, data: bytes, delta: int) -> tuple:
     return subs, refs
 
 
-__all__ = ["WriteSession", "decref_tree", "incref_tree"]
+__all__ = ["WriteSession", "decref_tree"]
