@@ -9,7 +9,7 @@ pages the kernel can reclaim at any time.
 
 MappedPages drops the process's mappings of those pages (madvise
 MADV_DONTNEED) once the file-backed resident set has grown by a budget since
-the last drop (2 MiB after streaming reads, 32 MiB after point lookups).  On
+the last drop (2 MiB after streaming reads, 8 MiB after point lookups).  On
 a shared file mapping that is a no-op for what readers see: the pages stay in
 the page cache and the next access maps them again (a minor fault), also from
 a read transaction open in another thread.  Nothing is
