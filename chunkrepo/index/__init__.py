@@ -6,7 +6,8 @@ Named databases of one environment:
   treedata   tree id          -> the directory record's bytes (a cache of the pack copy)
   packs      pack id (16 B)   -> msgpack [size, blob count, dead bytes, dead blobs]
   backups    backup id (hex)  -> backup record JSON
-  meta       str              -> bytes (index generation, format)
+  meta       str              -> bytes (index generation, format; the journals of a pack
+                                 committed and a backup registered in steps)
   garbage    pack id + blob id -> <BI kind, stored length: stored blobs nothing references
   pending    pack id (16 B)   -> msgpack [txn id, size]: dropped packs whose file awaits deletion
 

@@ -21,6 +21,8 @@ _GARBAGE = struct.Struct("<BI")       # kind (0 chunk, 1 tree), stored length
 KIND_CHUNK = 0
 KIND_TREE = 1
 GARBAGE_META = "garbage"              # meta key: the garbage set is maintained in this index
+COMMITTING_META = "committing"        # meta key: the pack id whose entries are being committed in steps
+REGISTERING_META = "registering"      # meta key: msgpack [backup id, tree ids still to reference]
 LOST_PACK = bytes(16)                 # the pack id of a lost blob's entry (check --repair)
 
 
@@ -322,6 +324,20 @@ class WriteView(ReadView):
             info = info.encode()
         self.txn.put(pid, info, db=self._ix.packs)
 
+    def put_pack_recounted(self, pid: bytes, size: int, count: int) -> None:
+        """Record pack pid with its dead accounting summed from its garbage range (one
+        contiguous range), whatever earlier transactions put there."""
+        dead_bytes = dead_blobs = 0
+        with self.txn.cursor(db=self._ix.garbage) as cur:
+            if cur.set_range(pid):
+                for k, v in cur:
+                    if k[:16] != pid:
+                        break
+                    dead_bytes += _GARBAGE.unpack(v)[1]
+                    dead_blobs += 1
+        self._dead.pop(pid, None)     # counted above
+        self.put_pack(pid, PackInfo(size, count, dead_bytes, dead_blobs))
+
     def delete_pack(self, pid: bytes) -> None:
         self.txn.delete(pid, db=self._ix.packs)
         self._dead.pop(pid, None)
@@ -352,7 +368,11 @@ class WriteView(ReadView):
     def put_meta(self, key: str, value: bytes) -> None:
         self.txn.put(key.encode(), value, db=self._ix.meta)
 
+    def delete_meta(self, key: str) -> None:
+        self.txn.delete(key.encode(), db=self._ix.meta)
+
     def _add_ref(self, db, key: bytes, delta: int) -> Optional[int]:
+        self._ix.resident.looked_up()
         v = self.txn.get(key, db=db)
         if v is None:
             if delta > 0:

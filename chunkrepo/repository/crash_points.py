@@ -13,7 +13,8 @@ _ENV = "CHUNKREPO_CRASH_AT"
 _hits: dict = {}
 _lock = threading.Lock()
 
-POINTS = ("pack-sealed", "checkpoint-committed", "backup-stored", "backup-committed")
+POINTS = ("pack-sealed", "pack-step-committed", "checkpoint-committed", "backup-stored", "backup-registering",
+          "backup-committed")
 FORGET_POINTS = ("forget-committed", "forget-record-deleted")
 PRUNE_POINTS = ("prune-packs-sealed", "prune-index-committed", "prune-before-delete")
 REPAIR_POINTS = ("repair-pack-sealed", "repair-pack-committed")

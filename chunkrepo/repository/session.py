@@ -3,25 +3,35 @@
 Blobs are claimed (deduplicated against the index and against what this
 session already wrote), compressed by the caller's thread and appended to that
 thread's own pack.  A sealed pack's entries wait in a queue until the owner
-thread calls checkpoint(), which commits them to the index in one transaction.
+thread calls checkpoint(), which commits them to the index in transactions of at
+most STEP entries; a backup is registered in steps likewise (docs/format.md, Write
+order: what a kill between two steps leaves, and how recovery finishes it).
 """
 
 import concurrent.futures
 import queue
 import threading
-from typing import Dict
+from typing import Dict, Optional
 
 from ..codec import compression, records
 from ..codec.hashing import hash_bytes
 from ..errors import IntegrityError, NotFound, StorageError
 from ..index import BlobEntry, PackInfo
-from ..index.lmdb_index import GARBAGE_META
+from ..index.lmdb_index import COMMITTING_META, GARBAGE_META, REGISTERING_META
 from ..model import BackupRecord, Tree
 from .crash_points import crash_point
 from .packs import KIND_DATA, KIND_TREE, PackWriter, pack_id_from_name, read_trailer
 
 
-_MAX_PENDING_TREE_BYTES = 8 << 20
+_MAX_PENDING_TREE_BYTES = 2 << 20
+# a pack is sealed at pack_size bytes or at this many blobs: what a session holds per
+# open pack (its entries, the claimed chunk ids) stays the same for a million small
+# files as for a thousand
+MAX_PACK_BLOBS = 8192
+# index updates per write transaction when a pack is committed or a backup registered:
+# LMDB holds a malloc'd copy of every page a transaction changes until it commits, and
+# random chunk ids put nearly every update on a page of its own
+STEP = 1024
 
 
 class WriteSession:
@@ -93,6 +103,10 @@ class WriteSession:
             # a pack pending deletion was dropped by prune: its file goes, never comes back
             unknown = [n for n in self.storage.list("packs")
                        if not v.has_pack(pack_id_from_name(n)) and not v.is_pending(pack_id_from_name(n))]
+            marked = v.meta(COMMITTING_META)
+        # the pack a killed writer was committing in steps first: adopting another one in
+        # steps moves the mark, and a pack committed in part must never be left unmarked
+        unknown.sort(key=lambda n: pack_id_from_name(n) != marked)
         damaged = []
         for name in unknown:
             try:
@@ -102,7 +116,15 @@ class WriteSession:
                 continue   # a damaged pack is check's business, never adopted
             self._commit_pack(pack_id_from_name(name), entries, self.storage.size(name))
             adopted_packs += 1
+        with self.index.read() as v:
+            stale_marker = v.meta(COMMITTING_META) is not None    # its pack is gone: nothing to finish
+            journal = v.meta(REGISTERING_META)
+        if stale_marker:
+            with self.index.write() as w:
+                w.delete_meta(COMMITTING_META)
         adopted_backups = 0
+        if journal is not None:
+            adopted_backups += self._resume_registration(journal)
         with self.index.read() as v:
             missing = [n for n in self.storage.list("backups") if v.backup(n.rsplit("/", 1)[1]) is None]
         unregistered = []
@@ -187,7 +209,7 @@ class WriteSession:
     def _append(self, kind: int, bid: bytes, parts, raw_length: int) -> None:
         w = self._writer()
         self.bytes_stored += w.add_parts(kind, bid, parts, raw_length)
-        if w.size >= self.pack_size:
+        if w.size >= self.pack_size or len(w.entries) >= MAX_PACK_BLOBS:
             self._local.writer = None
             self._seal(w)
 
@@ -231,6 +253,11 @@ class WriteSession:
             n += 1
 
     def _commit_pack(self, pack_id: bytes, entries, size: int) -> None:
+        """Index a sealed pack's blobs (refcount 0: garbage until a backup uses them).
+
+        A pack of more than STEP blobs is committed in steps of STEP, its `packs`
+        record last (docs/format.md, Write order): until then it is not listed, so
+        a killed writer's recovery adopts it again, skipping the blobs already in."""
         tree_bytes = {}
         adopted = []
         for e in entries:
@@ -241,26 +268,40 @@ class WriteSession:
                 else:
                     tree_bytes[e.id] = data
         tree_bytes.update(self._read_records(adopted))
-        with self.index.write() as w:
-            w.put_pack(pack_id, PackInfo(size, len(entries)))
-            for e in entries:
-                entry = BlobEntry(pack_id, e.offset, e.length, e.raw_length, 0)
-                old = w.blob(e.kind, e.id)
-                if old is None:      # refcount 0: garbage until a backup uses it
-                    if e.kind == KIND_DATA:
-                        w.put_chunk(e.id, entry, new=True)
-                    else:
-                        w.put_tree(e.id, entry, tree_bytes[e.id], new=True)
-                elif old.lost:       # stored again: the backups that lost it are whole again
-                    self._restore_lost(w, e, entry._replace(refcount=old.refcount), tree_bytes)
-                elif old.pack != pack_id:
-                    w.add_dead_copy(e.kind, pack_id, e.id, e.length)
+        n = len(entries)
+        for start in range(0, n, STEP):
+            last = start + STEP >= n
+            with self.index.write() as w:
+                if start == 0 and not last:
+                    w.put_meta(COMMITTING_META, pack_id)
+                for e in entries[start:start + STEP]:
+                    self._index_blob(w, pack_id, e, tree_bytes)
+                if last and start == 0:
+                    w.put_pack(pack_id, PackInfo(size, n))    # this transaction's garbage is added at commit
+                elif last:
+                    w.put_pack_recounted(pack_id, size, n)
+                    w.delete_meta(COMMITTING_META)
+            if not last:
+                crash_point("pack-step-committed")
         with self._claim_lock:
             for e in entries:
                 if e.kind == KIND_DATA:
                     self._pending_chunks.discard(e.id)
                 else:
                     self._pending_tree_bytes -= len(self._pending_trees.pop(e.id, b""))
+
+    def _index_blob(self, w, pack_id: bytes, e, tree_bytes: dict) -> None:
+        entry = BlobEntry(pack_id, e.offset, e.length, e.raw_length, 0)
+        old = w.blob(e.kind, e.id)
+        if old is None:      # refcount 0: garbage until a backup uses it
+            if e.kind == KIND_DATA:
+                w.put_chunk(e.id, entry, new=True)
+            else:
+                w.put_tree(e.id, entry, tree_bytes[e.id], new=True)
+        elif old.lost:       # stored again: the backups that lost it are whole again
+            self._restore_lost(w, e, entry._replace(refcount=old.refcount), tree_bytes)
+        elif old.pack != pack_id:
+            w.add_dead_copy(e.kind, pack_id, e.id, e.length)
 
     def _read_records(self, items) -> Dict[bytes, bytes]:
         """Directory records out of an adopted pack, [(entry, id)]: neighbours are read
@@ -281,8 +322,7 @@ class WriteSession:
         w.put_tree(e.id, entry, tree_bytes[e.id])
         # a lost record's children lost the references it gave them (check counts
         # only what it can read): give them back, as when a record goes 0 -> 1
-        for sub in _reference_children(w, tree_bytes[e.id], +1):
-            _cascade(w, sub, +1)
+        _cascade(w, _reference_children(w, tree_bytes[e.id], +1)[0], +1)
 
     def flush(self) -> None:
         """Seal every open pack and commit everything sealed."""
@@ -328,13 +368,44 @@ class WriteSession:
         crash_point("backup-committed")
 
     def _register_backup(self, rec: BackupRecord) -> None:
-        with self.index.write() as w:
-            if w.backup(rec.id) is not None:
+        """Add the backup to the index with its references, in steps of about STEP updates.
+
+        Its record is durable in the storage already.  Between the steps the tree
+        ids still to reference are journaled in `meta` (REGISTERING_META, in the
+        same transaction as the updates), so a killed writer's recovery rolls the
+        registration forward from there (docs/format.md, Write order)."""
+        root = bytes.fromhex(rec.root)
+        with self.index.read() as v:
+            if v.backup(rec.id) is not None:
                 return
-            if w.tree(bytes.fromhex(rec.root)) is None:
+            if v.tree(root) is None:
                 raise IntegrityError(f"backup {rec.id} has no root record")
-            incref_tree(w, bytes.fromhex(rec.root))
-            w.put_backup(rec.id, records.encode_json(rec.to_dict()))
+        self._register_steps(rec, [root])
+
+    def _register_steps(self, rec: BackupRecord, stack: list) -> None:
+        while True:
+            with self.index.write() as w:
+                _cascade(w, stack, +1, budget=STEP)
+                if not stack:
+                    w.put_backup(rec.id, records.encode_json(rec.to_dict()))
+                    w.delete_meta(REGISTERING_META)
+                    return
+                w.put_meta(REGISTERING_META, records.pack_msgpack([rec.id, b"".join(stack)]))
+            crash_point("backup-registering")
+
+    def _resume_registration(self, journal: bytes) -> int:
+        """Roll forward the registration a killed writer journaled; 1 if it was finished."""
+        bid, ids = records.unpack_msgpack(journal)
+        try:
+            rec = BackupRecord.from_dict(records.decode_json(self.storage.get(f"backups/{bid}")))
+        except NotFound:
+            # its record went from the storage (by hand): the references it added only
+            # keep blobs alive; check --repair recounts them
+            with self.index.write() as w:
+                w.delete_meta(REGISTERING_META)
+            return 0
+        self._register_steps(rec, [ids[i:i + 32] for i in range(0, len(ids), 32)])
+        return 1
 
 
 def _landed(storage, name: str) -> bool:
@@ -344,24 +415,24 @@ def _landed(storage, name: str) -> bool:
         return False
 
 
-def incref_tree(w, root: bytes) -> None:
-    """Add one reference to a tree; a record going 0 -> 1 references its children."""
-    _cascade(w, root, +1)
-
-
 def decref_tree(w, root: bytes) -> None:
     """Remove one reference from a tree; a record going 1 -> 0 releases its children.
 
-    The reverse of incref_tree: blobs reaching 0 enter the garbage set (the
-    index does that), so forgetting a backup costs what it frees."""
-    _cascade(w, root, -1)
+    The reverse of registering a backup (a record going 0 -> 1 references its
+    children): blobs reaching 0 enter the garbage set (the index does that), so
+    forgetting a backup costs what it frees."""
+    _cascade(w, [root], -1)
 
 
-def _cascade(w, root: bytes, delta: int) -> None:
+def _cascade(w, stack: list, delta: int, budget: Optional[int] = None) -> None:
+    """Change the references of the trees on the stack, and of their children for each
+    record that goes 0 -> 1 (or 1 -> 0); with a budget, stop at a record boundary once
+    about that many updates are done, leaving the stack to continue from."""
     edge = 0 if delta > 0 else 1     # the count before the change that (un)references children
-    stack = [root]
-    while stack:
+    done = 0
+    while stack and (budget is None or done < budget):
         tid = stack.pop()
+        done += 1
         # None: a lost record (or one named but never stored, now lost: docs/format.md);
         # its children hold no references from it
         if w.add_tree_ref(tid, delta) != edge:
@@ -369,19 +440,24 @@ def _cascade(w, root: bytes, delta: int) -> None:
         data = w.tree_data(tid)
         if data is None:
             raise NotFound(f"directory record {tid.hex()} has no cached data")
-        stack.extend(_reference_children(w, data, delta))
+        subs, refs = _reference_children(w, data, delta)
+        stack.extend(subs)
+        done += refs
 
 
-def _reference_children(w, data: bytes, delta: int) -> list:
-    """Change the refcounts of a record's chunks; return its subtrees (for the caller)."""
+def _reference_children(w, data: bytes, delta: int) -> tuple:
+    """Change the refcounts of a record's chunks; return its subtrees (for the caller)
+    and how many chunk references it changed."""
     subs = []
+    refs = 0
     for node in Tree.decode(data).entries:
         if node.subtree is not None:
             subs.append(node.subtree)
         c = node.chunks
         for i in range(0, len(c), 32):
             w.add_chunk_ref(c[i:i + 32], delta)
-    return subs
+        refs += len(c) >> 5
+    return subs, refs
 
 
-__all__ = ["WriteSession", "decref_tree", "incref_tree"]
+__all__ = ["WriteSession", "decref_tree"]

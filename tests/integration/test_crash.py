@@ -2,20 +2,26 @@
 whose earlier backups read back unchanged, and whose next backup reuses the packs
 the killed one sealed.
 
+Every other round also adds more small files than session.STEP, so packs are committed
+and backups registered in several index transactions, and some kills fall between them.
+
 CHUNKREPO_CRASH_ITERATIONS (default 6) sets how many kills; CHUNKREPO_CRASH_SEED the seed.
 """
 
 import hashlib
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
 from chunkrepo import Repo
+from chunkrepo.index.lmdb_index import COMMITTING_META, REGISTERING_META
 from chunkrepo.repository.config import Config
 from chunkrepo.repository.packs import KIND_DATA, pack_id_from_name, read_trailer
+from chunkrepo.repository.session import STEP
 from tests.conftest import sha256_tree, write_random
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -43,7 +49,6 @@ def _make_tree(src, rnd):
         write_random(src / f"big{i}.bin", BIG_SIZE, seed=rnd.randrange(1 << 30))
 
 
-
 def _sealed_packs(repo_path):
     out = set()
     for dirpath, _, files in os.walk(os.path.join(repo_path, "packs")):
@@ -60,19 +65,27 @@ def _verify(repo, expected):
                 assert hashlib.sha256(f.read()).digest() == digest, (bid, path)
 
 
-def _kill_during_backup(repo_path, src, rnd):
-    """Start a backup in a child and SIGKILL it after some packs were sealed."""
+def _in_steps(repo):
+    with repo._repo.index.read() as v:
+        return v.meta(COMMITTING_META) is not None or v.meta(REGISTERING_META) is not None
+
+
+def _kill_during_backup(repo_path, src, rnd, steps):
+    """Start a backup in a child and SIGKILL it after some packs were sealed, or
+    (steps) once the index shows a pack commit or registration in steps under way."""
     before = _sealed_packs(repo_path)
     want = rnd.randint(2, 5)
-    extra = rnd.uniform(0, 0.03)
+    extra = rnd.uniform(0, 0.03) if rnd.random() < 0.5 else rnd.uniform(0, 0.4)
     env = dict(os.environ, PYTHONPATH=ROOT)
     child = subprocess.Popen([sys.executable, "-c", CHILD, str(repo_path), str(src)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     deadline = time.monotonic() + 60
-    while child.poll() is None and time.monotonic() < deadline:
-        if len(_sealed_packs(repo_path) - before) >= want:
-            break
-        time.sleep(0.003)
+    with Repo(repo_path) as reader:
+        while child.poll() is None and time.monotonic() < deadline:
+            if _in_steps(reader) if steps else len(_sealed_packs(repo_path) - before) >= want:
+                extra = 0 if steps else extra
+                break
+            time.sleep(0.001 if steps else 0.003)
     time.sleep(extra)
     child.send_signal(signal.SIGKILL)
     out, err = child.communicate()
@@ -93,7 +106,7 @@ def test_kill_minus_nine_at_random_points(tmp_path):
         first = repo.backup([src])
         assert first.errors == []
         expected[first.id] = sha256_tree(src)
-    kills = 0
+    kills = between_steps = 0
     for it in range(ITERATIONS):
         # change part of the tree: three big files and a few small ones
         changed = 0
@@ -105,9 +118,16 @@ def test_kill_minus_nine_at_random_points(tmp_path):
             data = rnd.randbytes(rnd.randrange(1, 6000))
             p.write_bytes(data)
             changed += len(data)
+        shutil.rmtree(src / f"z{it - 1:03d}", ignore_errors=True)
+        for i in range(2 * STEP if it % 2 == 0 else 0):      # walked last ("z..."), in four directories
+            p = src / f"z{it:03d}" / f"s{i % 4}" / f"{i}"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            data = b"%d %d\n" % (it, i)
+            p.write_bytes(data)
+            changed += len(data)
         digests = sha256_tree(src)
         indexed = _sealed_packs(repo_path)
-        done_id = _kill_during_backup(repo_path, src, rnd)
+        done_id = _kill_during_backup(repo_path, src, rnd, steps=it % 4 == 2)
         if done_id is not None:          # finished before the kill: a complete backup
             expected[done_id] = digests
             continue
@@ -121,6 +141,8 @@ def test_kill_minus_nine_at_random_points(tmp_path):
                 continue
             adopted_raw += sum(e.raw_length for e in entries if e.kind == KIND_DATA)
         with Repo(repo_path) as repo:
+            with repo._repo.index.read() as v:
+                between_steps += v.meta(COMMITTING_META) is not None or v.meta(REGISTERING_META) is not None
             rep = repo.check(read_data=True)
             assert rep.ok, (it, rep.errors)
             _verify(repo, expected)
@@ -132,7 +154,7 @@ def test_kill_minus_nine_at_random_points(tmp_path):
             assert res.bytes_new < res.bytes_total * 0.45
             expected[res.id] = digests
             assert repo.check().ok
-    print(f"{kills} kills in {ITERATIONS} iterations")
+    print(f"{kills} kills in {ITERATIONS} iterations, {between_steps} between two index steps")
     assert kills >= ITERATIONS // 2
     with Repo(repo_path) as repo:
         rep = repo.check(read_data=True)

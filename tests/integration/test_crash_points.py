@@ -1,6 +1,10 @@
 """A kill at every step of the commit sequence leaves a repository that checks
 clean, keeps every earlier backup, and lets the next backup finish and reuse
-what the killed one stored (borg's test_crash_before_* idea)."""
+what the killed one stored (borg's test_crash_before_* idea).
+
+The killed backup adds more small files than session.STEP, so its pack of them is
+committed, and the backup registered, in several index transactions: the kills at
+"pack-step-committed" and "backup-registering" fall between two of them."""
 
 import os
 import signal
@@ -10,13 +14,16 @@ import sys
 import pytest
 
 from chunkrepo import Repo
+from chunkrepo.index.lmdb_index import COMMITTING_META, REGISTERING_META
 from chunkrepo.repository.config import Config
 from chunkrepo.repository.crash_points import POINTS
+from chunkrepo.repository.session import STEP
 from tests.conftest import age, write_random
 
 _BACKUP = """
 import sys
 from chunkrepo import Repo
+from chunkrepo.index.lmdb_index import COMMITTING_META, REGISTERING_META
 with Repo(sys.argv[1]) as r:
     r.backup([sys.argv[2]])
 """
@@ -42,10 +49,20 @@ def test_kill_at_each_commit_step(tmp_path, point):
     new = tmp_path / "src" / "new.bin"
     write_random(new, 3 << 20, seed=99)
     age(new)
+    small = tmp_path / "src" / "small"
+    for i in range(3 * STEP):     # two writer threads share them: more than STEP each
+        d = small / f"d{i % 6}"   # registered a directory at a time
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"s{i:05d}").write_bytes(b"%d\n" % i)
+        age(d / f"s{i:05d}")
     env = dict(os.environ, CHUNKREPO_CRASH_AT=point)
     p = subprocess.run([sys.executable, "-c", _BACKUP, str(repo_path), str(src)], env=env,
                        capture_output=True)
     assert p.returncode == -signal.SIGKILL, p.stderr.decode()
+    journal = {"pack-step-committed": COMMITTING_META, "backup-registering": REGISTERING_META}.get(point)
+    if journal is not None:     # the kill fell between two steps: the index says so
+        with Repo(repo_path) as r, r._repo.index.read() as v:
+            assert v.meta(journal) is not None
 
     with Repo(repo_path) as r:
         report = r.check(read_data=True)
@@ -55,8 +72,10 @@ def test_kill_at_each_commit_step(tmp_path, point):
         after = r.backup([src])
         ids = [b.id for b in r.list_backups()]
         # the killed backup's record was durable at these points: it is adopted
-        assert len(ids) == (3 if point in ("backup-stored", "backup-committed") else 2)
+        assert len(ids) == (3 if point in ("backup-stored", "backup-registering", "backup-committed") else 2)
         assert after.bytes_new < (3 << 20)   # packs sealed before the kill are reused
         with r.open_file(after.id, new) as f:
             assert f.read() == new.read_bytes()
+        with r.open_file(after.id, small / "d4" / "s01234") as f:
+            assert f.read() == b"1234\n"
         assert r.check(read_data=True).ok

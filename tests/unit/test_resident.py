@@ -62,7 +62,7 @@ def test_point_lookups_keep_their_own_larger_budget(tmp_path):
     ix.resident.drop()
     with ix.read() as v:
         assert all(v.has_chunk(cid) for cid in ids)
-    assert ix.resident.drops == 1                     # under the 32 MiB lookup budget: kept
+    assert ix.resident.drops == 1                     # under the 8 MiB lookup budget: kept
     ix.resident.lookup_budget = 1 << 20
     with ix.read() as v:
         ix.resident.drop()
