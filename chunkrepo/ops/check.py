@@ -113,7 +113,7 @@ def _short(b: bytes) -> str:
     return b.hex()
 
 
-_WINDOW = 8 << 20    # bytes of a pack read at once by check --read-data
+_WINDOW = 4 << 20    # bytes of a pack read at once by check --read-data
 
 
 def _verify_pack_bytes(buf, entries):
