@@ -15,12 +15,12 @@ a process-wide lock, which is not safe between hosts.
 import errno
 import os
 import socket
-import tempfile
 import threading
 from typing import Iterator, Optional
 
 from ..errors import NotFound, StorageError
 from ..process import pid_alive
+from .staged import StagedWriter
 
 # filesystems whose PUT makes an object appear whole or not at all
 _ATOMIC_PUT = {"s3", "s3a", "gs", "gcs", "gcp", "abfs", "abfss", "az", "adl", "oci", "oss", "memory"}
@@ -57,25 +57,10 @@ def _range_not_satisfiable(e: Exception) -> bool:
     return response.get("Error", {}).get("Code") == "InvalidRange" or status == 416
 
 
-class _FsspecWriter:
-    """Buffers a new object in a local temporary file; commit() uploads it."""
+class _FsspecWriter(StagedWriter):
+    """Buffers a new object in a local temporary file; commit() uploads it by name."""
 
-    def __init__(self, storage: "FsspecStorage", name: str):
-        self._s, self._name = storage, name
-        try:
-            self._f = tempfile.NamedTemporaryFile(prefix="chunkrepo-upload-", dir=storage.tmp_dir, delete=False)
-        except OSError as e:
-            raise _error(e, f"creating {name}") from None
-
-    def write(self, data) -> None:
-        try:
-            self._f.write(data)
-        except OSError as e:
-            self.abort()
-            raise _error(e, f"writing {self._name}") from None
-
-    def tell(self) -> int:
-        return self._f.tell()
+    named = True
 
     def commit(self) -> None:
         try:
@@ -85,16 +70,6 @@ class _FsspecWriter:
             raise _error(e, f"writing {self._name}") from None
         finally:
             self.abort()
-
-    def abort(self) -> None:
-        try:
-            self._f.close()
-        except OSError:
-            pass
-        try:
-            os.unlink(self._f.name)
-        except OSError:
-            pass
 
 
 class FsspecStorage:

@@ -32,12 +32,12 @@ import os
 import random
 import socket
 import sys
-import tempfile
 import time
 from typing import Callable, Iterator, Optional
 
 from ..errors import ChunkrepoError, NotFound, StorageError
 from .local import LocalStorage
+from .staged import StagedWriter
 
 log = logging.getLogger("chunkrepo.storage")
 
@@ -119,29 +119,12 @@ def is_transient(e: BaseException) -> bool:
     return False
 
 
-class _RetryingWriter:
+class _RetryingWriter(StagedWriter):
     """Stages the object in an anonymous local file (a killed process leaves none
     behind); commit() uploads it, retried whole.
 
     An inner storage with upload_file (FsspecStorage) uploads the staged file
     itself, by its /proc/self/fd name; elsewhere it gets a copy through its writer."""
-
-    def __init__(self, storage: "RetryingStorage", name: str):
-        self._s, self._name = storage, name
-        try:
-            self._f = tempfile.TemporaryFile(prefix="chunkrepo-retry-", dir=storage.tmp_dir)
-        except OSError as e:
-            raise StorageError(f"staging {name}: {e.strerror or e}") from None
-
-    def write(self, data) -> None:
-        try:
-            self._f.write(data)
-        except OSError as e:
-            self.abort()
-            raise StorageError(f"staging {self._name}: {e.strerror or e}") from None
-
-    def tell(self) -> int:
-        return self._f.tell()
 
     def _copy(self) -> None:
         self._f.seek(0)
@@ -180,9 +163,6 @@ class _RetryingWriter:
             self._s.call(f"uploading {self._name}", self._s.inner.upload_file, path, self._name)
         finally:
             self.abort()
-
-    def abort(self) -> None:
-        self._f.close()
 
 
 class RetryingStorage:

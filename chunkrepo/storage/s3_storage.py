@@ -25,7 +25,6 @@ import hashlib
 import http.client
 import os
 import select
-import tempfile
 import threading
 from typing import Iterator, List, Optional, Tuple
 from xml.etree import ElementTree
@@ -33,6 +32,7 @@ from xml.etree import ElementTree
 from ..errors import NotFound, StorageError
 from .s3_config import S3Settings
 from .sigv4 import EMPTY_SHA256, UNSIGNED_PAYLOAD, canonical_query, sign, uri_encode
+from .staged import StagedWriter
 
 _XMLNS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 _SEND_BLOCK = 1 << 20
@@ -64,25 +64,8 @@ def _readable(sock) -> bool:
     return bool(poller.poll(0))
 
 
-class _S3Writer:
+class _S3Writer(StagedWriter):
     """A new object staged in a local temporary file; commit() uploads it."""
-
-    def __init__(self, storage: "S3Storage", name: str):
-        self._s, self._name = storage, name
-        try:
-            self._f = tempfile.TemporaryFile(prefix="chunkrepo-upload-", dir=storage.tmp_dir)
-        except OSError as e:
-            raise StorageError(f"creating {name}: {e.strerror or e}") from None
-
-    def write(self, data) -> None:
-        try:
-            self._f.write(data)
-        except OSError as e:
-            self.abort()
-            raise StorageError(f"writing {self._name}: {e.strerror or e}") from None
-
-    def tell(self) -> int:
-        return self._f.tell()
 
     def commit(self) -> None:
         try:
@@ -92,9 +75,6 @@ class _S3Writer:
             raise StorageError(f"writing {self._name}: {e.strerror or e}") from None
         finally:
             self.abort()
-
-    def abort(self) -> None:
-        self._f.close()
 
 
 class S3Storage:
