@@ -342,12 +342,9 @@ def test_staged_upload_leaves_no_temporary_file(inner, direct, proxy, tmp_path):
     assert list(staging.iterdir()) == []
 
 
-def test_open_fsspec_leaves_retrying_to_retrying_storage(s3, proxy, caplog):
-    """botocore and s3fs would absorb these 503s themselves (and multiply the attempts of a
-    dead store): opened as a repository opens it, every retry is RetryingStorage's."""
-    options = dict(s3["storage_options"],
-                   client_kwargs=dict(s3["storage_options"]["client_kwargs"], endpoint_url=proxy.url))
-    store = open_fsspec(f"s3://{s3['bucket']}/repo", options)
+def _assert_only_retrying_storage_retries(store, proxy, caplog):
+    """Two injected 503s on a GET: three GETs reach the store and RetryingStorage logs
+    both retries (no client retried underneath it)."""
     store.base_delay = 0.01
     store.put("config", b"c")
     proxy.inject("slowdown", method="GET", times=2)
@@ -355,16 +352,18 @@ def test_open_fsspec_leaves_retrying_to_retrying_storage(s3, proxy, caplog):
         assert store.get("config") == b"c"
     assert proxy.count("GET") == 3
     assert len([r for r in caplog.records if "retry" in r.getMessage()]) == 2
+
+
+def test_open_fsspec_leaves_retrying_to_retrying_storage(s3, proxy, caplog):
+    """botocore and s3fs would absorb these 503s themselves (and multiply the attempts of a
+    dead store): opened as a repository opens it, every retry is RetryingStorage's."""
+    options = dict(s3["storage_options"],
+                   client_kwargs=dict(s3["storage_options"]["client_kwargs"], endpoint_url=proxy.url))
+    _assert_only_retrying_storage_retries(open_fsspec(f"s3://{s3['bucket']}/repo", options), proxy, caplog)
 
 
 def test_open_remote_is_native_and_leaves_retrying_to_retrying_storage(s3, proxy, caplog):
     options = dict(s3["storage_options"], endpoint_url=proxy.url)
     store = open_remote(f"s3://{s3['bucket']}/repo", options)
     assert isinstance(store.inner, S3Storage)
-    store.base_delay = 0.01
-    store.put("config", b"c")
-    proxy.inject("slowdown", method="GET", times=2)
-    with caplog.at_level(logging.WARNING, logger="chunkrepo.storage"):
-        assert store.get("config") == b"c"
-    assert proxy.count("GET") == 3
-    assert len([r for r in caplog.records if "retry" in r.getMessage()]) == 2
+    _assert_only_retrying_storage_retries(store, proxy, caplog)
