@@ -6,9 +6,11 @@
 For each N: a tree of N small files (100 files per directory, 40-2,000 bytes,
 generated once under --root and reused), then: first backup, unchanged backup,
 `ls` of the last backup, with wall time, user+system CPU seconds (less
-sensitive than wall time to other load on a shared machine), peak RSS, and the
+sensitive than wall time to other load on a shared machine), peak RSS, the
 bytes the unchanged backup added to the repository (packs + backup record +
-index growth).  The load average before each row is printed under the table,
+index growth) and the bytes it wrote (the process's file system outputs from
+getrusage: index pages rewritten included, whether or not the file grew).
+Run it with PYTHONPATH pointing at the checkout to measure.  The load average before each row is printed under the table,
 and the first backup's peak RSS at each N against the smallest N (issue 4's
 target: RSS at 1M files <= 1.2 x RSS at 10k).
 """
@@ -40,15 +42,17 @@ def make_tree(root: str, n: int) -> None:
 
 
 def timed(cmd):
+    """(wall s (CPU s), peak RSS MiB, KiB written, stdout) of one process, from GNU time."""
     fd, tf = tempfile.mkstemp()
     os.close(fd)
-    p = subprocess.run(["/usr/bin/time", "-o", tf, "-f", "%e %U %S %M"] + cmd, stdout=subprocess.PIPE,
+    p = subprocess.run(["/usr/bin/time", "-o", tf, "-f", "%e %U %S %M %O"] + cmd, stdout=subprocess.PIPE,
                        stderr=subprocess.PIPE)
-    wall, user, system, rss = open(tf).read().split()[-4:]
+    wall, user, system, rss, outputs = open(tf).read().split()[-5:]
     os.unlink(tf)
     if p.returncode not in (0, 3):
         sys.exit(p.stderr.decode())
-    return f"{float(wall):.2f} ({float(user) + float(system):.1f})", f"{int(rss) / 1024:.0f}", p.stdout
+    return (f"{float(wall):.2f} ({float(user) + float(system):.1f})", f"{int(rss) / 1024:.0f}",
+            int(outputs) * 512 / 1024, p.stdout)
 
 
 def du(path):
@@ -60,28 +64,30 @@ def main():
     ap.add_argument("--files", type=int, nargs="+", default=[10000, 100000])
     ap.add_argument("--root", default="/tmp/chunkrepo-many")
     ap.add_argument("--exe", default=None)
+    ap.add_argument("--repos", default=None, help="where to create the repositories (default: $TMPDIR)")
     args = ap.parse_args()
     exe = [args.exe] if args.exe else [sys.executable, "-m", "chunkrepo"]
     print("| files | first backup s (CPU s) | RSS MiB | unchanged backup s (CPU s) | RSS MiB "
-          "| added by unchanged KiB | ls s (CPU s) | RSS MiB | ls lines |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| unchanged: added KiB | unchanged: written KiB | ls s (CPU s) | RSS MiB | ls lines |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     loads = []
     first_rss = []
     for n in args.files:
         src = os.path.join(args.root, f"tree-{n}")
         make_tree(src, n)
-        repo = tempfile.mkdtemp(prefix="chunkrepo-many-repo-")
+        repo = tempfile.mkdtemp(prefix="chunkrepo-many-repo-", dir=args.repos)
         shutil.rmtree(repo)
         subprocess.run(exe + ["init", "--repo", repo], check=True, capture_output=True)
         loads.append(f"{n}: {os.getloadavg()[0]:.1f}")
-        b1, r1, _ = timed(exe + ["backup", "--repo", repo, src])
+        b1, r1, _, _ = timed(exe + ["backup", "--repo", repo, src])
         first_rss.append((n, int(r1)))
         size1 = du(repo)
-        b2, r2, out = timed(exe + ["backup", "--repo", repo, src])
+        b2, r2, written, out = timed(exe + ["backup", "--repo", repo, src])
         added = du(repo) - size1
-        ls, r3, listing = timed(exe + ["ls", "--repo", repo, out.split()[-1].decode()])
+        ls, r3, _, listing = timed(exe + ["ls", "--repo", repo, out.split()[-1].decode()])
         lines = listing.count(b"\n")
-        print(f"| {n} | {b1} | {r1} | {b2} | {r2} | {added / 1024:.1f} | {ls} | {r3} | {lines} |", flush=True)
+        print(f"| {n} | {b1} | {r1} | {b2} | {r2} | {added / 1024:.1f} | {written:.0f} | {ls} | {r3} | {lines} |",
+              flush=True)
         shutil.rmtree(repo)
     print("load average (1 min) before each row:", ", ".join(loads))
     base = first_rss[0][1]

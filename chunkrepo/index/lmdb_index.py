@@ -474,9 +474,11 @@ class Index:
         data_file = os.path.join(path, "data.mdb")
         before = maps_of(data_file)
         try:
+            # metasync=False (MDB_NOMETASYNC): a commit syncs its pages once and writes the meta
+            # page without a second sync; write(durable=True) syncs after the commit (see there)
             self.env = lmdb.open(path, map_size=_MAP_SIZE, max_dbs=len(_DBS) + 2,
                                  readonly=readonly, subdir=True, max_readers=256,
-                                 lock=True, readahead=False, meminit=False)
+                                 lock=True, readahead=False, meminit=False, metasync=False)
         except lmdb.Error as e:
             raise StorageError(f"cannot open index {path}: {e}") from None
         handles = {}
@@ -511,12 +513,23 @@ class Index:
             yield ReadView(self, txn)
 
     @contextmanager
-    def write(self):
+    def write(self, durable: bool = True):
+        """One write transaction, committed when the block ends.
+
+        The commit is atomic either way (its pages are synced before its meta page
+        is written: MDB_NOMETASYNC keeps the database whole through a power cut).
+        durable=True also syncs the meta page, so the transaction survives a power
+        cut once this returns; durable=False leaves that to the next durable commit:
+        a power cut may undo it (never a kill -9), for the intermediate steps of a
+        pack commit or a registration, which recovery redoes (docs/format.md, Write
+        order)."""
         try:
             with self.env.begin(write=True) as txn:
                 view = WriteView(self, txn)
                 yield view
                 view._flush()
+            if durable:
+                self.sync()
             self.resident.check(self.resident.lookup_budget)   # what the transaction read stays mapped
         except lmdb.MapFullError:
             raise StorageError("index map is full") from None
@@ -527,6 +540,10 @@ class Index:
                 # LMDB reports a short write at the end of the disk as EIO
                 raise StorageError(f"no space left on device while writing the index ({e})") from None
             raise StorageError(f"index write failed: {e}") from None
+
+    def sync(self) -> None:
+        """Make every transaction committed so far survive a power cut (one fdatasync)."""
+        self.env.sync(True)
 
     def has_chunk(self, cid: bytes) -> bool:
         """One-shot lookup in a short read transaction (safe from any thread)."""
