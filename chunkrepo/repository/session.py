@@ -9,6 +9,7 @@ order: what a kill between two steps leaves, and how recovery finishes it).
 """
 
 import concurrent.futures
+import operator
 import queue
 import threading
 from typing import Dict, Optional
@@ -24,6 +25,7 @@ from .packs import KIND_DATA, KIND_TREE, PackWriter, pack_id_from_name, read_tra
 
 
 _MAX_PENDING_TREE_BYTES = 2 << 20
+_ID = operator.attrgetter("id")
 # a pack is sealed at pack_size bytes or at this many blobs: what a session holds per
 # open pack (its entries, the claimed chunk ids) stays the same for a million small
 # files as for a thousand (8,192: ~4 MiB more peak RSS at 100k files than 2,048)
@@ -270,6 +272,9 @@ class WriteSession:
                 else:
                     tree_bytes[e.id] = data
         tree_bytes.update(self._read_records(adopted))
+        # in id order: a step's ids then fall in one stretch of the key space, so it
+        # changes the branch pages above that stretch only, not nearly all of them
+        entries = sorted(entries, key=_ID)
         n = len(entries)
         for start in range(0, n, STEP):
             last = start + STEP >= n

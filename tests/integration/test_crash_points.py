@@ -76,6 +76,7 @@ def test_kill_at_each_commit_step(tmp_path, point):
         assert after.bytes_new < (3 << 20)   # packs sealed before the kill are reused
         with r.open_file(after.id, new) as f:
             assert f.read() == new.read_bytes()
-        with r.open_file(after.id, small / "d4" / "s01234") as f:
-            assert f.read() == b"1234\n"
+        last = 3 * STEP - 1
+        with r.open_file(after.id, small / f"d{last % 6}" / f"s{last:05d}") as f:
+            assert f.read() == b"%d\n" % last
         assert r.check(read_data=True).ok

@@ -88,3 +88,14 @@ def test_check_between_steps_sees_no_damage(tmp_path, monkeypatch):
         assert r.check(read_data=True).ok
         assert [b.id for b in r.list_backups()] == [res.id]
     assert os.path.exists(repo_path / "backups" / res.id)
+
+
+def test_index_syncs_pages_before_meta(tmp_path):
+    # the step commits are not durable (docs/format.md, Write order): that is safe only
+    # while each commit still syncs its pages before its meta page points at them
+    # (MDB_NOMETASYNC); MDB_NOSYNC would let a power cut leave a meta page pointing at
+    # pages that never reached the disk
+    Repo.init(tmp_path / "repo").close()
+    with Repo(tmp_path / "repo") as r:
+        flags = r._repo.index.env.flags()
+    assert flags["sync"] is True and flags["metasync"] is False
