@@ -24,7 +24,7 @@ from .crash_points import crash_point
 from .packs import KIND_DATA, KIND_TREE, PackWriter, pack_id_from_name, read_trailer
 
 
-_MAX_PENDING_TREE_BYTES = 2 << 20
+_MAX_PENDING_TREE_BYTES = 1 << 20
 _ID = operator.attrgetter("id")
 # a pack is sealed at pack_size bytes or at this many blobs: what a session holds per
 # open pack (its entries, the claimed chunk ids) stays the same for a million small
