@@ -65,6 +65,7 @@ class WriteSession:
         self._upload_futures: list = []
         self.bytes_new = 0        # raw bytes of chunks this session stored
         self.bytes_stored = 0     # compressed bytes written to packs
+        self._unsynced = False    # index steps committed but not yet durable
 
     @property
     def index(self):
@@ -290,6 +291,7 @@ class WriteSession:
                 elif last:
                     w.put_pack_recounted(pack_id, size, n)
                     w.delete_meta(COMMITTING_META)
+            self._unsynced = True
             if not last:
                 crash_point("pack-step-committed")
         with self._claim_lock:
@@ -346,8 +348,9 @@ class WriteSession:
                     self._writers.remove(w)
         self._local = threading.local()
         self._wait_uploads()
-        if self.checkpoint():
-            self.index.sync()    # the packs' entries survive a power cut from here on
+        self.checkpoint()
+        if self._unsynced:
+            self._sync()    # the packs' entries survive a power cut from here on
 
     def _abort_writers(self) -> None:
         try:
@@ -401,9 +404,15 @@ class WriteSession:
                     w.delete_meta(REGISTERING_META)
                 else:
                     w.put_meta(REGISTERING_META, records.pack_msgpack([rec.id, b"".join(stack)]))
+            self._unsynced = True
             if stack:
                 crash_point("backup-registering")
-        self.index.sync()     # registered: from here on it survives a power cut
+        self._sync()     # registered: from here on it survives a power cut
+
+    def _sync(self) -> None:
+        """Make the steps committed so far durable (docs/format.md, Write order)."""
+        self.index.sync()
+        self._unsynced = False
 
     def _resume_registration(self, journal: bytes) -> int:
         """Roll forward the registration a killed writer journaled; 1 if it was finished."""

@@ -223,3 +223,30 @@ def test_metadata_only_changes_are_recorded(repo, tmp_path):
     assert entries[b"link"].target == b"d/copy.txt"
     # chmod moved copy.txt's ctime, and ctime is part of the borrow rule: only it is read again
     assert second.bytes_read == (src / "d" / "copy.txt").stat().st_size
+
+
+def test_hard_links_are_forgotten_once_every_name_was_seen(tmp_path):
+    # the walk keeps a multi-link inode only until its last name: on a host with many
+    # hard links the table stays as small as the links still open, not the whole run
+    from chunkrepo.ops.backup.run import Backup, BackupOptions
+    src = tmp_path / "src"
+    (src / "a").mkdir(parents=True)
+    (src / "b").mkdir()
+    (src / "a" / "one").write_bytes(b"one\n")
+    os.link(src / "a" / "one", src / "b" / "one-again")
+    os.link(src / "a" / "one", src / "b" / "one-third")
+    (src / "a" / "two").write_bytes(b"two\n")
+    os.link(src / "a" / "two", tmp_path / "two-outside")     # a name the walk never sees
+    Repo.init(tmp_path / "repo").close()
+    with Repo(tmp_path / "repo") as r:
+        repo = r._repo
+        with repo.write_session() as session:
+            job = Backup(repo, session, BackupOptions())
+            job.run([os.fsencode(src)], None)
+            session.flush()
+        assert list(job.hardlinks.values())[0][1] == 1 and len(job.hardlinks) == 1   # "two": one name left
+        b = r.backup([src])
+        restored = tmp_path / "restored"
+        r.restore(b.id, restored)
+    names = [restored / os.path.relpath(src, "/") / p for p in ("a/one", "b/one-again", "b/one-third")]
+    assert len({os.stat(p).st_ino for p in names}) == 1 and all(p.read_bytes() == b"one\n" for p in names)

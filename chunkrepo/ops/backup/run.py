@@ -144,7 +144,7 @@ class Backup:
         self.all_xattrs = os.geteuid() == 0
         self.saver = FileSaver(session, repo.config.chunker)
         self.trees = TreeSaver(session, self.submit_batch)
-        self.hardlinks: dict = {}
+        self.hardlinks: dict = {}    # (dev, ino) -> (its first node, how many more names it has)
         self._borrowed: list = []    # per directory being scanned: borrowed files to verify
         with repo.index.read() as v:
             # A backup's chunks keep their entries while it holds references to them, unless
@@ -310,7 +310,11 @@ class Backup:
         self.res.bytes_total += st.st_size
         key = (st.st_dev, st.st_ino) if st.st_nlink > 1 else None
         if key is not None and key in self.hardlinks:
-            first = self.hardlinks[key]
+            first, left = self.hardlinks[key]
+            if left > 1:
+                self.hardlinks[key] = (first, left - 1)
+            else:    # its last name: nothing more to share it with (a host's hard links do not pile up)
+                del self.hardlinks[key]
             if isinstance(first, PendingFile):
                 return PendingFile(first.batch, first.index, alias=name)
             return first._replace(name=name) if first is not None else None
@@ -323,7 +327,7 @@ class Backup:
         else:
             node = self.queue_read(path, name, st, prev)
         if key is not None:
-            self.hardlinks[key] = node
+            self.hardlinks[key] = (node, st.st_nlink - 1)    # the names still to come
         return node
 
     def borrow(self, name, st, prev, verify_now: bool) -> Optional[Node]:
