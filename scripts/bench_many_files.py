@@ -10,9 +10,14 @@ sensitive than wall time to other load on a shared machine), peak RSS, the
 bytes the unchanged backup added to the repository (packs + backup record +
 index growth) and the bytes it wrote (the process's file system outputs from
 getrusage: index pages rewritten included, whether or not the file grew).
-Run it with PYTHONPATH pointing at the checkout to measure.  The load average before each row is printed under the table,
-and the first backup's peak RSS at each N against the smallest N (issue 4's
-target: RSS at 1M files <= 1.2 x RSS at 10k).
+The load average before each row is printed under the table, and the first
+backup's peak RSS at each N against the smallest N (issue 4's target: RSS at
+1M files <= 1.2 x RSS at 10k).
+
+The code measured is the chunkrepo that `python -m chunkrepo` imports: to
+compare two checkouts, run it with PYTHONPATH=/absolute/path/of/checkout.
+The steps run in / (`python -m` puts the working directory first on
+sys.path, ahead of PYTHONPATH).
 """
 
 import argparse
@@ -46,7 +51,7 @@ def timed(cmd):
     fd, tf = tempfile.mkstemp()
     os.close(fd)
     p = subprocess.run(["/usr/bin/time", "-o", tf, "-f", "%e %U %S %M %O"] + cmd, stdout=subprocess.PIPE,
-                       stderr=subprocess.PIPE)
+                       stderr=subprocess.PIPE, cwd="/")
     wall, user, system, rss, outputs = open(tf).read().split()[-5:]
     os.unlink(tf)
     if p.returncode not in (0, 3):
@@ -73,11 +78,11 @@ def main():
     loads = []
     first_rss = []
     for n in args.files:
-        src = os.path.join(args.root, f"tree-{n}")
+        src = os.path.abspath(os.path.join(args.root, f"tree-{n}"))
         make_tree(src, n)
-        repo = tempfile.mkdtemp(prefix="chunkrepo-many-repo-", dir=args.repos)
+        repo = os.path.abspath(tempfile.mkdtemp(prefix="chunkrepo-many-repo-", dir=args.repos))
         shutil.rmtree(repo)
-        subprocess.run(exe + ["init", "--repo", repo], check=True, capture_output=True)
+        subprocess.run(exe + ["init", "--repo", repo], check=True, capture_output=True, cwd="/")
         loads.append(f"{n}: {os.getloadavg()[0]:.1f}")
         b1, r1, _, _ = timed(exe + ["backup", "--repo", repo, src])
         first_rss.append((n, int(r1)))

@@ -9,7 +9,8 @@ pages the kernel can reclaim at any time.
 
 MappedPages drops the process's mappings of those pages (madvise
 MADV_DONTNEED) once the file-backed resident set has grown by a budget since
-the last drop (8 MiB after streaming reads, 4 MiB after point lookups).  On
+the last drop (8 MiB, after streaming reads and after point lookups alike;
+a write session lowers the lookup budget to 4 MiB).  On
 a shared file mapping that is a no-op for what readers see: the pages stay in
 the page cache and the next access maps them again (a minor fault), also from
 a read transaction open in another thread.  Nothing is
@@ -81,7 +82,7 @@ class MappedPages:
     before: maps_of(path) taken just before the mapping was made; the one new
     mapping is ours (none, or several: stay inactive)."""
 
-    def __init__(self, path: str, before: set, budget: int = 8 << 20, lookup_budget: int = 4 << 20):
+    def __init__(self, path: str, before: set, budget: int = 8 << 20, lookup_budget: int = 8 << 20):
         self.path = path
         self.budget = budget
         self.lookup_budget = lookup_budget

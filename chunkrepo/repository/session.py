@@ -36,6 +36,10 @@ MAX_PACK_BLOBS = 2048
 # for reuse as long as the environment is open, so the largest transaction sets the
 # process's anonymous memory for good (1,024: ~4 MiB more peak RSS at 100k files)
 STEP = 256
+# a writer's point lookups and reference updates keep at most this much of the index map
+# mapped (readers 8 MiB: tar and restore come back to their lookups' pages); at 8 MiB the
+# map added ~4 MiB more to the peak RSS of a first backup of 1M files
+WRITER_LOOKUP_BUDGET = 4 << 20
 
 
 class WriteSession:
@@ -75,9 +79,13 @@ class WriteSession:
     # -- lifecycle ------------------------------------------------------------
     def __enter__(self):
         self._lock.acquire()
+        self._resident = resident = self.index.resident
+        self._reader_budget = resident.lookup_budget
+        resident.lookup_budget = min(resident.lookup_budget, WRITER_LOOKUP_BUDGET)
         try:
             self.recover()
         except BaseException:
+            resident.lookup_budget = self._reader_budget
             self._lock.release()
             raise
         return self
@@ -92,6 +100,7 @@ class WriteSession:
             if self._uploads is not None:
                 self._uploads.shutdown(wait=True)
                 self._uploads = None
+            self._resident.lookup_budget = self._reader_budget
             self._lock.release()
 
     def recover(self) -> dict:

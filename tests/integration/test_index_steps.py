@@ -99,3 +99,13 @@ def test_index_syncs_pages_before_meta(tmp_path):
     with Repo(tmp_path / "repo") as r:
         flags = r._repo.index.env.flags()
     assert flags["sync"] is True and flags["metasync"] is False
+
+
+def test_a_writer_keeps_less_of_the_map_than_readers(tmp_path):
+    Repo.init(tmp_path / "repo").close()
+    with Repo(tmp_path / "repo") as r:
+        resident = r._repo.index.resident
+        assert resident.lookup_budget == 8 << 20
+        with r._repo.write_session():
+            assert resident.lookup_budget == session.WRITER_LOOKUP_BUDGET == 4 << 20
+        assert resident.lookup_budget == 8 << 20

@@ -53,18 +53,17 @@ def test_never_touches_an_address_range_that_is_not_the_map(tmp_path):
     assert ix.resident.drops == 0 and ix.resident._madvise is None
 
 
-def test_point_lookups_keep_their_own_budget(tmp_path):
+def test_point_lookups_keep_their_own_larger_budget(tmp_path):
     ix = Index(str(tmp_path / "index"))
-    assert ix.resident.lookup_budget == 4 << 20
-    ids = [os.urandom(32) for _ in range(25000)]      # ~2.5 MiB of chunk entries
+    ids = [os.urandom(32) for _ in range(60000)]      # ~5 MiB of chunk entries
     with ix.write() as w:
         for i, cid in enumerate(ids):
             w.put_chunk(cid, BlobEntry(b"p" * 16, i, 1, 1, 1), new=True)
     ix.resident.drop()
     with ix.read() as v:
         assert all(v.has_chunk(cid) for cid in ids)
-    assert ix.resident.drops == 1                     # under the 4 MiB lookup budget: kept
-    ix.resident.lookup_budget = 512 << 10
+    assert ix.resident.drops == 1                     # under the 8 MiB lookup budget: kept
+    ix.resident.lookup_budget = 1 << 20
     with ix.read() as v:
         ix.resident.drop()
         assert all(v.chunk(cid).offset == i for i, cid in enumerate(ids))
