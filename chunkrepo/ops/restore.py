@@ -73,6 +73,7 @@ from dataclasses import dataclass, field
 from typing import Callable, List, Optional
 
 from ..codec.hashing import ID_SIZE
+from ..direct_io import DirectIO
 from ..errors import ChunkrepoError, StorageError, TargetNotEmpty
 from ..model.nodes import BLK, CHR, DIR, FIFO, REG, SOCK, SYMLINK
 from .file_reader import ChunkFile, chunk_entries
@@ -112,6 +113,8 @@ _BATCH_FILES = 64         # files of one batch (a worker's unit of work)
 _AHEAD = 16 << 20         # what the batches queued and not written count (how far the walk runs ahead)
 _JOB_COST = 32 << 10      # the least a queued file counts (the most: its bytes, up to one read run)
 _PROGRESS_EVERY = 0.2     # seconds between progress calls
+_DIRECT_MIN = 1 << 20     # files this big (not sparse) are written with O_DIRECT (direct_io)
+_DIRECT_BLOCK = 4 << 20   # bytes per O_DIRECT write
 
 
 class _Aborted(Exception):
@@ -253,6 +256,7 @@ class _Restorer:
         self.batch_cost = 0
         self.counts: List[_Counts] = []
         self.fatal: Optional[BaseException] = None   # a worker's reason to stop the restore
+        self.direct = DirectIO(_DIRECT_BLOCK, keep=self.nworkers)
 
     # -- helpers --------------------------------------------------------------
     def error(self, shown: str, msg: str) -> None:
@@ -649,7 +653,10 @@ class _Restorer:
             fd = os.open(name, _FILE_FLAGS, mode if exact else 0o600, dir_fd=d.fd)
             done = False
             try:
-                if whole is not None:
+                if whole is not None and len(whole) >= _DIRECT_MIN:
+                    self.write_direct(fd, (whole,))
+                    counts.bytes += len(whole)
+                elif whole is not None:
                     counts.bytes += _write_all(fd, whole)
                 elif job.entries or node.size:
                     self.fill(fd, job, data, first, counts)
@@ -685,6 +692,7 @@ class _Restorer:
         cf = ChunkFile(self.repo, node, shown.encode(_FS_ENCODING, "surrogateescape"),
                        sizes=[e.raw_length for _, e in job.entries])
         sparse = node.sparse is not None
+        direct = self.direct.writer(fd) if not sparse and node.size >= _DIRECT_MIN else None
         total = 0
         try:
             for off, mv in cf.iter_data(_chunks(data, first, len(job.entries))):
@@ -694,18 +702,35 @@ class _Restorer:
                     k = _write_all(fd, mv, off)
                 elif off != total:
                     raise StorageError(f"{shown}: stored content is not contiguous")
+                elif direct is not None:
+                    direct.write(mv)
+                    k = len(mv)
                 else:
                     k = _write_all(fd, mv)
                 total += k
+            if direct is not None:
+                direct.finish()
         except IndexError:   # more stored data than the extents say
             raise StorageError(f"{shown}: stored content does not match its extents") from None
         finally:
+            if direct is not None:
+                direct.abort()
             counts.bytes += total
         expected = sum(e[1] for e in node.sparse) if sparse else node.size
         if total != expected:
             raise StorageError(f"{shown}: stored content has {total} bytes, expected {expected}")
         if sparse:
             os.ftruncate(fd, node.size)   # holes after the last extent
+
+
+    def write_direct(self, fd: int, pieces) -> None:
+        w = self.direct.writer(fd)
+        try:
+            for p in pieces:
+                w.write(p)
+            w.finish()
+        finally:
+            w.abort()
 
 
 def _chunks(data: _BatchData, first: int, n: int):
