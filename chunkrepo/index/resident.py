@@ -56,10 +56,11 @@ def maps_of(path: str) -> set:
     return out
 
 
-def _shared_resident() -> int:
-    """Bytes of file-backed (and shared) memory resident in this process."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[2]) * _PAGE
+def _shared_resident(fd: int) -> int:
+    """Bytes of file-backed (and shared) memory resident in this process, from its
+    /proc/self/statm open at fd: one pread (a look comes every 32 lookups, and each
+    system call lets the reader threads take the GIL from the walk)."""
+    return int(os.pread(fd, 256, 0).split()[2]) * _PAGE
 
 
 class MappedPages:
@@ -83,6 +84,7 @@ class MappedPages:
         self._lock = threading.Lock()
         self._streamed = 0
         self._looked_up = 0
+        self._statm = -1
         self._floor = self._read_floor()
         self.drops = 0
 
@@ -90,9 +92,10 @@ class MappedPages:
         if self._madvise is None:
             return 0
         try:
-            return _shared_resident()
+            self._statm = os.open("/proc/self/statm", os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            return _shared_resident(self._statm)
         except (OSError, ValueError, IndexError):
-            self._madvise = None
+            self._stop()
             return 0
 
     def streamed(self, n: int = 1) -> None:
@@ -116,22 +119,28 @@ class MappedPages:
     def check(self, budget: int) -> None:
         """Drop the mapping's pages if the file-backed resident set grew by more than budget."""
         with self._lock:
-            if self._madvise is not None and _shared_resident() - self._floor > budget:
+            if self._madvise is not None and _shared_resident(self._statm) - self._floor > budget:
                 self.drop()
 
     def drop(self) -> None:
         """madvise(MADV_DONTNEED) over the mapping, if it is still the file's mapping."""
         if self._madvise is None or self._map not in maps_of(self.path):
-            self._madvise = None      # unmapped or moved: never touch that address range again
+            self._stop()      # unmapped or moved: never touch that address range again
             return
         start, length = self._map
         if self._madvise(start, length, mmap.MADV_DONTNEED) != 0:
-            self._madvise = None
+            self._stop()
             return
         self.drops += 1
-        self._floor = _shared_resident()
+        self._floor = _shared_resident(self._statm)
+
+    def _stop(self) -> None:
+        self._madvise = None
+        if self._statm != -1:
+            os.close(self._statm)
+            self._statm = -1
 
     def close(self) -> None:
         """The mapping is about to go: stop."""
         with self._lock:
-            self._madvise = None
+            self._stop()
