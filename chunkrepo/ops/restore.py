@@ -60,6 +60,7 @@ Threads
     batch) at a time, so a big file does not hold back the files after it.
 """
 
+import contextlib
 import errno
 import grp
 import os
@@ -172,17 +173,18 @@ class _Dir:
 
 
 class _Job:
-    """One regular file for a worker: where it goes, and the index entries of its chunks."""
+    """One regular file for a worker: where it goes, and its chunks."""
 
-    __slots__ = ("dir", "name", "node", "shown", "owner", "entries", "done", "ok")
+    __slots__ = ("dir", "name", "node", "shown", "owner", "ids", "entries", "done", "ok")
 
-    def __init__(self, d: _Dir, name: bytes, node, shown: str, owner, entries: list):
+    def __init__(self, d: _Dir, name: bytes, node, shown: str, owner, ids: list):
         self.dir = d
         self.name = name
         self.node = node
         self.shown = shown
         self.owner = owner
-        self.entries = entries  # [(chunk id, BlobEntry)] in content order
+        self.ids = ids          # its chunk ids in content order
+        self.entries = None     # [(chunk id, BlobEntry)], looked up by the worker (None: failed)
         self.done = None        # Event, for the first name of hard links
         self.ok = False
 
@@ -248,7 +250,6 @@ class _Restorer:
         self._gids: dict = {}
         self._first: dict = {}    # backup path of a hard link's first name -> (parent key, name, rel dir, job)
         self._xattr_unsupported = 0
-        self.view = None          # the index snapshot of the walk, open until the workers are done
         self.lock = threading.Lock()           # _Dir.pending/left, _xattr_unsupported, fatal
         self.budget = _Budget(_AHEAD)
         self.jobs: "queue.SimpleQueue" = queue.SimpleQueue()    # batches for the workers
@@ -377,14 +378,18 @@ class _Restorer:
         workers = []
         progress = self.progress
         ok = False
-        # one snapshot of the index until the workers are done: they read the packs its
-        # entries name, and prune deletes a pack only once no older reader is active
-        with self.repo.index.read() as self.view:
+        # each worker looks its files' chunks up in its own read snapshot of the index (a
+        # lookup lets the other threads take the GIL: on the walk's thread it held the walk
+        # back), opened before the walk and kept until the workers are done: they read the
+        # packs its entries name, and prune deletes a pack only once no older reader is active
+        with contextlib.ExitStack() as views:
             try:
                 for i in range(self.nworkers):
                     c = _Counts()
                     self.counts.append(c)
-                    t = threading.Thread(target=self.worker, args=(c,), name=f"chunkrepo-restore-{i}", daemon=True)
+                    view = views.enter_context(self.repo.index.read())
+                    t = threading.Thread(target=self.worker, args=(view, c), name=f"chunkrepo-restore-{i}",
+                                         daemon=True)
                     t.start()
                     workers.append(t)
                 next_report = time.monotonic() + _PROGRESS_EVERY
@@ -408,7 +413,6 @@ class _Restorer:
                         self.jobs.put(None)
                     for t in workers:
                         t.join()
-                    self.view = None
         if self.fatal is not None:
             raise self.fatal
         self.res = self.snapshot()
@@ -518,16 +522,8 @@ class _Restorer:
     # -- regular files: the main thread's side --------------------------------
     def submit_file(self, parent: _Dir, name: bytes, node, shown: str, key: bytes) -> None:
         """Add a regular file to the batch being gathered (its chunks looked up, not read)."""
-        entries = []
-        if node.chunks:
-            ids = node.chunk_ids() if len(node.chunks) != ID_SIZE else [node.chunks]
-            try:
-                entries = list(zip(ids, chunk_entries(self.view, ids, shown)))
-            except ChunkrepoError as e:
-                self.res.errors.append(f"{e}; the file was not restored")     # e names the file
-                self.res.skipped += 1
-                return
-        job = _Job(parent, name, node, shown, self.owner(node) if self.is_root else None, entries)
+        ids = [] if not node.chunks else node.chunk_ids() if len(node.chunks) != ID_SIZE else [node.chunks]
+        job = _Job(parent, name, node, shown, self.owner(node) if self.is_root else None, ids)
         if node.nlink > 1:
             job.done = threading.Event()
             self._first.setdefault(key, (parent.key, name, parent.rel, job))
@@ -536,7 +532,7 @@ class _Restorer:
         self.batch.append(job)
         # a worker holds at most one run of a file's chunks at a time: a big file costs
         # one run, and does not hold back the files after it until it is written
-        self.batch_cost += max(_JOB_COST, min(sum(e.raw_length for _, e in entries), self.run_bytes))
+        self.batch_cost += max(_JOB_COST, min(node.size, self.run_bytes))
         if len(self.batch) >= _BATCH_FILES or self.batch_cost >= self.run_bytes:
             self.flush()
 
@@ -594,27 +590,42 @@ class _Restorer:
         return fd
 
     # -- regular files: the workers' side -------------------------------------
-    def worker(self, counts: _Counts) -> None:
+    def worker(self, view, counts: _Counts) -> None:
+        """view: this worker's own read snapshot of the index (opened with the walk's)."""
         get = self.jobs.get
         while True:
             item = get()
             if item is None:
                 return
             batch, cost = item
-            data = _BatchData(self.repo, [c for job in batch for c in job.entries], self.run_bytes)
-            first = 0       # index of the job's first chunk in data
             try:
+                items = []
+                for job in batch:
+                    self.look_up(view, job)
+                    items += job.entries or ()
+                data = _BatchData(self.repo, items, self.run_bytes)
+                first = 0       # index of the job's first chunk in data
                 for job in batch:
                     ok = False
                     try:
-                        ok = not self.budget.aborted and self.write_job(job, data, first, counts)
+                        ok = job.entries is not None and not self.budget.aborted \
+                            and self.write_job(job, data, first, counts)
                     except BaseException as e:     # a bug: stop the restore with it, keep counting down
                         self.fail(e)
                     finally:
-                        first += len(job.entries)
+                        first += len(job.entries or ())
                         self.finish_job(job, ok, counts)
             finally:
                 self.budget.give(cost)
+
+    def look_up(self, view, job: _Job) -> None:
+        """job.entries: its chunks' index entries; None (and an error) when one is missing or lost."""
+        try:
+            job.entries = list(zip(job.ids, chunk_entries(view, job.ids, job.shown)))
+        except ChunkrepoError as e:
+            self.res.errors.append(f"{e}; the file was not restored")     # e names the file
+        except BaseException as e:     # a bug (or the index failing): stop the restore with it
+            self.fail(e)
 
     def finish_job(self, job: _Job, ok: bool, counts: _Counts) -> None:
         if ok:
