@@ -45,13 +45,16 @@ Threads
     The main thread walks the backup and creates directories, symlinks,
     FIFOs, devices and hard links; regular files it gathers into batches
     (consecutive files, up to _BATCH_FILES or the repository's read batch of
-    bytes) with their chunks looked up in the index, not read.  A few worker
-    threads take one batch at a time and do all the rest for its files: read
-    the chunks (one ranged read per run of neighbouring blobs), decompress
-    and verify them, create, fill and finish each file relative to its
-    parent's descriptor.  One hand-off per batch, not per file or chunk, and
-    the data never changes threads; os.open/os.write, zstd and blake3 release
-    the GIL, so both cores work.  A directory keeps its descriptor open, and
+    bytes).  A few worker threads take one batch at a time and do all the
+    rest for its files: look their chunks up in the index (each worker in its
+    own read snapshot, opened before the walk: a lookup releases the GIL, and
+    on the walk's thread they held the walk back), read the chunks (one
+    ranged read per run of neighbouring blobs), decompress and verify them,
+    create, fill and finish each file relative to its parent's descriptor.
+    One hand-off per batch, not per file or chunk, and the data never changes
+    threads; os.open/os.write, zstd and blake3 release the GIL, so both cores
+    work.  Files of _DIRECT_MIN bytes or more without holes are written with
+    O_DIRECT (chunkrepo.direct_io): not through the page cache.  A directory keeps its descriptor open, and
     gets its metadata, once the main thread has left it *and* its last file
     is finished.  A hard link waits until its first name is complete.  What
     the queued batches count is bounded (_AHEAD; a file counts its bytes, at
@@ -521,7 +524,7 @@ class _Restorer:
 
     # -- regular files: the main thread's side --------------------------------
     def submit_file(self, parent: _Dir, name: bytes, node, shown: str, key: bytes) -> None:
-        """Add a regular file to the batch being gathered (its chunks looked up, not read)."""
+        """Add a regular file to the batch being gathered (a worker looks its chunks up)."""
         ids = [] if not node.chunks else node.chunk_ids() if len(node.chunks) != ID_SIZE else [node.chunks]
         job = _Job(parent, name, node, shown, self.owner(node) if self.is_root else None, ids)
         if node.nlink > 1:
@@ -591,7 +594,7 @@ class _Restorer:
 
     # -- regular files: the workers' side -------------------------------------
     def worker(self, view, counts: _Counts) -> None:
-        """view: this worker's own read snapshot of the index (opened with the walk's)."""
+        """view: this worker's own read snapshot of the index (opened before the walk)."""
         get = self.jobs.get
         while True:
             item = get()
@@ -665,7 +668,12 @@ class _Restorer:
             done = False
             try:
                 if whole is not None and len(whole) >= _DIRECT_MIN:
-                    self.write_direct(fd, (whole,))
+                    w = self.direct.writer(fd)
+                    try:
+                        w.write(whole)
+                        w.finish()
+                    finally:
+                        w.abort()
                     counts.bytes += len(whole)
                 elif whole is not None:
                     counts.bytes += _write_all(fd, whole)
@@ -698,7 +706,8 @@ class _Restorer:
             return False
 
     def fill(self, fd: int, job: _Job, data: _BatchData, first: int, counts: _Counts) -> None:
-        """Write a file of several chunks (or with holes) as its layout says."""
+        """Write a file of several chunks (or with holes) as its layout says (a big one
+        without holes with O_DIRECT)."""
         node, shown = job.node, job.shown
         cf = ChunkFile(self.repo, node, shown.encode(_FS_ENCODING, "surrogateescape"),
                        sizes=[e.raw_length for _, e in job.entries])
@@ -732,16 +741,6 @@ class _Restorer:
             raise StorageError(f"{shown}: stored content has {total} bytes, expected {expected}")
         if sparse:
             os.ftruncate(fd, node.size)   # holes after the last extent
-
-
-    def write_direct(self, fd: int, pieces) -> None:
-        w = self.direct.writer(fd)
-        try:
-            for p in pieces:
-                w.write(p)
-            w.finish()
-        finally:
-            w.abort()
 
 
 def _chunks(data: _BatchData, first: int, n: int):
