@@ -10,11 +10,14 @@ over as they are, never copied.  At most _QUEUED bytes wait (the producer waits 
 memory stays bounded.  A write error is raised to the producer at its next
 write or at close().
 
-When out is a regular file (tar -o FILE, or stdout redirected to one), the
-thread writes to its descriptor with O_DIRECT in 4 MiB blocks (chunkrepo.direct_io):
-the archive does not go through the page cache, which halves the system time
-of writing it and, on this kind of disk, is faster than buffered writes
-anyway.  out is flushed before and its descriptor's flags are restored after.
+With direct=True and out a regular file (tar -o FILE), the thread writes
+to its descriptor with O_DIRECT in 4 MiB blocks (chunkrepo.direct_io): the
+archive does not go through the page cache, which cuts the system time of
+writing it to a third and, on this kind of disk, is faster than buffered
+writes anyway.  out is flushed first.  O_DIRECT is set on the descriptor's
+open file description for the writes and cleared at the end, so only a
+caller whose descriptor no other process shares asks for it (not stdout: a
+process killed mid-way would leave the flag to the shell's next writer).
 """
 
 import os
@@ -36,8 +39,8 @@ class StreamOut:
     Pieces handed to write() must not change afterwards (bytes, or views of
     bytes; small pieces are copied at once)."""
 
-    def __init__(self, out):
-        self._direct = _direct_writer(out)
+    def __init__(self, out, direct: bool = False):
+        self._direct = _direct_writer(out) if direct else None
         self._out = self._direct if self._direct is not None else out
         self._queue: "queue.SimpleQueue" = queue.SimpleQueue()
         self._room = threading.Condition(threading.Lock())
