@@ -6,6 +6,7 @@ unaligned position, is in tests/unit/test_direct_io.py.)"""
 
 import io
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -110,7 +111,7 @@ def test_tar_to_stdout_shares_the_file_with_the_shell(world, tmp_path):
     piped = _tar(base, bid, {}, stdout=subprocess.PIPE).stdout
     path = tmp_path / "appended"
     path.write_bytes(b"abc")
-    cmd = f"{sys.executable} -m chunkrepo tar --repo {base / 'repo'} {bid} && printf xyz"
+    cmd = f"{shlex.quote(sys.executable)} -m chunkrepo tar --repo {shlex.quote(str(base / 'repo'))} {bid} && printf xyz"
     with open(path, "ab") as f:
         subprocess.run(["sh", "-c", cmd], stdout=f, check=True)
     data = path.read_bytes()
