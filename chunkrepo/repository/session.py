@@ -200,8 +200,16 @@ class WriteSession:
 
     def store_chunk(self, cid: bytes, data) -> None:
         """Compress and append a claimed chunk to this thread's pack."""
-        self._append(KIND_DATA, cid, compression.compress_parts(data, self._level(len(data))), len(data))
-        self.bytes_new += len(data)
+        self.append_chunk(cid, self.compress_chunk(data), len(data))
+
+    def compress_chunk(self, data) -> tuple:
+        """The stored form of a chunk (store_chunk in two halves: this one from any thread)."""
+        return compression.compress_parts(data, self._level(len(data)))
+
+    def append_chunk(self, cid: bytes, parts: tuple, raw_length: int) -> None:
+        """Append a claimed chunk compressed by compress_chunk to this thread's pack."""
+        self._append(KIND_DATA, cid, parts, raw_length)
+        self.bytes_new += raw_length
 
     def _level(self, n: int) -> int:
         return self._small_level if n <= self._small_blob else self.level
