@@ -224,7 +224,13 @@ class Backup:
         trust_before, owner, own_repo, excludes = (self.trust_before, self.names.owner, self.own_repo,
                                                    self.excludes)
         nfast = fast_bytes = 0
-        for cname, entry in listing:
+        # taken from the end of the reversed listing: an entry (and the stat result it
+        # caches) goes once handled, not when the whole directory is done (a directory of
+        # 12k files held ~6 MiB of them through the backup of its subdirectories)
+        listing.reverse()
+        pop = listing.pop
+        while listing:
+            cname, entry = pop()
             cpath = base + cname
             if (excludes or cpath == own_repo) and self.excluded(cpath, cname):
                 continue
