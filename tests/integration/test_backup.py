@@ -223,3 +223,39 @@ def test_metadata_only_changes_are_recorded(repo, tmp_path):
     assert entries[b"link"].target == b"d/copy.txt"
     # chmod moved copy.txt's ctime, and ctime is part of the borrow rule: only it is read again
     assert second.bytes_read == (src / "d" / "copy.txt").stat().st_size
+
+
+@pytest.mark.parametrize("helper", ["idle", "busy"])
+def test_a_large_file_compressed_with_an_idle_threads_help_is_stored_in_order(repo, tmp_path, helper):
+    """FileSaver's help: every second chunk compressed by another (real) thread, or,
+    when that thread never gets to it (busy), by the reader after all; the pack
+    holds the file's chunks in order either way and they read back as the file."""
+    import concurrent.futures
+    import threading
+    from chunkrepo.ops.backup.file_saver import FileSaver
+    path = write_random(tmp_path / "big.bin", 24 << 20, seed=5)
+    inner = repo.repository
+    helped = []
+    release = threading.Event()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        if helper == "busy":
+            pool.submit(release.wait)
+        def help(fn, *args):
+            fut = pool.submit(fn, *args)
+            helped.append(fut)
+            return fut
+        with inner.write_session() as session:
+            saver = FileSaver(session, inner.config.chunker, help=help)
+            _, chunks, _, nread, _ = saver.read_file(os.fsencode(path), os.lstat(path))
+        release.set()
+    ids = [chunks[i:i + 32] for i in range(0, len(chunks), 32)]
+    assert nread == 24 << 20 and len(ids) >= 8
+    assert len(helped) >= len(ids) // 2 - 2          # one help per pair of chunks in a buffer's worth
+    if helper == "idle":
+        assert any(f.done() and not f.cancelled() for f in helped)
+    else:
+        assert all(f.cancelled() for f in helped)
+    with inner.index.read() as v:
+        offsets = [v.chunk(c).offset for c in ids]
+    assert offsets == sorted(offsets)                  # appended in file order
+    assert b"".join(inner.read_chunk(c) for c in ids) == path.read_bytes()
