@@ -112,15 +112,17 @@ class Repo:
         return ChunkFile(self._repo, node, os.fsencode(path))
 
     def produce_tar(self, backup_id: str, out, start="/", recursive: bool = True,
-                    tar_format: str = "pax", progress=None):
+                    tar_format: str = "pax", progress=None, direct: bool = False):
         """Write a tar of the backup (or of start below it) to the binary file out.
 
         progress, if given, is called with the running stats about every 0.2 s.
+        direct=True: out is a regular file no other process shares, written past
+        the page cache with O_DIRECT (its descriptor's flags change meanwhile).
         """
         from .ops.tarout import write_tar
         rec = self._repo.resolve_backup(backup_id)
         return write_tar(self._repo, bytes.fromhex(rec.root), out, start, recursive, tar_format,
-                         progress=progress)
+                         progress=progress, direct=direct)
 
     def restore(self, backup_id: str, target, start="/", progress=None, target_options: Optional[dict] = None,
                 mirror: bool = False, overwrite: bool = False):

@@ -33,8 +33,9 @@ def command(repo_path, backup, path, output, tar_format, nonrecursive):
         ok = False
         try:
             with TarProgress(total) as progress:
+                # O_DIRECT only on a file of our own: stdout's flags are shared with the shell
                 repo.produce_tar(rec.id, out, path, recursive=not nonrecursive, tar_format=tar_format,
-                                 progress=progress if progress.enabled else None)
+                                 progress=progress if progress.enabled else None, direct=output != "-")
             out.flush()
             ok = True
         finally:

@@ -13,7 +13,9 @@ from ..errors import IntegrityError, StorageError
 from .resident import MappedPages, maps_of
 
 _ENTRY = struct.Struct("<16sQIIQ")  # pack id, offset, stored length, raw length, refcount
-_MAP_SIZE = 1 << 40  # sparse without writemap: costs nothing until used
+# sparse without writemap: costs nothing until used; never changed while an
+# environment is open, so its map stays where it is (index/resident.py relies on it)
+_MAP_SIZE = 1 << 40
 _DBS = (b"chunks", b"trees", b"treedata", b"packs", b"backups", b"meta", b"garbage", b"pending", b"digests",
         b"lost", b"damaged")
 _NEW_DBS = (b"garbage", b"pending", b"digests", b"lost", b"damaged")   # may be absent in an index opened read-only
@@ -505,7 +507,7 @@ class Index:
         self.lost = handles[b"lost"]          # blobs whose stored copy was lost (check --repair)
         self.damaged = handles[b"damaged"]    # backups that lost data
         # the process's resident share of the map, bounded (see index/resident.py)
-        self.resident = MappedPages(data_file, before)
+        self.resident = MappedPages(data_file, before, lambda: self.env.info()["map_size"])
 
     @contextmanager
     def read(self):

@@ -23,6 +23,7 @@ import ctypes.util
 import mmap
 import os
 import threading
+from typing import Callable, Optional
 
 CHECK_EVERY = 16            # calls between two looks at /proc/self/statm (a fault maps 64 KiB:
                             # at most ~1 MiB more between two looks)
@@ -58,17 +59,11 @@ def maps_of(path: str) -> set:
     return out
 
 
-def _shared_resident() -> int:
-    """Bytes of file-backed (and shared) memory resident in this process."""
-    # one pread on a descriptor kept open: a third of the cost of open + read + close
-    # ("self" is resolved at open: a forked child opens its own)
-    pid = os.getpid()
-    if _statm[1] != pid:
-        _statm[:] = [os.open("/proc/self/statm", os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)), pid]
-    return int(os.pread(_statm[0], 128, 0).split()[2]) * _PAGE
-
-
-_statm: list = [-1, None]     # descriptor of /proc/self/statm, and the pid that opened it
+def _shared_resident(fd: int) -> int:
+    """Bytes of file-backed (and shared) memory resident in this process, from its
+    /proc/self/statm open at fd: one pread (a look comes every CHECK_EVERY lookups,
+    and each system call lets the reader threads take the GIL from the walk)."""
+    return int(os.pread(fd, 256, 0).split()[2]) * _PAGE
 
 
 class MappedPages:
@@ -80,18 +75,25 @@ class MappedPages:
     come back to the same B-tree pages often, and dropping those costs a
     fault per lookup, so they may keep up to `lookup_budget` mapped.
     before: maps_of(path) taken just before the mapping was made; the one new
-    mapping is ours (none, or several: stay inactive)."""
+    mapping is ours (none, or several: stay inactive).  mapped_size: the size of
+    the owner's mapping now (raising once it is unmapped); /proc/self/maps is read
+    only here, at the start: a drop then checks that size, which is ~1000 times
+    cheaper than listing the maps, and a first backup drops hundreds of times."""
 
-    def __init__(self, path: str, before: set, budget: int = 8 << 20, lookup_budget: int = 8 << 20):
+    def __init__(self, path: str, before: set, mapped_size: Callable[[], int],
+                 budget: int = 8 << 20, lookup_budget: int = 8 << 20):
         self.path = path
+        self._mapped_size = mapped_size
         self.budget = budget
         self.lookup_budget = lookup_budget
         new = maps_of(path) - before if hasattr(mmap, "MADV_DONTNEED") else set()
         self._map = next(iter(new)) if len(new) == 1 else None
         self._madvise = _madvise() if self._map is not None else None
+        self._size = self._current_size() if self._map is not None else None
         self._lock = threading.Lock()
         self._streamed = 0
         self._looked_up = 0
+        self._statm = -1
         self._floor = self._read_floor()
         self.drops = 0
 
@@ -99,9 +101,10 @@ class MappedPages:
         if self._madvise is None:
             return 0
         try:
-            return _shared_resident()
+            self._statm = os.open("/proc/self/statm", os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            return _shared_resident(self._statm)
         except (OSError, ValueError, IndexError):
-            self._madvise = None
+            self._stop()
             return 0
 
     def streamed(self, n: int = 1) -> None:
@@ -125,22 +128,36 @@ class MappedPages:
     def check(self, budget: int) -> None:
         """Drop the mapping's pages if the file-backed resident set grew by more than budget."""
         with self._lock:
-            if self._madvise is not None and _shared_resident() - self._floor > budget:
+            if self._madvise is not None and _shared_resident(self._statm) - self._floor > budget:
                 self.drop()
 
+    def _current_size(self) -> Optional[int]:
+        try:
+            return self._mapped_size()
+        except Exception:    # the owner closed it (lmdb.Error): no mapping
+            return None
+
     def drop(self) -> None:
-        """madvise(MADV_DONTNEED) over the mapping, if it is still the file's mapping."""
-        if self._madvise is None or self._map not in maps_of(self.path):
-            self._madvise = None      # unmapped or moved: never touch that address range again
+        """madvise(MADV_DONTNEED) over the mapping, if it is still the owner's mapping:
+        the environment is open and its map size unchanged (LMDB maps again only
+        when the size is changed, which chunkrepo never does: see lmdb_index)."""
+        if self._madvise is None or self._size is None or self._current_size() != self._size:
+            self._stop()      # unmapped or moved: never touch that address range again
             return
         start, length = self._map
         if self._madvise(start, length, mmap.MADV_DONTNEED) != 0:
-            self._madvise = None
+            self._stop()
             return
         self.drops += 1
-        self._floor = _shared_resident()
+        self._floor = _shared_resident(self._statm)
+
+    def _stop(self) -> None:
+        self._madvise = None
+        if self._statm != -1:
+            os.close(self._statm)
+            self._statm = -1
 
     def close(self) -> None:
         """The mapping is about to go: stop."""
         with self._lock:
-            self._madvise = None
+            self._stop()

@@ -193,12 +193,20 @@ class _Checker:
             pack_info = self._pack_table(v)
             self._total = len(pack_info) * (2 if self.read_data else 1)
             self._packs(pack_info)
-            self._backups(v)
-            self._walk_trees(v)
-            self._refcounts(v)
-            self._garbage(v)
-            if self.read_data:
-                self._read_all(pack_info)
+            # the packs' bytes are read and hashed by two threads (zstd and blake3
+            # release the GIL) while this one checks the structure
+            with concurrent.futures.ThreadPoolExecutor(2, "chunkrepo-check") as pool:
+                try:
+                    reads = self._start_reads(pool, pack_info) if self.read_data else []
+                    self._backups(v)
+                    self._walk_trees(v)
+                    self._refcounts(v)
+                    self._garbage(v)
+                    for item in reads:
+                        self._collect(*item)
+                except BaseException:
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise
             self._map_damage(v)
         self._summarize()
 
@@ -478,6 +486,7 @@ class _Checker:
         """Verify a pack's blobs reading it in windows of about _WINDOW bytes
         (few large reads, and memory independent of the pack size)."""
         name, size = pack_name(pid), self.pack_real_size[pid]
+        entries = sorted(entries)
         bad, checked, i = [], 0, 0
         while i < len(entries):
             start, j = entries[i][0], i + 1
@@ -492,25 +501,20 @@ class _Checker:
             i = j
         return bad, checked
 
-    def _read_all(self, pack_info) -> None:
+    def _start_reads(self, pool, pack_info) -> list:
+        """Submit every pack to read; [(pack id, entries, future)] in pack order.  Each
+        is read in windows when its turn comes, so memory stays at a window per thread."""
         todo = [pid for pid in sorted(pack_info) if pid in self.pack_real_size and self.by_pack.get(pid)]
         todo = select_packs(todo, self.subset)
         self.rep.packs_read = len(todo)
         skipped = len(pack_info) - len(todo)
         for _ in range(skipped):
             self._tick()
-        # two packs in flight: one being read while the other is hashed (zstd and
-        # blake3 release the GIL); each is read in windows, so memory stays at a few windows
-        with concurrent.futures.ThreadPoolExecutor(2, "chunkrepo-check") as pool:
-            inflight = []
-            it = iter(todo)
-            for pid in it:
-                entries = sorted(self.by_pack[pid])
-                inflight.append((pid, entries, pool.submit(self._read_pack, pid, entries)))
-                if len(inflight) >= 2:
-                    self._collect(*inflight.pop(0))
-            for item in inflight:
-                self._collect(*item)
+        out = []
+        for pid in todo:
+            entries = self.by_pack[pid]
+            out.append((pid, entries, pool.submit(self._read_pack, pid, entries)))
+        return out
 
     def _collect(self, pid, entries, fut) -> None:
         try:

@@ -4,6 +4,13 @@ The consumer walks entries in order; a small thread pool reads, decompresses
 and verifies the next chunks meanwhile (zstd and blake3 release the GIL).  The
 chunks of all files form one ordered stream, and at most `budget` raw bytes of
 it are in flight or waiting, so memory stays flat whatever the file sizes.
+
+A file of one chunk (most files) is not looked up in the index by the
+consumer's thread: its chunk's size is the file's data length, and the read
+task looks the chunk up (in a short read transaction of its own; the
+consumer's snapshot, open meanwhile, keeps the packs).  Every lookup
+releases the GIL, and on the consumer's thread each one waited for a reader
+to hand it back: the walk is the part that runs on one core.
 """
 
 import collections
@@ -15,6 +22,7 @@ from ..model.nodes import REG
 _DEFAULT_BUDGET = 16 << 20
 _MAX_ENTRIES_AHEAD = 4096
 _BATCH_COUNT = 64          # chunks per read task (their bytes: the repository's read_plan)
+_LATER = object()          # in place of an index entry: the read task looks the chunk up
 
 
 class _ChunkStream:
@@ -35,8 +43,14 @@ class _ChunkStream:
         self.current: list = []     # results of the batch being consumed, reversed
         self.nbytes = 0             # raw bytes submitted and not yet consumed
 
-    def add(self, ids) -> list:
-        """Queue ids; returns their raw sizes (None for a chunk the index lacks)."""
+    def add(self, ids, size: Optional[int] = None) -> list:
+        """Queue ids; returns their raw sizes (None for a chunk the index lacks).
+        size: the raw size of a single chunk, known from its file (looked up later)."""
+        if size is not None and len(ids) == 1:
+            self.waiting.append((ids[0], _LATER, size))
+            self.wbytes += size
+            self.fill()
+            return [size]
         chunk = self.view.chunk
         sizes = []
         for cid in ids:
@@ -68,8 +82,16 @@ class _ChunkStream:
                 batch.append((cid, e))
                 size += n
             self.wbytes -= size
-            self.inflight.append((self.pool.submit(self.repo.read_blobs, batch), size))
+            self.inflight.append((self.pool.submit(self.read, batch), size))
             self.nbytes += size
+
+    def read(self, batch: list) -> list:
+        """A read task: the batch's chunks (looking up those queued without an entry)."""
+        if any(e is _LATER for _, e in batch):
+            with self.repo.index.read() as view:
+                chunk = view.chunk
+                batch = [(cid, chunk(cid) if e is _LATER else e) for cid, e in batch]
+        return self.repo.read_blobs(batch)
 
     def next(self) -> bytes:
         if not self.current:
@@ -119,6 +141,11 @@ class Prefetched:
                 pass
 
 
+def _data_length(node) -> int:
+    """The bytes a file's chunks hold (its size but for the holes)."""
+    return node.size if node.sparse is None else sum(n for _, n in node.sparse)
+
+
 def _wants_data(e) -> bool:
     return e.node.kind == REG and e.hardlink_to is None and bool(e.node.chunks)
 
@@ -150,7 +177,7 @@ def prefetch(repo, entries: Iterable, workers: Optional[int] = None, budget: int
                         break
                     pf = None
                     if wants_data(e):
-                        pf = Prefetched(stream, stream.add(e.node.chunk_ids()))
+                        pf = Prefetched(stream, stream.add(e.node.chunk_ids(), _data_length(e.node)))
                     ahead.append((e, pf))
                 if not ahead:
                     return

@@ -45,13 +45,16 @@ Threads
     The main thread walks the backup and creates directories, symlinks,
     FIFOs, devices and hard links; regular files it gathers into batches
     (consecutive files, up to _BATCH_FILES or the repository's read batch of
-    bytes) with their chunks looked up in the index, not read.  A few worker
-    threads take one batch at a time and do all the rest for its files: read
-    the chunks (one ranged read per run of neighbouring blobs), decompress
-    and verify them, create, fill and finish each file relative to its
-    parent's descriptor.  One hand-off per batch, not per file or chunk, and
-    the data never changes threads; os.open/os.write, zstd and blake3 release
-    the GIL, so both cores work.  A directory keeps its descriptor open, and
+    bytes).  A few worker threads take one batch at a time and do all the
+    rest for its files: look their chunks up in the index (each worker in its
+    own read snapshot, opened before the walk: a lookup releases the GIL, and
+    on the walk's thread they held the walk back), read the chunks (one
+    ranged read per run of neighbouring blobs), decompress and verify them,
+    create, fill and finish each file relative to its parent's descriptor.
+    One hand-off per batch, not per file or chunk, and the data never changes
+    threads; os.open/os.write, zstd and blake3 release the GIL, so both cores
+    work.  Files of _DIRECT_MIN bytes or more without holes are written with
+    O_DIRECT (chunkrepo.direct_io): not through the page cache.  A directory keeps its descriptor open, and
     gets its metadata, once the main thread has left it *and* its last file
     is finished.  A hard link waits until its first name is complete.  What
     the queued batches count is bounded (_AHEAD; a file counts its bytes, at
@@ -60,6 +63,7 @@ Threads
     batch) at a time, so a big file does not hold back the files after it.
 """
 
+import contextlib
 import errno
 import grp
 import os
@@ -73,6 +77,7 @@ from dataclasses import dataclass, field
 from typing import Callable, List, Optional
 
 from ..codec.hashing import ID_SIZE
+from ..direct_io import DirectIO
 from ..errors import ChunkrepoError, StorageError, TargetNotEmpty
 from ..model.nodes import BLK, CHR, DIR, FIFO, REG, SOCK, SYMLINK
 from .file_reader import ChunkFile, chunk_entries
@@ -112,6 +117,8 @@ _BATCH_FILES = 64         # files of one batch (a worker's unit of work)
 _AHEAD = 16 << 20         # what the batches queued and not written count (how far the walk runs ahead)
 _JOB_COST = 32 << 10      # the least a queued file counts (the most: its bytes, up to one read run)
 _PROGRESS_EVERY = 0.2     # seconds between progress calls
+_DIRECT_MIN = 1 << 20     # files this big (not sparse) are written with O_DIRECT (direct_io)
+_DIRECT_BLOCK = 4 << 20   # bytes per O_DIRECT write
 
 
 class _Aborted(Exception):
@@ -169,17 +176,18 @@ class _Dir:
 
 
 class _Job:
-    """One regular file for a worker: where it goes, and the index entries of its chunks."""
+    """One regular file for a worker: where it goes, and its chunks."""
 
-    __slots__ = ("dir", "name", "node", "shown", "owner", "entries", "done", "ok")
+    __slots__ = ("dir", "name", "node", "shown", "owner", "ids", "entries", "done", "ok")
 
-    def __init__(self, d: _Dir, name: bytes, node, shown: str, owner, entries: list):
+    def __init__(self, d: _Dir, name: bytes, node, shown: str, owner, ids: list):
         self.dir = d
         self.name = name
         self.node = node
         self.shown = shown
         self.owner = owner
-        self.entries = entries  # [(chunk id, BlobEntry)] in content order
+        self.ids = ids          # its chunk ids in content order
+        self.entries = None     # [(chunk id, BlobEntry)], looked up by the worker (None: failed)
         self.done = None        # Event, for the first name of hard links
         self.ok = False
 
@@ -245,7 +253,6 @@ class _Restorer:
         self._gids: dict = {}
         self._first: dict = {}    # backup path of a hard link's first name -> (parent key, name, rel dir, job)
         self._xattr_unsupported = 0
-        self.view = None          # the index snapshot of the walk, open until the workers are done
         self.lock = threading.Lock()           # _Dir.pending/left, _xattr_unsupported, fatal
         self.budget = _Budget(_AHEAD)
         self.jobs: "queue.SimpleQueue" = queue.SimpleQueue()    # batches for the workers
@@ -253,6 +260,7 @@ class _Restorer:
         self.batch_cost = 0
         self.counts: List[_Counts] = []
         self.fatal: Optional[BaseException] = None   # a worker's reason to stop the restore
+        self.direct = DirectIO(_DIRECT_BLOCK, keep=self.nworkers)
 
     # -- helpers --------------------------------------------------------------
     def error(self, shown: str, msg: str) -> None:
@@ -373,14 +381,18 @@ class _Restorer:
         workers = []
         progress = self.progress
         ok = False
-        # one snapshot of the index until the workers are done: they read the packs its
-        # entries name, and prune deletes a pack only once no older reader is active
-        with self.repo.index.read() as self.view:
+        # each worker looks its files' chunks up in its own read snapshot of the index (a
+        # lookup lets the other threads take the GIL: on the walk's thread it held the walk
+        # back), opened before the walk and kept until the workers are done: they read the
+        # packs its entries name, and prune deletes a pack only once no older reader is active
+        with contextlib.ExitStack() as views:
             try:
                 for i in range(self.nworkers):
                     c = _Counts()
                     self.counts.append(c)
-                    t = threading.Thread(target=self.worker, args=(c,), name=f"chunkrepo-restore-{i}", daemon=True)
+                    view = views.enter_context(self.repo.index.read())
+                    t = threading.Thread(target=self.worker, args=(view, c), name=f"chunkrepo-restore-{i}",
+                                         daemon=True)
                     t.start()
                     workers.append(t)
                 next_report = time.monotonic() + _PROGRESS_EVERY
@@ -404,7 +416,6 @@ class _Restorer:
                         self.jobs.put(None)
                     for t in workers:
                         t.join()
-                    self.view = None
         if self.fatal is not None:
             raise self.fatal
         self.res = self.snapshot()
@@ -513,17 +524,9 @@ class _Restorer:
 
     # -- regular files: the main thread's side --------------------------------
     def submit_file(self, parent: _Dir, name: bytes, node, shown: str, key: bytes) -> None:
-        """Add a regular file to the batch being gathered (its chunks looked up, not read)."""
-        entries = []
-        if node.chunks:
-            ids = node.chunk_ids() if len(node.chunks) != ID_SIZE else [node.chunks]
-            try:
-                entries = list(zip(ids, chunk_entries(self.view, ids, shown)))
-            except ChunkrepoError as e:
-                self.res.errors.append(f"{e}; the file was not restored")     # e names the file
-                self.res.skipped += 1
-                return
-        job = _Job(parent, name, node, shown, self.owner(node) if self.is_root else None, entries)
+        """Add a regular file to the batch being gathered (a worker looks its chunks up)."""
+        ids = [] if not node.chunks else node.chunk_ids() if len(node.chunks) != ID_SIZE else [node.chunks]
+        job = _Job(parent, name, node, shown, self.owner(node) if self.is_root else None, ids)
         if node.nlink > 1:
             job.done = threading.Event()
             self._first.setdefault(key, (parent.key, name, parent.rel, job))
@@ -532,7 +535,7 @@ class _Restorer:
         self.batch.append(job)
         # a worker holds at most one run of a file's chunks at a time: a big file costs
         # one run, and does not hold back the files after it until it is written
-        self.batch_cost += max(_JOB_COST, min(sum(e.raw_length for _, e in entries), self.run_bytes))
+        self.batch_cost += max(_JOB_COST, min(node.size, self.run_bytes))
         if len(self.batch) >= _BATCH_FILES or self.batch_cost >= self.run_bytes:
             self.flush()
 
@@ -590,27 +593,42 @@ class _Restorer:
         return fd
 
     # -- regular files: the workers' side -------------------------------------
-    def worker(self, counts: _Counts) -> None:
+    def worker(self, view, counts: _Counts) -> None:
+        """view: this worker's own read snapshot of the index (opened before the walk)."""
         get = self.jobs.get
         while True:
             item = get()
             if item is None:
                 return
             batch, cost = item
-            data = _BatchData(self.repo, [c for job in batch for c in job.entries], self.run_bytes)
-            first = 0       # index of the job's first chunk in data
             try:
+                items = []
+                for job in batch:
+                    self.look_up(view, job)
+                    items += job.entries or ()
+                data = _BatchData(self.repo, items, self.run_bytes)
+                first = 0       # index of the job's first chunk in data
                 for job in batch:
                     ok = False
                     try:
-                        ok = not self.budget.aborted and self.write_job(job, data, first, counts)
+                        ok = job.entries is not None and not self.budget.aborted \
+                            and self.write_job(job, data, first, counts)
                     except BaseException as e:     # a bug: stop the restore with it, keep counting down
                         self.fail(e)
                     finally:
-                        first += len(job.entries)
+                        first += len(job.entries or ())
                         self.finish_job(job, ok, counts)
             finally:
                 self.budget.give(cost)
+
+    def look_up(self, view, job: _Job) -> None:
+        """job.entries: its chunks' index entries; None (and an error) when one is missing or lost."""
+        try:
+            job.entries = list(zip(job.ids, chunk_entries(view, job.ids, job.shown)))
+        except ChunkrepoError as e:
+            self.res.errors.append(f"{e}; the file was not restored")     # e names the file
+        except BaseException as e:     # a bug (or the index failing): stop the restore with it
+            self.fail(e)
 
     def finish_job(self, job: _Job, ok: bool, counts: _Counts) -> None:
         if ok:
@@ -649,7 +667,15 @@ class _Restorer:
             fd = os.open(name, _FILE_FLAGS, mode if exact else 0o600, dir_fd=d.fd)
             done = False
             try:
-                if whole is not None:
+                if whole is not None and len(whole) >= _DIRECT_MIN:
+                    w = self.direct.writer(fd)
+                    try:
+                        w.write(whole)
+                        w.finish()
+                    finally:
+                        w.abort()
+                    counts.bytes += len(whole)
+                elif whole is not None:
                     counts.bytes += _write_all(fd, whole)
                 elif job.entries or node.size:
                     self.fill(fd, job, data, first, counts)
@@ -680,11 +706,13 @@ class _Restorer:
             return False
 
     def fill(self, fd: int, job: _Job, data: _BatchData, first: int, counts: _Counts) -> None:
-        """Write a file of several chunks (or with holes) as its layout says."""
+        """Write a file of several chunks (or with holes) as its layout says (a big one
+        without holes with O_DIRECT)."""
         node, shown = job.node, job.shown
         cf = ChunkFile(self.repo, node, shown.encode(_FS_ENCODING, "surrogateescape"),
                        sizes=[e.raw_length for _, e in job.entries])
         sparse = node.sparse is not None
+        direct = self.direct.writer(fd) if not sparse and node.size >= _DIRECT_MIN else None
         total = 0
         try:
             for off, mv in cf.iter_data(_chunks(data, first, len(job.entries))):
@@ -694,12 +722,19 @@ class _Restorer:
                     k = _write_all(fd, mv, off)
                 elif off != total:
                     raise StorageError(f"{shown}: stored content is not contiguous")
+                elif direct is not None:
+                    direct.write(mv)
+                    k = len(mv)
                 else:
                     k = _write_all(fd, mv)
                 total += k
+            if direct is not None:
+                direct.finish()
         except IndexError:   # more stored data than the extents say
             raise StorageError(f"{shown}: stored content does not match its extents") from None
         finally:
+            if direct is not None:
+                direct.abort()
             counts.bytes += total
         expected = sum(e[1] for e in node.sparse) if sparse else node.size
         if total != expected:

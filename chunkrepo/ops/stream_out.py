@@ -9,14 +9,28 @@ into reused 1 MiB buffers (one hand-off per MiB: handing over every chunk of
 over as they are, never copied.  At most _QUEUED bytes wait (the producer waits beyond), so
 memory stays bounded.  A write error is raised to the producer at its next
 write or at close().
+
+With direct=True and out a regular file (tar -o FILE), the thread writes
+to its descriptor with O_DIRECT in 4 MiB blocks (chunkrepo.direct_io): the
+archive does not go through the page cache, which cuts the system time of
+writing it to a third and, on this kind of disk, is faster than buffered
+writes anyway.  out is flushed first.  O_DIRECT is set on the descriptor's
+open file description for the writes and cleared at the end, so only a
+caller whose descriptor no other process shares asks for it (not stdout: a
+process killed mid-way would leave the flag to the shell's next writer).
 """
 
+import os
 import queue
+import stat
 import threading
+
+from ..direct_io import DirectIO
 
 _BUF = 1 << 20          # gathering buffer for small pieces
 _DIRECT = _BUF          # pieces this big go out as they are
 _QUEUED = 4 << 20       # bytes handed over and not yet written
+_DIRECT_BLOCK = 4 << 20  # bytes per O_DIRECT write to a regular file (bigger keeps a disk busier)
 
 
 class StreamOut:
@@ -25,8 +39,9 @@ class StreamOut:
     Pieces handed to write() must not change afterwards (bytes, or views of
     bytes; small pieces are copied at once)."""
 
-    def __init__(self, out):
-        self._out = out
+    def __init__(self, out, direct: bool = False):
+        self._direct = _direct_writer(out) if direct else None
+        self._out = self._direct if self._direct is not None else out
         self._queue: "queue.SimpleQueue" = queue.SimpleQueue()
         self._room = threading.Condition(threading.Lock())
         self._queued = 0        # bytes in the queue (under _room)
@@ -52,6 +67,12 @@ class StreamOut:
         """Write what is left and wait for it; raises the writing thread's error."""
         self._hand_buffer()
         self._stop()
+        if self._direct is not None:
+            try:
+                if self._error is None:
+                    self._direct.finish()
+            finally:
+                self._direct.abort()
         if self._error is not None:
             raise self._error
 
@@ -59,6 +80,8 @@ class StreamOut:
         """Stop without writing what is still queued (the producer failed)."""
         self._error = self._error or _Stopped()
         self._stop()
+        if self._direct is not None:
+            self._direct.abort()
 
     def _hand_buffer(self) -> None:
         if self._pos:
@@ -104,6 +127,20 @@ class StreamOut:
             with self._room:
                 self._queued -= n
                 self._room.notify()
+
+
+def _direct_writer(out):
+    """A DirectWriter to out's descriptor when it is a regular file, else None."""
+    try:
+        fd = out.fileno()
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+    except (AttributeError, OSError, ValueError):     # io.UnsupportedOperation is both of the last two
+        return None
+    direct = DirectIO(_DIRECT_BLOCK, keep=0)
+    if not regular or not direct.enabled:
+        return None
+    out.flush()
+    return direct.writer(fd)
 
 
 class _Stopped(Exception):

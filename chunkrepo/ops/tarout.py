@@ -365,7 +365,8 @@ class _Writer:
         self.stats["archive_bytes"] = self.written
 
 
-def write_tar(repo, root_tid, out, start="/", recursive=True, tar_format="pax", progress=None) -> dict:
+def write_tar(repo, root_tid, out, start="/", recursive=True, tar_format="pax", progress=None,
+              direct: bool = False) -> dict:
     """Stream the backup tree root_tid (from start) as a tar to the binary file out.
 
     Returns stats: entries, files, dirs, symlinks, hardlinks, devices, fifos,
@@ -373,9 +374,10 @@ def write_tar(repo, root_tid, out, start="/", recursive=True, tar_format="pax", 
     warnings.  Raises IntegrityError (naming the path) for content that cannot be
     read or fails its hash, TarFormatError for what the format cannot hold.
     progress, if given, is called with (a copy of) the running stats about
-    every 0.2 s and once at the end.
+    every 0.2 s and once at the end.  direct: out is a file of the caller's own (no
+    other process shares its descriptor), to be written with O_DIRECT (ops.stream_out).
     """
-    stream = StreamOut(out)     # the writes to out overlap the work of the next entries
+    stream = StreamOut(out, direct)     # the writes to out overlap the work of the next entries
     try:
         w = _Writer(repo, stream, tar_format, progress)
         with repo.index.read() as w.view:

@@ -214,8 +214,16 @@ class WriteSession:
 
     def store_chunk(self, cid: bytes, data) -> None:
         """Compress and append a claimed chunk to this thread's pack."""
-        self._append(KIND_DATA, cid, compression.compress_parts(data, self._level(len(data))), len(data))
-        self.bytes_new += len(data)
+        self.append_chunk(cid, self.compress_chunk(data), len(data))
+
+    def compress_chunk(self, data) -> tuple:
+        """The stored form of a chunk (store_chunk in two halves: this one from any thread)."""
+        return compression.compress_parts(data, self._level(len(data)))
+
+    def append_chunk(self, cid: bytes, parts: tuple, raw_length: int) -> None:
+        """Append a claimed chunk compressed by compress_chunk to this thread's pack."""
+        self._append(KIND_DATA, cid, parts, raw_length)
+        self.bytes_new += raw_length
 
     def _level(self, n: int) -> int:
         return self._small_level if n <= self._small_blob else self.level
@@ -262,16 +270,19 @@ class WriteSession:
                 pack_id, entries, size = self._sealed.get_nowait()
             except queue.Empty:
                 return n
-            self._commit_pack(pack_id, entries, size)
+            self._commit_pack(pack_id, entries, size, claimed=True)
             crash_point("checkpoint-committed")
             n += 1
 
-    def _commit_pack(self, pack_id: bytes, entries, size: int) -> None:
+    def _commit_pack(self, pack_id: bytes, entries, size: int, claimed: bool = False) -> None:
         """Index a sealed pack's blobs (refcount 0: garbage until a backup uses them).
 
         A pack of more than STEP blobs is committed in steps of STEP, its `packs`
         record last (docs/format.md, Write order): until then it is not listed, so
-        a killed writer's recovery adopts it again, skipping the blobs already in."""
+        a killed writer's recovery adopts it again, skipping the blobs already in.
+        claimed: this session wrote the pack, every blob of it claimed as absent from
+        the index or lost (and from every other pack of the session); with no lost
+        blob in the index, none of them has an entry and none is looked up."""
         tree_bytes = {}
         adopted = []
         for e in entries:
@@ -293,8 +304,9 @@ class WriteSession:
             with self.index.write(durable=False) as w:
                 if start == 0 and not last:
                     w.put_meta(COMMITTING_META, pack_id)
+                absent = claimed and w.lost_count() == 0
                 for e in entries[start:start + STEP]:
-                    self._index_blob(w, pack_id, e, tree_bytes)
+                    self._index_blob(w, pack_id, e, tree_bytes, absent)
                 if last and start == 0:
                     w.put_pack(pack_id, PackInfo(size, n))    # this transaction's garbage is added at commit
                 elif last:
@@ -310,9 +322,9 @@ class WriteSession:
                 else:
                     self._pending_tree_bytes -= len(self._pending_trees.pop(e.id, b""))
 
-    def _index_blob(self, w, pack_id: bytes, e, tree_bytes: dict) -> None:
+    def _index_blob(self, w, pack_id: bytes, e, tree_bytes: dict, absent: bool = False) -> None:
         entry = BlobEntry(pack_id, e.offset, e.length, e.raw_length, 0)
-        old = w.blob(e.kind, e.id)
+        old = None if absent else w.blob(e.kind, e.id)
         if old is None:      # refcount 0: garbage until a backup uses it
             if e.kind == KIND_DATA:
                 w.put_chunk(e.id, entry, new=True)

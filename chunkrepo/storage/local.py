@@ -5,12 +5,12 @@ chunks out of the same pack costs one syscall each and no reopen.
 """
 
 import errno
-import mmap
 import os
 import threading
 from collections import OrderedDict
 from typing import Iterator, Optional
 
+from ..direct_io import DirectIO
 from ..errors import NotFound, StorageError
 from ..process import pid_alive
 
@@ -31,20 +31,9 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-_BLOCK = 1 << 20                       # bytes per direct write (a multiple of any block size)
-_O_DIRECT = getattr(os, "O_DIRECT", 0)
-
-
 class _LocalWriter:
-    """Fills a page-aligned buffer; each full 1 MiB goes to the file with O_DIRECT.
-
-    A buffered write of a pack puts every byte into fresh page-cache pages, which
-    costs far more CPU than the copy (in a VM, more than compressing it): O_DIRECT
-    writes from the one reused buffer instead.  Only the tail of an object (its last
-    partial block, and all of a small one) goes through the page cache.  Where the
-    filesystem refuses O_DIRECT (tmpfs, some network filesystems) every write is
-    buffered.  commit() fsyncs either way, so durability is the same.
-    """
+    """Writes the object to a temporary file (whole blocks with O_DIRECT: direct_io),
+    which commit() fsyncs and renames into place."""
 
     def __init__(self, storage: "LocalStorage", name: str):
         self._final = storage._path(name)
@@ -53,66 +42,25 @@ class _LocalWriter:
         self._dir = d
         self._tmp = os.path.join(d, f"{_TMP_PREFIX}{os.getpid()}-{os.urandom(4).hex()}")
         self._name = name
-        self._storage = storage
-        self._direct = -1            # O_DIRECT descriptor, opened at the first full block
         try:
             self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
         except OSError as e:
             raise _storage_error(e, f"creating {name}") from None
-        self._buf = storage._take_buffer()
-        self._fill = 0               # bytes in the buffer
-        self._off = 0                # bytes in the file
+        self._out = storage._direct.writer(self._fd)
 
     def write(self, data) -> None:
-        mv = memoryview(data).cast("B")
-        buf = self._buf
         try:
-            while mv:
-                take = min(_BLOCK - self._fill, len(mv))
-                buf[self._fill:self._fill + take] = mv[:take]
-                self._fill += take
-                mv = mv[take:]
-                if self._fill == _BLOCK:
-                    self._write_block()
+            self._out.write(data)
         except OSError as e:
             self.abort()
             raise _storage_error(e, f"writing {self._name}") from None
 
-    def _write_block(self) -> None:
-        view = memoryview(self._buf)
-        if self._direct == -1 and self._storage._direct_ok:
-            try:
-                self._direct = os.open(self._tmp, os.O_WRONLY | os.O_CLOEXEC | _O_DIRECT)
-            except OSError:
-                self._storage._direct_ok = False     # not on this filesystem
-        done = 0
-        if self._direct != -1:
-            try:
-                while done < _BLOCK:
-                    done += os.pwrite(self._direct, view[done:], self._off + done)
-            except OSError as e:
-                if e.errno != errno.EINVAL:
-                    raise
-                self._storage._direct_ok = False     # alignment refused: buffered from here on
-                os.close(self._direct)
-                self._direct = -1
-        self._pwrite_all(view[done:], self._off + done)
-        self._off += _BLOCK
-        self._fill = 0
-
-    def _pwrite_all(self, view, offset: int) -> None:
-        while view:
-            n = os.pwrite(self._fd, view, offset)
-            view, offset = view[n:], offset + n
-
     def tell(self) -> int:
-        return self._off + self._fill
+        return self._out.size
 
     def commit(self) -> None:
         try:
-            self._pwrite_all(memoryview(self._buf)[:self._fill], self._off)
-            self._off += self._fill
-            self._fill = 0
+            self._out.finish()
             os.fsync(self._fd)
             self._close()
             os.rename(self._tmp, self._final)
@@ -122,16 +70,13 @@ class _LocalWriter:
             raise _storage_error(e, f"writing {self._name}") from None
 
     def _close(self) -> None:
-        for fd in (self._direct, self._fd):
-            if fd != -1:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-        self._direct = self._fd = -1
-        if self._buf is not None:
-            self._storage._return_buffer(self._buf)
-            self._buf = None
+        self._out.abort()
+        if self._fd != -1:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = -1
 
     def abort(self) -> None:
         self._close()
@@ -150,19 +95,7 @@ class LocalStorage:
         self._fd_lock = threading.Lock()
         self._max_open = max_open
         self._made_dirs: set = set()
-        self._buffers: list = []         # page-aligned write buffers of finished writers
-        self._direct_ok = bool(_O_DIRECT)
-
-    def _take_buffer(self) -> mmap.mmap:
-        with self._fd_lock:
-            if self._buffers:
-                return self._buffers.pop()
-        return mmap.mmap(-1, _BLOCK)
-
-    def _return_buffer(self, buf: mmap.mmap) -> None:
-        with self._fd_lock:
-            if len(self._buffers) < 4:
-                self._buffers.append(buf)
+        self._direct = DirectIO()        # pack writes skip the page cache
 
     def _path(self, name: str) -> str:
         if name.startswith("/") or ".." in name.split("/"):
@@ -260,5 +193,5 @@ class LocalStorage:
             for fd in self._fds.values():
                 os.close(fd)
             self._fds.clear()
-            self._buffers.clear()
+        self._direct.clear()
 

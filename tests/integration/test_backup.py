@@ -250,3 +250,39 @@ def test_hard_links_are_forgotten_once_every_name_was_seen(tmp_path):
         r.restore(b.id, restored)
     names = [restored / os.path.relpath(src, "/") / p for p in ("a/one", "b/one-again", "b/one-third")]
     assert len({os.stat(p).st_ino for p in names}) == 1 and all(p.read_bytes() == b"one\n" for p in names)
+
+
+@pytest.mark.parametrize("helper", ["idle", "busy"])
+def test_a_large_file_compressed_with_an_idle_threads_help_is_stored_in_order(repo, tmp_path, helper):
+    """FileSaver's help: every second chunk compressed by another (real) thread, or,
+    when that thread never gets to it (busy), by the reader after all; the pack
+    holds the file's chunks in order either way and they read back as the file."""
+    import concurrent.futures
+    import threading
+    from chunkrepo.ops.backup.file_saver import FileSaver
+    path = write_random(tmp_path / "big.bin", 24 << 20, seed=5)
+    inner = repo.repository
+    helped = []
+    release = threading.Event()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        if helper == "busy":
+            pool.submit(release.wait)
+        def help(fn, *args):
+            fut = pool.submit(fn, *args)
+            helped.append(fut)
+            return fut
+        with inner.write_session() as session:
+            saver = FileSaver(session, inner.config.chunker, help=help)
+            _, chunks, _, nread, _ = saver.read_file(os.fsencode(path), os.lstat(path))
+        release.set()
+    ids = [chunks[i:i + 32] for i in range(0, len(chunks), 32)]
+    assert nread == 24 << 20 and len(ids) >= 8
+    assert len(helped) >= len(ids) // 2 - 2          # one help per pair of chunks in a buffer's worth
+    if helper == "idle":
+        assert any(f.done() and not f.cancelled() for f in helped)
+    else:
+        assert all(f.cancelled() for f in helped)
+    with inner.index.read() as v:
+        offsets = [v.chunk(c).offset for c in ids]
+    assert offsets == sorted(offsets)                  # appended in file order
+    assert b"".join(inner.read_chunk(c) for c in ids) == path.read_bytes()

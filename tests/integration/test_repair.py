@@ -122,6 +122,28 @@ def test_deleted_pack_is_repaired_and_healed_by_the_next_backup(setup, tmp_path)
     _heal_and_verify(repo, src, b1, b2, damaged_paths, tmp_path)
 
 
+def test_tar_and_restore_name_a_one_chunk_file_whose_chunk_was_lost(setup, tmp_path):
+    """A one-chunk file's chunk is looked up by the read task, not the walk: a lost one
+    still fails the tar naming the file, and restore skips just the damaged files."""
+    repo, src, b1, _ = setup
+    small = src / "d" / "small7.txt"
+    path, _ = _pack_of(repo, b1, str(small))
+    os.remove(path)
+    cli("check", "--repair", "--repo", repo.path, check=1)
+    damaged = repo.check().damaged[b1]
+    assert str(small) in damaged
+    p = cli("tar", "--repo", repo.path, b1, str(small), "-o", str(tmp_path / "f.tar"), check=1)
+    err = p.stderr.decode()
+    assert err.startswith("chunkrepo: error: ") and err.count("\n") == 1 and "was lost" in err, err
+    assert os.path.relpath(small, "/") in err, err
+    assert not (tmp_path / "f.tar").exists()
+    res, got = _restored(repo, b1, tmp_path, "partial")
+    assert str(small) not in got and any(str(small) in e and "lost" in e for e in res.errors)
+    want = sha256_tree(src)
+    assert {p: d for p, d in got.items() if p.startswith(str(src))} == \
+        {p: d for p, d in want.items() if p not in damaged}
+
+
 def test_truncated_pack_keeps_its_good_blobs(setup, tmp_path):
     repo, src, b1, b2 = setup
     path, e = _pack_of(repo, b1, str(src / "d" / "b.bin"), 0)

@@ -1,11 +1,12 @@
-"""LocalStorage specifics: where a filesystem refuses O_DIRECT, a large object is written
-buffered (the direct path itself runs in the contract suite's large-object test)."""
+"""LocalStorage specifics: with O_DIRECT off, a large object is written buffered (the
+direct path itself runs in the contract suite's large-object test; a real refusal of
+O_DIRECT in tests/unit/test_direct_io.py)."""
 
 import os
 import random
 
+from chunkrepo.direct_io import ENV
 from chunkrepo.storage import LocalStorage
-from chunkrepo.storage import local
 
 
 def _write_read(storage, data, name="packs/cc/cc01"):
@@ -16,13 +17,12 @@ def _write_read(storage, data, name="packs/cc/cc01"):
     assert storage.get(name) == data
 
 
-def test_large_object_where_o_direct_is_refused(tmp_path, monkeypatch):
-    # a filesystem without O_DIRECT fails the open; O_DIRECTORY on a regular file fails it here
-    monkeypatch.setattr(local, "_O_DIRECT", os.O_DIRECTORY)
+def test_large_object_with_o_direct_off(tmp_path, monkeypatch):
+    monkeypatch.setenv(ENV, "0")
     storage = LocalStorage(str(tmp_path))
     data = random.Random(3).randbytes(5 * (1 << 20) + 77)
     _write_read(storage, data)
-    assert not storage._direct_ok            # every block went buffered
+    assert not storage._direct.enabled       # every block went buffered
     _write_read(storage, data[::-1], "packs/cc/cc02")
     assert sorted(os.listdir(tmp_path / "packs" / "cc")) == ["cc01", "cc02"]
 

@@ -44,13 +44,29 @@ def test_never_touches_an_address_range_that_is_not_the_map(tmp_path):
     ix = Index(str(tmp_path / "index"))
     data = os.path.join(ix.path, "data.mdb")
     assert len(maps_of(data)) == 1 and ix.resident._map in maps_of(data)
-    again = MappedPages(data, before=maps_of(data))
+    again = MappedPages(data, before=maps_of(data), mapped_size=lambda: ix.env.info()["map_size"])
     assert again._map is None                     # no new mapping to call ours: inactive
     again.drop()
     assert again.drops == 0
+    ix.resident.drop()
+    assert ix.resident.drops == 1
     ix.env.close()                                # unmapped behind its back
     ix.resident.drop()
-    assert ix.resident.drops == 0 and ix.resident._madvise is None
+    assert ix.resident.drops == 1 and ix.resident._madvise is None
+
+
+def test_a_map_whose_size_changed_is_never_touched_again(tmp_path):
+    ix = Index(str(tmp_path / "index"))
+    data = os.path.join(ix.path, "data.mdb")
+    size = [ix.env.info()["map_size"]]
+    pages = MappedPages(data, before=set(), mapped_size=lambda: size[0])
+    assert pages._map in maps_of(data)            # the one mapping of the file, taken as ours
+    pages.drop()
+    assert pages.drops == 1
+    size[0] *= 2                                  # what a remap (mdb_env_set_mapsize) would show
+    pages.drop()
+    assert pages.drops == 1 and pages._madvise is None
+    ix.close()
 
 
 def test_point_lookups_keep_their_own_larger_budget(tmp_path):

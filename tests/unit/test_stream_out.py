@@ -1,6 +1,7 @@
 """StreamOut: the bytes arrive whole and in order; a write error reaches the producer."""
 
 import errno
+import fcntl
 import io
 import os
 import random
@@ -10,7 +11,8 @@ import pytest
 from chunkrepo.ops.stream_out import StreamOut
 
 
-def test_pieces_of_every_size_arrive_in_order(tmp_path):
+@pytest.mark.parametrize("direct", [False, True])
+def test_pieces_of_every_size_arrive_in_order(tmp_path, direct):
     rnd = random.Random(7)
     pieces = []
     for _ in range(300):
@@ -18,11 +20,14 @@ def test_pieces_of_every_size_arrive_in_order(tmp_path):
         pieces.append(rnd.randbytes(n))
     path = tmp_path / "out"
     with open(path, "wb", buffering=1 << 20) as f:
-        s = StreamOut(f)
+        f.write(b"h" * 4096)             # buffered in f: flushed before the stream writes
+        flags = fcntl.fcntl(f.fileno(), fcntl.F_GETFL)
+        s = StreamOut(f, direct=direct)
         for i, p in enumerate(pieces):
             s.write(memoryview(p)[1:] if i % 3 == 0 and p else p)
         s.close()
-    expected = b"".join(memoryview(p)[1:] if i % 3 == 0 and p else p for i, p in enumerate(pieces))
+        assert fcntl.fcntl(f.fileno(), fcntl.F_GETFL) == flags
+    expected = b"h" * 4096 + b"".join(memoryview(p)[1:] if i % 3 == 0 and p else p for i, p in enumerate(pieces))
     assert path.read_bytes() == expected
 
 

@@ -10,7 +10,7 @@ and then reported as changed during the backup, never stored torn.
 import os
 import stat
 import threading
-from typing import Optional
+from typing import Callable, Optional
 
 from ...codec.chunking import Chunker
 from ...codec.hashing import hash_bytes
@@ -122,12 +122,18 @@ class _StreamReader:
 
 
 class FileSaver:
-    """Per-thread state: a chunker and a reusable read buffer (fresh memory is costly)."""
+    """Per-thread state: a chunker and a reusable read buffer (fresh memory is costly).
 
-    def __init__(self, session, chunker_params):
+    help(fn, *args): a Future of fn(*args) run by an idle thread, or None when no
+    thread is idle.  A large file is read by one thread; with help, a pool thread
+    that has nothing else to do compresses every second chunk of it meanwhile
+    (the last large file of a backup is not compressed on one core alone)."""
+
+    def __init__(self, session, chunker_params, help: Optional[Callable] = None):
         self.session = session
         self.params = chunker_params
         self._local = threading.local()
+        self._help = help
 
     def _state(self):
         st = getattr(self._local, "state", None)
@@ -196,15 +202,36 @@ class FileSaver:
     def _store_stream(self, reader, expected: int) -> bytes:
         session = self.session
         ids = []
-        for chunk in self._cut(reader, expected):
-            cid = hash_bytes(chunk)
-            if session.claim_chunk(cid):
-                session.store_chunk(cid, chunk)
-            ids.append(cid)
+        for chunks in self._cut(reader, expected):
+            claimed = []
+            for chunk in chunks:
+                cid = hash_bytes(chunk)
+                if session.claim_chunk(cid):
+                    claimed.append((cid, chunk))
+                ids.append(cid)
+            self._store(claimed)
         return b"".join(ids)
 
+    def _store(self, claimed: list) -> None:
+        """Store the claimed (id, chunk)s in order; pairs are compressed side by side
+        when a thread is idle (at most two compressed chunks wait at a time)."""
+        session = self.session
+        for i in range(0, len(claimed), 2):
+            fut = self._help(session.compress_chunk, claimed[i + 1][1]) if (
+                self._help is not None and i + 1 < len(claimed)) else None
+            cid, chunk = claimed[i]
+            try:
+                session.append_chunk(cid, session.compress_chunk(chunk), len(chunk))
+            finally:
+                # not started yet: do it here rather than wait for it (nobody idle after all)
+                second = fut is not None and not fut.cancel()
+            if i + 1 < len(claimed):
+                cid, chunk = claimed[i + 1]
+                session.append_chunk(cid, fut.result() if second else session.compress_chunk(chunk), len(chunk))
+
     def _cut(self, reader, expected: int):
-        """Chunks of the stream as memoryviews into the reused buffer.
+        """Lists of chunks of the stream, memoryviews into the reused buffer: a list
+        stays valid until the next one is asked for (up to one buffer's worth).
 
         A chunk starting at p is final once max_size bytes follow p in the
         buffer (or the stream ended): FastCDC never looks further than that,
@@ -222,7 +249,7 @@ class FileSaver:
                     break
                 end += n
             if end:
-                yield mv[:end]
+                yield [mv[:end]]
             return
         end, eof = 0, False
         while True:
@@ -235,11 +262,14 @@ class FileSaver:
             if end == 0:
                 return
             pos = 0
+            ready = []
             for chunk in chunker.cut_buffer(mv[:end]):
                 if not eof and end - pos < max_size:
                     break
-                yield chunk
+                ready.append(chunk)
                 pos += len(chunk)
+            if ready:
+                yield ready
             if eof and pos >= end:
                 return
             rest = end - pos
