@@ -24,6 +24,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_SHARED = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "bench"))
 
 
+
+def work_dir(prefix: str, parent=None) -> str:
+    """A fresh temporary directory under parent (made if missing), or under the system's."""
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    return tempfile.mkdtemp(prefix=prefix, dir=parent)
+
 def timed(cmd, env, stdout=subprocess.DEVNULL):
     """Run cmd under GNU time; return (wall, user, sys, maxrss MiB, stdout text)."""
     fd, tfile = tempfile.mkstemp()
@@ -59,7 +66,7 @@ def corpus(args):
 
 
 def one_run(args, pristine):
-    work = tempfile.mkdtemp(prefix="chunkrepo-bench-", dir=args.workdir)
+    work = work_dir("chunkrepo-bench-", args.workdir)
     src, repo = os.path.join(work, "src"), os.path.join(work, "repo")
     subprocess.run(["cp", "-a", pristine, src], check=True)
     env = dict(os.environ)

@@ -20,11 +20,10 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from bench import du, timed  # noqa: E402
+from bench import du, timed, work_dir  # noqa: E402
 
 
 def contenders(args):
@@ -57,7 +56,7 @@ def main():
     rows = {}
     for r in range(args.rounds):
         for name, env, init, backup in contenders(args):
-            work = tempfile.mkdtemp(prefix="bench-first-", dir=args.workdir)
+            work = work_dir("bench-first-", args.workdir)
             repo, src = os.path.join(work, "repo"), os.path.join(work, "src")
             subprocess.run(["cp", "-a", args.src, src], check=True)
             e = dict(env or os.environ)

@@ -23,10 +23,9 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import DEFAULT_SHARED, corpus, timed  # noqa: E402
+from bench import DEFAULT_SHARED, corpus, timed, work_dir  # noqa: E402
 
 
 def run_steps(repo, src, work, env, exe, extra):
@@ -64,7 +63,7 @@ def remove_remote(url, options):
 def one_run(args, pristine, options):
     """{"local": rows, client: rows, ...} of one run (clients alternating)."""
     exe = [sys.executable, "-m", "chunkrepo"]
-    work = tempfile.mkdtemp(prefix="chunkrepo-bench-remote-", dir=args.workdir)
+    work = work_dir("chunkrepo-bench-remote-", args.workdir)
     src = os.path.join(work, "src")
     subprocess.run(["cp", "-a", pristine, src], check=True)
     env = dict(os.environ, CHUNKREPO_INDEX_CACHE=os.path.join(work, "cache1"))

@@ -21,12 +21,11 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from bench import DEFAULT_SHARED, du, timed  # noqa: E402
+from bench import DEFAULT_SHARED, du, timed, work_dir  # noqa: E402
 
 
 def _exe(args):
@@ -46,7 +45,7 @@ def chunk_count(repo: str) -> int:
 def nightly(args):
     exe = _exe(args)
     env = dict(os.environ)
-    work = tempfile.mkdtemp(prefix="chunkrepo-nightly-", dir=args.workdir)
+    work = work_dir("chunkrepo-nightly-", args.workdir)
     src, repo = os.path.join(work, "src"), os.path.join(work, "repo")
     pristine = os.path.join(args.corpus_root, f"s{args.scale:g}-seed{args.seed}")
     if not os.path.isdir(pristine):
@@ -101,7 +100,7 @@ def _write_random(path: str, size: int, insert_at=None, insert=b"") -> None:
 def bigfile(args):
     exe = _exe(args)
     env = dict(os.environ)
-    work = tempfile.mkdtemp(prefix="chunkrepo-bigfile-", dir=args.workdir)
+    work = work_dir("chunkrepo-bigfile-", args.workdir)
     src, repo = os.path.join(work, "src"), os.path.join(work, "repo")
     os.mkdir(src)
     path = os.path.join(src, "big.img")

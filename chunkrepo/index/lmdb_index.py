@@ -235,6 +235,7 @@ class WriteView(ReadView):
             d[1] -= 1
 
     def _put_entry(self, kind: int, db, key: bytes, e: BlobEntry, new: bool = False) -> None:
+        self._ix.resident.looked_up()      # a put walks the B-tree through the map as a get does
         old = None if new else self.txn.get(key, db=db)
         if old is not None:
             o = BlobEntry.unpack(old)
