@@ -25,8 +25,9 @@ import os
 import threading
 from typing import Callable, Optional
 
-CHECK_EVERY = 16            # calls between two looks at /proc/self/statm (a fault maps 64 KiB:
-                            # at most ~1 MiB more between two looks)
+# calls between two looks at /proc/self/statm (a fault maps 64 KiB: at most ~1 MiB more
+# between two looks)
+CHECK_EVERY = 16
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
