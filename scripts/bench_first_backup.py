@@ -31,7 +31,7 @@ def contenders(args):
     for spec in args.chunkrepo:
         name, _, tree = spec.partition("=")
         env = dict(os.environ, PYTHONPATH=os.path.abspath(tree or "."))
-        exe = [sys.executable, "-m", "chunkrepo"]
+        exe = [sys.executable, "-P", "-m", "chunkrepo"]   # -P: the checkout on PYTHONPATH, not the cwd
         out.append((name, env,
                     lambda repo, exe=exe: exe + ["init", "--repo", repo],
                     lambda repo, src, exe=exe: exe + ["backup", "--repo", repo, src]))

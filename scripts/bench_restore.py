@@ -55,8 +55,8 @@ def setup(args, env):
     cr = os.path.join(args.work, "cr")
     if not os.path.isdir(cr):
         cenv = chunkrepo_env(ROOT)
-        subprocess.run([sys.executable, "-m", "chunkrepo", "init", "--repo", cr], env=cenv, check=True)
-        subprocess.run([sys.executable, "-m", "chunkrepo", "backup", "--repo", cr, corpus], env=cenv, check=True)
+        subprocess.run([sys.executable, "-P", "-m", "chunkrepo", "init", "--repo", cr], env=cenv, check=True)
+        subprocess.run([sys.executable, "-P", "-m", "chunkrepo", "backup", "--repo", cr, corpus], env=cenv, check=True)
     restic = os.path.join(args.work, "restic")
     if not os.path.isdir(restic):
         subprocess.run(["restic", "init", "-q", "-r", restic], env=env, check=True)
@@ -109,13 +109,13 @@ def main():
                 run("restore", "restic", ["restic", "-q", "-r", restic, "restore", "latest", "--target", target],
                     env)
             for tool, c in checkouts:
-                run("restore", tool, [sys.executable, "-m", "chunkrepo", "restore", "--repo", cr, "latest",
+                run("restore", tool, [sys.executable, "-P", "-m", "chunkrepo", "restore", "--repo", cr, "latest",
                                       "--target", target], chunkrepo_env(c))
         if "tar" in steps:
             if not args.no_peers:
                 run("tar", "borg", ["borg", "export-tar", borg + "::b1", out], env)
             for tool, c in checkouts:
-                run("tar", tool, [sys.executable, "-m", "chunkrepo", "tar", "--repo", cr, "latest", "-o", out],
+                run("tar", tool, [sys.executable, "-P", "-m", "chunkrepo", "tar", "--repo", cr, "latest", "-o", out],
                     chunkrepo_env(c))
     for p in (target, out):
         if os.path.isdir(p):
