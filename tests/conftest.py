@@ -1,8 +1,10 @@
+import contextlib
 import functools
 import logging
 import hashlib
 import os
 import random
+import subprocess
 import uuid
 
 import pytest
@@ -128,3 +130,19 @@ def sha256_tree(root) -> dict:
             with open(p, "rb") as f:
                 out[p] = hashlib.sha256(f.read()).digest()
     return out
+
+
+@contextlib.contextmanager
+def small_tmpfs(mnt, size: str):
+    """A tmpfs of size (e.g. "8m") mounted at mnt while the block runs: a disk that
+    fills up.  Skips the test where it cannot be mounted (not root, no mount)."""
+    os.makedirs(mnt, exist_ok=True)
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True)
+    if p.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {p.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)

@@ -17,7 +17,7 @@ import pytest
 from chunkrepo import Repo
 from chunkrepo.direct_io import ENV
 from chunkrepo.errors import StorageError
-from tests.conftest import write_random
+from tests.conftest import small_tmpfs, write_random
 
 MiB = 1 << 20
 SIZES = [0, 1, 4095, 4096, 4097, MiB - 1, MiB, MiB + 1, 4 * MiB + 4097, 9 * MiB + 1]
@@ -124,17 +124,8 @@ def test_tar_to_stdout_shares_the_file_with_the_shell(world, tmp_path):
 
 @pytest.fixture
 def small_fs(tmp_path):
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True)
-    if p.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {p.stderr.decode().strip()}")
-    try:
+    with small_tmpfs(tmp_path / "mnt", "4m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_restore_onto_a_full_disk_stops_with_one_line_and_leaves_no_partial_file(world, small_fs):
