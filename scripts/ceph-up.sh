@@ -86,19 +86,29 @@ ceph-authtool --create-keyring "$D/keyring" --gen-key -n mon. --cap mon 'allow *
 monmaptool --create --addv a "[v1:127.0.0.1:$MON_PORT]" --fsid "$FSID" "$D/monmap" >/dev/null
 ceph-mon "${C[@]}" --mkfs -i a --monmap "$D/monmap" --keyring "$D/keyring"
 ceph-mon "${C[@]}" -i a
-OSD_ID=$(ceph "${C[@]}" --connect-timeout 60 osd create)
+# a monitor command right after another one now and then fails with EPERM "problem
+# getting command descriptions from mon" while the monitor settles: try again
+again() {
+    local attempt
+    for attempt in 1 2 3 4 5; do
+        "$@" && return 0
+        sleep 1
+    done
+    die "failed 5 times: $*; logs in $D/log"
+}
+OSD_ID=$(again ceph "${C[@]}" --connect-timeout 60 osd create)
 ceph-osd "${C[@]}" -i "$OSD_ID" --mkfs --osd-uuid "$(python3 -c 'import uuid; print(uuid.uuid4())')" \
     2>"$D/log/osd-mkfs.err"
-ceph "${C[@]}" osd crush add-bucket localhost host >/dev/null
-ceph "${C[@]}" osd crush move localhost root=default >/dev/null
-ceph "${C[@]}" osd crush add "osd.$OSD_ID" 1.0 host=localhost >/dev/null
+again ceph "${C[@]}" osd crush add-bucket localhost host >/dev/null
+again ceph "${C[@]}" osd crush move localhost root=default >/dev/null
+again ceph "${C[@]}" osd crush add "osd.$OSD_ID" 1.0 host=localhost >/dev/null
 for attempt in 1 2 3; do
     ceph-osd "${C[@]}" -i "$OSD_ID" && break
     [ "$attempt" = 3 ] && die "the OSD did not start; logs in $D/log"
     sleep 1
 done
 radosgw "${C[@]}" -n client.rgw.a
-radosgw-admin "${C[@]}" user create --uid=chunkrepo-test --display-name=chunkrepo-test \
+again radosgw-admin "${C[@]}" user create --uid=chunkrepo-test --display-name=chunkrepo-test \
     --access-key="$KEY" --secret="$SECRET" >/dev/null
 
 # the gateway answers about 15 s after the start
