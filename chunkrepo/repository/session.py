@@ -41,8 +41,8 @@ STEP = 256
 # map added ~4 MiB more to the peak RSS of a first backup of 1M files
 WRITER_LOOKUP_BUDGET = 4 << 20
 # a registration adds a backup's chunk references in id order, this many at a time
-# (their ids: ~5 MiB of Python objects), in steps that write about STEP_WRITE_TARGET
-REGISTER_BATCH = 1 << 16
+# (their ids: ~1.3 MiB of Python objects), in steps that write about STEP_WRITE_TARGET
+REGISTER_BATCH = 1 << 14
 STEP_WRITE_TARGET = 1 << 20
 
 
