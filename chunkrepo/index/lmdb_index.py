@@ -24,7 +24,8 @@ KIND_CHUNK = 0
 KIND_TREE = 1
 GARBAGE_META = "garbage"              # meta key: the garbage set is maintained in this index
 COMMITTING_META = "committing"        # meta key: the pack id whose entries are being committed in steps
-REGISTERING_META = "registering"      # meta key: msgpack [backup id, tree ids still to reference]
+REGISTERING_META = "registering"      # meta key: msgpack [backup id, tree ids still to reference, position]
+REGISTERING_BATCH_META = "registering-batch"   # meta key: ids of the records whose chunk refs are being added
 LOST_PACK = bytes(16)                 # the pack id of a lost blob's entry (check --repair)
 
 
