@@ -196,15 +196,17 @@ class _BatchData:
     """The chunks of a batch's files, read on demand a run of neighbours at a time.
 
     get(i) reads the run that starts at chunk i (up to the repository's batch
-    size, one ranged read per run of neighbouring blobs: Repository.read_blobs)
+    size, one ranged read per run of neighbouring blobs: BlobReader.read)
     unless i is in the run read last; chunks are asked for in increasing order,
-    and those of a file that failed are never read.  Memory: one run.
+    and those of a file that failed are never read.  Memory: one run, in the
+    worker's reader's buffers: what get() returned is valid until the next run
+    is read (a file's chunk is written before the next is asked for).
     """
 
-    __slots__ = ("repo", "items", "run_bytes", "start", "end", "run")
+    __slots__ = ("reader", "items", "run_bytes", "start", "end", "run")
 
-    def __init__(self, repo, items: list, run_bytes: int):
-        self.repo = repo
+    def __init__(self, reader, items: list, run_bytes: int):
+        self.reader = reader    # the worker's Repository.blob_reader(): a run is valid until the next
         self.items = items
         self.run_bytes = run_bytes
         self.start = self.end = 0
@@ -218,8 +220,7 @@ class _BatchData:
             while j < len(items) and j - i < _BATCH_FILES and size + items[j][1].raw_length <= self.run_bytes:
                 size += items[j][1].raw_length
                 j += 1
-            self.run = []       # the previous run's memory goes before the next is read
-            self.run = self.repo.read_blobs(items[i:j])
+            self.run = self.reader.read(items[i:j])
             self.start, self.end = i, j
         return self.run[i - self.start]
 
@@ -596,6 +597,7 @@ class _Restorer:
     def worker(self, view, counts: _Counts) -> None:
         """view: this worker's own read snapshot of the index (opened before the walk)."""
         get = self.jobs.get
+        reader = self.repo.blob_reader()
         while True:
             item = get()
             if item is None:
@@ -606,7 +608,7 @@ class _Restorer:
                 for job in batch:
                     self.look_up(view, job)
                     items += job.entries or ()
-                data = _BatchData(self.repo, items, self.run_bytes)
+                data = _BatchData(reader, items, self.run_bytes)
                 first = 0       # index of the job's first chunk in data
                 for job in batch:
                     ok = False
