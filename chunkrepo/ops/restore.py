@@ -112,7 +112,7 @@ class RestoreResult:
                 "errors": list(self.errors), "elapsed": self.elapsed}
 
 
-_WORKERS = 3              # threads that read, decompress, verify and write files
+_WORKERS = 2              # threads that read, decompress, verify and write files (see docs/design.md)
 _BATCH_FILES = 64         # files of one batch (a worker's unit of work)
 _AHEAD = 16 << 20         # what the batches queued and not written count (how far the walk runs ahead)
 _JOB_COST = 32 << 10      # the least a queued file counts (the most: its bytes, up to one read run)
