@@ -289,17 +289,19 @@ class Repository:
 
 class BlobReader:
     """Repository.read_blobs into buffers this reader reuses, for one thread that is
-    done with the blobs of one read() before its next.
+    done with the blobs of one fetch() before its next.
 
-    The packed bytes of a call are read into one buffer (on a local repository
-    with preadv, no new object), zstd frames are decoded into another, and a raw
-    blob is a view of the first: no memory is allocated per blob or per read once
+    fetch() reads the packed bytes of a call into one buffer (on a local
+    repository with preadv, no new object); decode() decodes one blob when it is
+    wanted, a zstd frame into another buffer (or into the caller's: restore
+    decodes a big file's chunks straight into its O_DIRECT buffer), a raw blob
+    as a view of the first.  No memory is allocated per blob or per call once
     the buffers have grown to a call's size.  Fresh memory is what costs here:
     the kernel zeroes and faults in every new page (in this VM ~2 us per 4 KiB,
     more than decoding it), and glibc hands freed multi-megabyte buffers back
     (docs/design.md, "Restore")."""
 
-    __slots__ = ("_repo", "_readinto", "_packed", "_decoded")
+    __slots__ = ("_repo", "_readinto", "_packed", "_decoded", "_blobs")
 
     def __init__(self, repo: Repository):
         self._repo = repo
@@ -307,18 +309,31 @@ class BlobReader:
         self._readinto = storage.readinto if isinstance(storage, LocalStorage) else None
         self._packed = bytearray()
         self._decoded = bytearray()
+        self._blobs: list = []     # per item of the last fetch: (stored view, entry, id, room) or the exception
 
     def read(self, items) -> list:
         """Like Repository.read_blobs(items), each blob a memoryview valid until the next call."""
+        self.fetch(items)
+        out = []
+        for k, blob in enumerate(self._blobs):
+            try:
+                out.append(blob if isinstance(blob, BaseException) else self.decode(k))
+            except ChunkrepoError as exc:
+                out.append(exc)
+        return out
+
+    def fetch(self, items) -> None:
+        """Read the stored bytes of [(blob id, entry or None)] (what Repository.read_blobs
+        would read), for decode().  What an earlier fetch or decode returned is void."""
         repo = self._repo
         reads = list(repo._ranged_reads(items))
         packed = self._buffer("_packed", sum(end - e.offset for _, _, e, end in reads if end is not None))
         decoded = self._buffer("_decoded", sum(e.raw_length for _, e in items if e is not None))
-        out: list = [None] * len(items)
+        blobs: list = [None] * len(items)
         p = d = 0
         for i, j, e, end in reads:
             if end is None:
-                out[i] = e
+                blobs[i] = e
                 continue
             try:
                 if self._readinto is not None:
@@ -328,19 +343,26 @@ class BlobReader:
                 else:
                     buf = memoryview(repo.storage.get(pack_name(e.pack), e.offset, end - e.offset))
             except (ChunkrepoError, OSError) as exc:
-                out[i:j] = [exc] * (j - i)
+                blobs[i:j] = [exc] * (j - i)
                 continue
             for k in range(i, j):
                 cid, ek = items[k]
                 at = ek.offset - e.offset
-                raw = ek.raw_length
-                try:
-                    out[k] = _verified(compression.decompress_view(buf[at:at + ek.length], raw,
-                                                                   decoded[d:d + raw]), ek, cid)
-                except ChunkrepoError as exc:
-                    out[k] = exc
-                d += raw
-        return out
+                blobs[k] = (buf[at:at + ek.length], ek, cid, decoded[d:d + ek.raw_length])
+                d += ek.raw_length
+        self._blobs = blobs
+
+    def decode(self, k: int, out=None) -> memoryview:
+        """Blob k of the last fetch, decoded and verified (valid until the next fetch);
+        raises what reading or decoding it raised.  out: a writable buffer of the
+        blob's raw size or more to decode a zstd frame into (a raw blob is returned
+        as a view of what was read, not copied into out)."""
+        blob = self._blobs[k]
+        if isinstance(blob, BaseException):
+            raise blob
+        stored, entry, cid, room = blob
+        return _verified(compression.decompress_view(stored, entry.raw_length, room if out is None else out),
+                         entry, cid)
 
     def _buffer(self, attr: str, size: int) -> memoryview:
         """A view of the buffer attr, grown (as a new object: views of the old one may
