@@ -311,20 +311,9 @@ class BlobReader:
         self._decoded = bytearray()
         self._blobs: list = []     # per item of the last fetch: (stored view, entry, id, room) or the exception
 
-    def read(self, items) -> list:
-        """Like Repository.read_blobs(items), each blob a memoryview valid until the next call."""
-        self.fetch(items)
-        out = []
-        for k, blob in enumerate(self._blobs):
-            try:
-                out.append(blob if isinstance(blob, BaseException) else self.decode(k))
-            except ChunkrepoError as exc:
-                out.append(exc)
-        return out
-
     def fetch(self, items) -> None:
         """Read the stored bytes of [(blob id, entry or None)] (what Repository.read_blobs
-        would read), for decode().  What an earlier fetch or decode returned is void."""
+        would read), for decode().  What an earlier decode returned is no longer valid."""
         repo = self._repo
         reads = list(repo._ranged_reads(items))
         packed = self._buffer("_packed", sum(end - e.offset for _, _, e, end in reads if end is not None))

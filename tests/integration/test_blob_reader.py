@@ -40,6 +40,18 @@ def _items(r: Repository, bid: str):
     return items
 
 
+def _read(reader, items) -> list:
+    """What read_blobs returns, through reader: fetch, then decode each blob."""
+    reader.fetch(items)
+    out = []
+    for k in range(len(items)):
+        try:
+            out.append(reader.decode(k))
+        except (IntegrityError, StorageError) as e:
+            out.append(e)
+    return out
+
+
 @pytest.fixture
 def mixed(repo, tmp_path):
     src = tmp_path / "src"
@@ -57,7 +69,7 @@ def test_reads_what_read_blobs_reads_reusing_its_buffers(mixed):
     buffers = set()
     for lo in range(0, len(items), 17):     # calls of several ranged reads, in and across packs
         part = items[lo:lo + 17]
-        got = reader.read(part)
+        got = _read(reader, part)
         assert [bytes(g) for g in got] == r.read_blobs(part)
         buffers.update(id(g.obj) for g in got)
     # two buffers (packed bytes, decoded frames), grown a few times: not one object per blob
@@ -68,7 +80,7 @@ def test_read_through_a_storage_without_readinto(mixed):
     r0, bid = mixed
     items = _items(r0, bid)
     with Repository(r0.path, wrap_storage=lambda s: FaultyStorage(s, [])) as r:
-        got = r.blob_reader().read(items)
+        got = _read(r.blob_reader(), items)
         assert [bytes(g) for g in got] == r0.read_blobs(items)
 
 
@@ -85,7 +97,7 @@ def test_errors_are_per_blob(mixed):
         f.write(bytes([b[0] ^ 0x55]))
     r.storage.close()
     items[3] = (items[3][0], None)           # a chunk the index lacks
-    got = r.blob_reader().read(items)
+    got = _read(r.blob_reader(), items)
     want = r.read_blobs(items)
     for i, (g, w) in enumerate(zip(got, want)):
         if i in (3, k):
@@ -95,7 +107,7 @@ def test_errors_are_per_blob(mixed):
     # a pack cut short fails the blobs of the reads that reach past its end
     os.truncate(path, e.offset + 1)
     r.storage.close()
-    got = r.blob_reader().read(items)
+    got = _read(r.blob_reader(), items)
     assert isinstance(got[k], StorageError)
     assert all(isinstance(g, (StorageError, IntegrityError)) or bytes(g) == w for g, w in zip(got, want))
 
@@ -125,3 +137,24 @@ def test_restore_of_many_small_files_across_runs(mixed, repo, tmp_path):
     got = {os.path.relpath(p, tmp_path / "out" / "src"): d for p, d in sha256_tree(tmp_path / "out").items()}
     want = {os.path.relpath(p, tmp_path / "src"): d for p, d in sha256_tree(tmp_path / "src").items()}
     assert got == want and len(got) == 121
+
+
+def test_decode_into_the_callers_buffer(mixed):
+    """A zstd blob is decoded into the buffer given (restore's O_DIRECT buffer), a raw one
+    is returned as it was read."""
+    r, bid = mixed
+    items = _items(r, bid)[:40]
+    want = r.read_blobs(items)
+    reader = r.blob_reader()
+    reader.fetch(items)
+    seen = set()
+    for k, (_, e) in enumerate(items):
+        out = bytearray(e.raw_length + 10)
+        got = reader.decode(k, memoryview(out)[5:])
+        assert bytes(got) == want[k]
+        zstd = bytes(r.storage.get(pack_name(e.pack), e.offset, 1)) == b"\x01"
+        assert (got.obj is out) == zstd
+        if zstd:
+            assert out[5:5 + e.raw_length] == want[k] and out[:5] == bytes(5)
+        seen.add(zstd)
+    assert seen == {True, False}
