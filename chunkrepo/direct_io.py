@@ -95,6 +95,20 @@ class DirectWriter:
             if self._fill == block:
                 self._flush(block)
 
+    def free_view(self, n: int):
+        """A view of the next n bytes of the buffer, to fill in place and then advance(n):
+        no copy.  None when n bytes do not fit before the buffer is full."""
+        if self._fill + n > len(self._buf):
+            return None
+        return memoryview(self._buf)[self._fill:self._fill + n]
+
+    def advance(self, n: int) -> None:
+        """The n bytes of free_view(n) were filled: they are written like write()'s."""
+        self.size += n
+        self._fill += n
+        if self._fill == len(self._buf):
+            self._flush(self._fill)
+
     def finish(self) -> None:
         """Write what is gathered (its aligned part directly) and give the fd its flags back."""
         try:

@@ -73,3 +73,32 @@ def decompress(blob, raw_length: int) -> bytes:
     if len(out) != raw_length:
         raise IntegrityError(f"blob decodes to {len(out)} bytes, expected {raw_length}")
     return out
+
+
+def decompress_view(blob, raw_length: int, out):
+    """decompress() without a new object for the result: a raw blob's payload is
+    returned as a view of blob, a zstd frame is decoded into out (a writable buffer
+    of raw_length bytes or more, reused by the caller) and its first raw_length
+    bytes are returned.  The result is valid as long as blob and out are unchanged.
+    A frame that decodes to more than raw_length bytes is not noticed here: callers
+    verify the result's hash."""
+    blob = memoryview(blob)
+    if not blob:
+        raise IntegrityError("empty blob")
+    header = blob[0]
+    if header == RAW:
+        view = blob[1:]
+    elif header == ZSTD:
+        view = memoryview(out)[:raw_length]
+        try:
+            n = _decompressor().stream_reader(blob[1:]).readinto(view)
+        except zstandard.ZstdError as e:
+            raise IntegrityError(f"corrupt compressed blob: {e}") from None
+        if n != raw_length:
+            raise IntegrityError(f"blob decodes to {n} bytes, expected {raw_length}")
+        return view
+    else:
+        raise IntegrityError(f"unknown blob header byte {header:#x}")
+    if len(view) != raw_length:
+        raise IntegrityError(f"blob decodes to {len(view)} bytes, expected {raw_length}")
+    return view

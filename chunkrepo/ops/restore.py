@@ -112,7 +112,7 @@ class RestoreResult:
                 "errors": list(self.errors), "elapsed": self.elapsed}
 
 
-_WORKERS = 3              # threads that read, decompress, verify and write files
+_WORKERS = 2              # threads that read, decompress, verify and write files (see docs/design.md)
 _BATCH_FILES = 64         # files of one batch (a worker's unit of work)
 _AHEAD = 16 << 20         # what the batches queued and not written count (how far the walk runs ahead)
 _JOB_COST = 32 << 10      # the least a queued file counts (the most: its bytes, up to one read run)
@@ -196,32 +196,37 @@ class _BatchData:
     """The chunks of a batch's files, read on demand a run of neighbours at a time.
 
     get(i) reads the run that starts at chunk i (up to the repository's batch
-    size, one ranged read per run of neighbouring blobs: Repository.read_blobs)
-    unless i is in the run read last; chunks are asked for in increasing order,
-    and those of a file that failed are never read.  Memory: one run.
+    size, one ranged read per run of neighbouring blobs: BlobReader.fetch)
+    unless i is in the run read last, and decodes chunk i; chunks are asked for
+    in increasing order, and those of a file that failed are never read.
+    Memory: one run, in the worker's reader's buffers: what get() returned is
+    valid until the next run is read (a file's chunk is written before the next
+    is asked for).
     """
 
-    __slots__ = ("repo", "items", "run_bytes", "start", "end", "run")
+    __slots__ = ("reader", "items", "run_bytes", "start", "end")
 
-    def __init__(self, repo, items: list, run_bytes: int):
-        self.repo = repo
+    def __init__(self, reader, items: list, run_bytes: int):
+        self.reader = reader    # the worker's Repository.blob_reader()
         self.items = items
         self.run_bytes = run_bytes
         self.start = self.end = 0
-        self.run: list = []
 
-    def get(self, i: int):
-        """Chunk i's bytes, or the exception reading it raised."""
+    def get(self, i: int, out=None):
+        """Chunk i's bytes, or the exception reading it raised.  out: where to decode a
+        compressed chunk (BlobReader.decode)."""
         if not self.start <= i < self.end:
             items = self.items
             j, size = i + 1, items[i][1].raw_length
             while j < len(items) and j - i < _BATCH_FILES and size + items[j][1].raw_length <= self.run_bytes:
                 size += items[j][1].raw_length
                 j += 1
-            self.run = []       # the previous run's memory goes before the next is read
-            self.run = self.repo.read_blobs(items[i:j])
+            self.reader.fetch(items[i:j])
             self.start, self.end = i, j
-        return self.run[i - self.start]
+        try:
+            return self.reader.decode(i - self.start, out)
+        except (ChunkrepoError, OSError) as e:
+            return e
 
 
 class _Counts:
@@ -596,6 +601,7 @@ class _Restorer:
     def worker(self, view, counts: _Counts) -> None:
         """view: this worker's own read snapshot of the index (opened before the walk)."""
         get = self.jobs.get
+        reader = self.repo.blob_reader()
         while True:
             item = get()
             if item is None:
@@ -606,7 +612,7 @@ class _Restorer:
                 for job in batch:
                     self.look_up(view, job)
                     items += job.entries or ()
-                data = _BatchData(self.repo, items, self.run_bytes)
+                data = _BatchData(reader, items, self.run_bytes)
                 first = 0       # index of the job's first chunk in data
                 for job in batch:
                     ok = False
@@ -648,9 +654,10 @@ class _Restorer:
     def write_job(self, job: _Job, data: _BatchData, first: int, counts: _Counts) -> bool:
         d, name, node, shown = job.dir, job.name, job.node, job.shown
         whole = None
-        if len(job.entries) == 1 and node.sparse is None:
+        if len(job.entries) == 1 and node.sparse is None and node.size < _DIRECT_MIN:
             # most files are one chunk: read it before creating the file, which a
-            # chunk that cannot be read then never leaves behind
+            # chunk that cannot be read then never leaves behind (a big one is
+            # decoded into the O_DIRECT buffer: fill_direct)
             whole = data.get(first)
             if isinstance(whole, BaseException):
                 self.error(shown, f"{_reason(whole)}; the file was not restored")
@@ -667,15 +674,7 @@ class _Restorer:
             fd = os.open(name, _FILE_FLAGS, mode if exact else 0o600, dir_fd=d.fd)
             done = False
             try:
-                if whole is not None and len(whole) >= _DIRECT_MIN:
-                    w = self.direct.writer(fd)
-                    try:
-                        w.write(whole)
-                        w.finish()
-                    finally:
-                        w.abort()
-                    counts.bytes += len(whole)
-                elif whole is not None:
+                if whole is not None:
                     counts.bytes += _write_all(fd, whole)
                 elif job.entries or node.size:
                     self.fill(fd, job, data, first, counts)
@@ -707,12 +706,14 @@ class _Restorer:
 
     def fill(self, fd: int, job: _Job, data: _BatchData, first: int, counts: _Counts) -> None:
         """Write a file of several chunks (or with holes) as its layout says (a big one
-        without holes with O_DIRECT)."""
+        without holes with O_DIRECT: fill_direct)."""
         node, shown = job.node, job.shown
+        sparse = node.sparse is not None
+        if not sparse and node.size >= _DIRECT_MIN:
+            self.fill_direct(fd, job, data, first, counts)
+            return
         cf = ChunkFile(self.repo, node, shown.encode(_FS_ENCODING, "surrogateescape"),
                        sizes=[e.raw_length for _, e in job.entries])
-        sparse = node.sparse is not None
-        direct = self.direct.writer(fd) if not sparse and node.size >= _DIRECT_MIN else None
         total = 0
         try:
             for off, mv in cf.iter_data(_chunks(data, first, len(job.entries))):
@@ -722,25 +723,43 @@ class _Restorer:
                     k = _write_all(fd, mv, off)
                 elif off != total:
                     raise StorageError(f"{shown}: stored content is not contiguous")
-                elif direct is not None:
-                    direct.write(mv)
-                    k = len(mv)
                 else:
                     k = _write_all(fd, mv)
                 total += k
-            if direct is not None:
-                direct.finish()
         except IndexError:   # more stored data than the extents say
             raise StorageError(f"{shown}: stored content does not match its extents") from None
         finally:
-            if direct is not None:
-                direct.abort()
             counts.bytes += total
         expected = sum(e[1] for e in node.sparse) if sparse else node.size
         if total != expected:
             raise StorageError(f"{shown}: stored content has {total} bytes, expected {expected}")
         if sparse:
             os.ftruncate(fd, node.size)   # holes after the last extent
+
+    def fill_direct(self, fd: int, job: _Job, data: _BatchData, first: int, counts: _Counts) -> None:
+        """Write a big file without holes with O_DIRECT, decoding each compressed chunk
+        straight into the writer's aligned buffer when it fits there (no copy)."""
+        w = self.direct.writer(fd)
+        total = 0
+        try:
+            for i, (_, e) in enumerate(job.entries, first):
+                if self.budget.aborted:
+                    raise _Aborted()
+                room = w.free_view(e.raw_length)
+                item = data.get(i, room)
+                if isinstance(item, BaseException):
+                    raise item
+                if room is not None and item.obj is room.obj:
+                    w.advance(len(item))     # decoded in place
+                else:
+                    w.write(item)
+                total += len(item)
+            w.finish()
+        finally:
+            w.abort()
+            counts.bytes += total
+        if total != job.node.size:
+            raise StorageError(f"{job.shown}: stored content has {total} bytes, expected {job.node.size}")
 
 
 def _chunks(data: _BatchData, first: int, n: int):

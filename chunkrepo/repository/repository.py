@@ -61,6 +61,13 @@ def _lost(blob_id: bytes) -> IntegrityError:
                           f"a backup of the unchanged file stores it again")
 
 
+def _verified(data, entry, blob_id: bytes):
+    """data, once its BLAKE3 is the blob's id."""
+    if hash_bytes(data) != blob_id:
+        raise IntegrityError(f"blob {blob_id.hex()} in pack {entry.pack.hex()} fails its hash")
+    return data
+
+
 class Repository:
     """An open repository.  Reading needs no lock; writing goes through a WriteSession."""
 
@@ -163,10 +170,7 @@ class Repository:
 
     @staticmethod
     def _decode_blob(blob, entry, blob_id: bytes) -> bytes:
-        data = compression.decompress(blob, entry.raw_length)
-        if hash_bytes(data) != blob_id:
-            raise IntegrityError(f"blob {blob_id.hex()} in pack {entry.pack.hex()} fails its hash")
-        return data
+        return _verified(compression.decompress(blob, entry.raw_length), entry, blob_id)
 
     def read_blobs(self, items) -> list:
         """Read many blobs given [(blob id, index entry or None)], in order.
@@ -178,13 +182,35 @@ class Repository:
         consumer meets an error at the blob it concerns, not earlier).
         """
         out: list = [None] * len(items)
+        for i, j, e, end in self._ranged_reads(items):
+            if end is None:
+                out[i] = e
+                continue
+            try:
+                buf = memoryview(self.storage.get(pack_name(e.pack), e.offset, end - e.offset))
+            except (ChunkrepoError, OSError) as exc:
+                out[i:j] = [exc] * (j - i)
+                continue
+            for k in range(i, j):
+                cid, ek = items[k]
+                at = ek.offset - e.offset
+                try:
+                    out[k] = self._decode_blob(buf[at:at + ek.length], ek, cid)
+                except ChunkrepoError as exc:
+                    out[k] = exc
+        return out
+
+    def _ranged_reads(self, items):
+        """The reads that serve [(blob id, entry)]: (i, j, e, end) for items[i:j], read
+        from e.offset to end of e's pack, and (i, i + 1, exception, None) for an item
+        that cannot be read (not in the index, lost)."""
         i, n = 0, len(items)
         max_gap = self.read_plan.max_gap
         while i < n:
             e = items[i][1]
             if e is None or e.lost:
-                out[i] = IntegrityError(f"chunk {items[i][0].hex()} is not in the index") if e is None \
-                    else _lost(items[i][0])
+                yield i, i + 1, (IntegrityError(f"chunk {items[i][0].hex()} is not in the index") if e is None
+                                 else _lost(items[i][0])), None
                 i += 1
                 continue
             j, end = i + 1, e.offset + e.length
@@ -195,21 +221,12 @@ class Repository:
                     break
                 end = nxt.offset + nxt.length
                 j += 1
-            try:
-                buf = memoryview(self.storage.get(pack_name(e.pack), e.offset, end - e.offset))
-            except (ChunkrepoError, OSError) as exc:
-                out[i:j] = [exc] * (j - i)
-                i = j
-                continue
-            for k in range(i, j):
-                cid, ek = items[k]
-                at = ek.offset - e.offset
-                try:
-                    out[k] = self._decode_blob(buf[at:at + ek.length], ek, cid)
-                except ChunkrepoError as exc:
-                    out[k] = exc
+            yield i, j, e, end
             i = j
-        return out
+
+    def blob_reader(self) -> "BlobReader":
+        """A reader of runs of blobs into buffers it reuses (one per thread)."""
+        return BlobReader(self)
 
     def read_chunk(self, cid: bytes, view=None) -> bytes:
         if view is None:
@@ -268,3 +285,79 @@ class Repository:
     def write_session(self):
         """The writer's context: takes the lock, adopts leftovers, commits on exit."""
         return WriteSession(self)
+
+
+class BlobReader:
+    """Repository.read_blobs into buffers this reader reuses, for one thread that is
+    done with the blobs of one fetch() before its next.
+
+    fetch() reads the packed bytes of a call into one buffer (on a local
+    repository with preadv, no new object); decode() decodes one blob when it is
+    wanted, a zstd frame into another buffer (or into the caller's: restore
+    decodes a big file's chunks straight into its O_DIRECT buffer), a raw blob
+    as a view of the first.  No memory is allocated per blob or per call once
+    the buffers have grown to a call's size.  Fresh memory is what costs here:
+    the kernel zeroes and faults in every new page (in this VM ~2 us per 4 KiB,
+    more than decoding it), and glibc hands freed multi-megabyte buffers back
+    (docs/design.md, "Restore")."""
+
+    __slots__ = ("_repo", "_readinto", "_packed", "_decoded", "_blobs")
+
+    def __init__(self, repo: Repository):
+        self._repo = repo
+        storage = repo.storage
+        self._readinto = storage.readinto if isinstance(storage, LocalStorage) else None
+        self._packed = bytearray()
+        self._decoded = bytearray()
+        self._blobs: list = []     # per item of the last fetch: (stored view, entry, id, room) or the exception
+
+    def fetch(self, items) -> None:
+        """Read the stored bytes of [(blob id, entry or None)] (what Repository.read_blobs
+        would read), for decode().  What an earlier decode returned is no longer valid."""
+        repo = self._repo
+        reads = list(repo._ranged_reads(items))
+        packed = self._buffer("_packed", sum(end - e.offset for _, _, e, end in reads if end is not None))
+        decoded = self._buffer("_decoded", sum(e.raw_length for _, e in items if e is not None))
+        blobs: list = [None] * len(items)
+        p = d = 0
+        for i, j, e, end in reads:
+            if end is None:
+                blobs[i] = e
+                continue
+            try:
+                if self._readinto is not None:
+                    buf = packed[p:p + end - e.offset]
+                    p += end - e.offset
+                    self._readinto(pack_name(e.pack), e.offset, buf)
+                else:
+                    buf = memoryview(repo.storage.get(pack_name(e.pack), e.offset, end - e.offset))
+            except (ChunkrepoError, OSError) as exc:
+                blobs[i:j] = [exc] * (j - i)
+                continue
+            for k in range(i, j):
+                cid, ek = items[k]
+                at = ek.offset - e.offset
+                blobs[k] = (buf[at:at + ek.length], ek, cid, decoded[d:d + ek.raw_length])
+                d += ek.raw_length
+        self._blobs = blobs
+
+    def decode(self, k: int, out=None) -> memoryview:
+        """Blob k of the last fetch, decoded and verified (valid until the next fetch);
+        raises what reading or decoding it raised.  out: a writable buffer of the
+        blob's raw size or more to decode a zstd frame into (a raw blob is returned
+        as a view of what was read, not copied into out)."""
+        blob = self._blobs[k]
+        if isinstance(blob, BaseException):
+            raise blob
+        stored, entry, cid, room = blob
+        return _verified(compression.decompress_view(stored, entry.raw_length, room if out is None else out),
+                         entry, cid)
+
+    def _buffer(self, attr: str, size: int) -> memoryview:
+        """A view of the buffer attr, grown (as a new object: views of the old one may
+        still exist) to size bytes or more."""
+        buf = getattr(self, attr)
+        if len(buf) < size:
+            buf = bytearray(max(size, len(buf) + (len(buf) >> 1)))
+            setattr(self, attr, buf)
+        return memoryview(buf)

@@ -145,6 +145,14 @@ class LocalStorage:
             raise StorageError(f"object {name} is truncated: wanted {length} bytes at {offset}, got {len(data)}")
         return data
 
+    def readinto(self, name: str, offset: int, buf) -> None:
+        """get(name, offset, len(buf)) into buf (a writable buffer the caller reuses:
+        no new object, no fresh memory for the kernel to fault in)."""
+        fd = self._fd(name)
+        n = os.preadv(fd, [buf], offset)
+        if n != len(buf):
+            raise StorageError(f"object {name} is truncated: wanted {len(buf)} bytes at {offset}, got {n}")
+
     def size(self, name: str) -> int:
         try:
             return os.stat(self._path(name)).st_size

@@ -5,7 +5,10 @@ O_DIRECT in tests/unit/test_direct_io.py)."""
 import os
 import random
 
+import pytest
+
 from chunkrepo.direct_io import ENV
+from chunkrepo.errors import NotFound, StorageError
 from chunkrepo.storage import LocalStorage
 
 
@@ -26,3 +29,17 @@ def test_large_object_with_o_direct_off(tmp_path, monkeypatch):
     _write_read(storage, data[::-1], "packs/cc/cc02")
     assert sorted(os.listdir(tmp_path / "packs" / "cc")) == ["cc01", "cc02"]
 
+
+def test_readinto_reads_what_get_reads_into_the_callers_buffer(tmp_path):
+    storage = LocalStorage(str(tmp_path))
+    data = random.Random(4).randbytes(100_000)
+    storage.put("packs/dd/dd01", data)
+    buf = bytearray(30_000)
+    view = memoryview(buf)
+    storage.readinto("packs/dd/dd01", 1234, view[:20_000])
+    assert bytes(buf[:20_000]) == storage.get("packs/dd/dd01", 1234, 20_000) == data[1234:21_234]
+    assert buf[20_000:] == bytes(10_000)          # nothing past the view
+    with pytest.raises(StorageError, match="truncated"):
+        storage.readinto("packs/dd/dd01", 90_000, view)
+    with pytest.raises(NotFound):
+        storage.readinto("packs/dd/dd02", 0, view)

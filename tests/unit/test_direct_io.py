@@ -140,3 +140,31 @@ def test_abort_gives_the_flags_back_and_writes_no_tail(tmp_path):
     finally:
         os.close(fd)
     assert os.path.getsize(tmp_path / "f") == BLOCK
+
+
+@pytest.mark.parametrize("pieces", [[100, BLOCK, 5, BLOCK - 105, 3 * ALIGN], [BLOCK, BLOCK + 1, 1, 7777]])
+def test_filling_the_buffer_in_place_writes_what_write_would(tmp_path, pieces):
+    """free_view(n)/advance(n) (a decoder fills the buffer, no copy) mixed with write():
+    the same bytes; a piece that does not fit before the buffer is full gets no view."""
+    rnd = random.Random(len(pieces))
+    data = rnd.randbytes(sum(pieces))
+    path = tmp_path / "f"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        w = DirectIO(BLOCK).writer(fd)
+        at = filled = 0
+        for n in pieces:
+            room = w.free_view(n)
+            assert (room is None) == (filled % BLOCK + n > BLOCK)
+            if room is None:
+                w.write(data[at:at + n])
+            else:
+                room[:] = data[at:at + n]
+                w.advance(n)
+            at += n
+            filled += n
+        w.finish()
+        assert w.size == len(data)
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == data
