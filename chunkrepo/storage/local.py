@@ -91,7 +91,7 @@ class LocalStorage:
 
     def __init__(self, root: str, max_open: int = 64):
         self.root = os.path.abspath(root)
-        self._fds: "OrderedDict[str, int]" = OrderedDict()
+        self._fds: "OrderedDict[str, _OpenFile]" = OrderedDict()
         self._fd_lock = threading.Lock()
         self._max_open = max_open
         self._made_dirs: set = set()
@@ -115,21 +115,29 @@ class LocalStorage:
         w.write(data)
         w.commit()
 
-    def _fd(self, name: str) -> int:
+    def _acquire(self, name: str) -> "_OpenFile":
+        """The cached descriptor of name, held for one read: an eviction meanwhile
+        (another thread opening the 65th object) closes it only once it is released,
+        so its number is never reused under a read in progress."""
         with self._fd_lock:
-            fd = self._fds.get(name)
-            if fd is not None:
+            f = self._fds.get(name)
+            if f is not None:
                 self._fds.move_to_end(name)
-                return fd
-            try:
-                fd = os.open(self._path(name), os.O_RDONLY)
-            except FileNotFoundError:
-                raise NotFound(f"object {name} is missing") from None
-            self._fds[name] = fd
-            while len(self._fds) > self._max_open:
-                _, old = self._fds.popitem(last=False)
-                os.close(old)
-            return fd
+            else:
+                try:
+                    f = self._fds[name] = _OpenFile(os.open(self._path(name), os.O_RDONLY | os.O_CLOEXEC))
+                except FileNotFoundError:
+                    raise NotFound(f"object {name} is missing") from None
+                while len(self._fds) > self._max_open:
+                    self._fds.popitem(last=False)[1].drop()
+            f.users += 1
+            return f
+
+    def _release(self, f: "_OpenFile") -> None:
+        with self._fd_lock:
+            f.users -= 1
+            if f.dropped and not f.users:
+                f.close()
 
     def get(self, name: str, offset: int = 0, length: Optional[int] = None) -> bytes:
         if length is None:
@@ -139,8 +147,11 @@ class LocalStorage:
                     return f.read()
             except FileNotFoundError:
                 raise NotFound(f"object {name} is missing") from None
-        fd = self._fd(name)
-        data = os.pread(fd, length, offset)
+        f = self._acquire(name)
+        try:
+            data = os.pread(f.fd, length, offset)
+        finally:
+            self._release(f)
         if len(data) != length:
             raise StorageError(f"object {name} is truncated: wanted {length} bytes at {offset}, got {len(data)}")
         return data
@@ -148,8 +159,11 @@ class LocalStorage:
     def readinto(self, name: str, offset: int, buf) -> None:
         """get(name, offset, len(buf)) into buf (a writable buffer the caller reuses:
         no new object, no fresh memory for the kernel to fault in)."""
-        fd = self._fd(name)
-        n = os.preadv(fd, [buf], offset)
+        f = self._acquire(name)
+        try:
+            n = os.preadv(f.fd, [buf], offset)
+        finally:
+            self._release(f)
         if n != len(buf):
             raise StorageError(f"object {name} is truncated: wanted {len(buf)} bytes at {offset}, got {n}")
 
@@ -192,14 +206,35 @@ class LocalStorage:
 
     def _forget_fd(self, name: str) -> None:
         with self._fd_lock:
-            fd = self._fds.pop(name, None)
-            if fd is not None:
-                os.close(fd)
+            f = self._fds.pop(name, None)
+            if f is not None:
+                f.drop()
 
     def close(self) -> None:
         with self._fd_lock:
-            for fd in self._fds.values():
-                os.close(fd)
+            for f in self._fds.values():
+                f.drop()
             self._fds.clear()
         self._direct.clear()
 
+
+class _OpenFile:
+    """A cached read descriptor and the reads holding it (LocalStorage._fd_lock guards both)."""
+
+    __slots__ = ("fd", "users", "dropped")
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.users = 0
+        self.dropped = False
+
+    def drop(self) -> None:
+        """Out of the cache: closed now, or by the last read holding it."""
+        self.dropped = True
+        if not self.users:
+            self.close()
+
+    def close(self) -> None:
+        if self.fd != -1:
+            os.close(self.fd)
+            self.fd = -1

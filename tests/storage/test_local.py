@@ -43,3 +43,47 @@ def test_readinto_reads_what_get_reads_into_the_callers_buffer(tmp_path):
         storage.readinto("packs/dd/dd01", 90_000, view)
     with pytest.raises(NotFound):
         storage.readinto("packs/dd/dd02", 0, view)
+
+
+def test_a_descriptor_evicted_during_a_read_is_closed_after_it(tmp_path):
+    """Reads share a cache of open descriptors; one evicted by another thread (more
+    objects read than max_open) while a read uses it is closed only when that read
+    is done: its number is never reused under it (reads came from the wrong file)."""
+    import threading
+    storage = LocalStorage(str(tmp_path), max_open=2)
+    objects = {f"packs/ee/ee{i:02d}": bytes([i]) * (2 << 20) for i in range(8)}
+    for name, data in objects.items():
+        storage.put(name, data)
+    errors = []
+
+    def reader(seed):
+        rnd = random.Random(seed)
+        buf = bytearray(1 << 20)
+        try:
+            for _ in range(300):
+                name = rnd.choice(list(objects))
+                want = objects[name][:1 << 20]
+                if rnd.random() < 0.5:
+                    got = storage.get(name, rnd.randrange(1 << 20), 1 << 20)
+                else:
+                    storage.readinto(name, rnd.randrange(1 << 20), buf)
+                    got = bytes(buf)
+                if got != want:
+                    errors.append(f"{name}: read another object's bytes")
+                    return
+        except (OSError, StorageError) as e:
+            errors.append(f"{name}: {e}")
+
+    def reopener():       # takes the numbers of closed descriptors, as restore's files do
+        for _ in range(3000):
+            fd = os.open(tmp_path / "packs" / "ee" / "ee00", os.O_RDONLY)
+            os.close(fd)
+
+    threads = [threading.Thread(target=reader, args=(s,)) for s in range(4)] + [threading.Thread(target=reopener)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    storage.close()
+    assert storage._fds == {}
