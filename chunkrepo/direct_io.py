@@ -84,6 +84,13 @@ class DirectWriter:
         self.direct_bytes = 0        # bytes that went out with O_DIRECT
 
     def write(self, data) -> None:
+        if type(data) is bytes:     # most writes: a blob's header byte, a compressed blob
+            end = self._fill + len(data)
+            if end < len(self._buf):
+                self._buf[self._fill:end] = data
+                self._fill = end
+                self.size += len(data)
+                return
         mv = memoryview(data).cast("B")
         self.size += len(mv)
         buf, block = self._buf, len(self._buf)
