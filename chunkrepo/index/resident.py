@@ -10,7 +10,7 @@ pages the kernel can reclaim at any time.
 MappedPages drops the process's mappings of those pages (madvise
 MADV_DONTNEED) once the file-backed resident set has grown by a budget since
 the last drop (8 MiB, after streaming reads and after point lookups alike;
-a write session lowers the lookup budget to 4 MiB).  On
+a write session lowers the lookup budget to 2 MiB).  On
 a shared file mapping that is a no-op for what readers see: the pages stay in
 the page cache and the next access maps them again (a minor fault), also from
 a read transaction open in another thread.  Nothing is
