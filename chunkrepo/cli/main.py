@@ -69,11 +69,10 @@ for _mod in (cmd_init, cmd_backup, cmd_list, cmd_ls, cmd_tar, cmd_restore, cmd_c
 _SWITCH_INTERVAL = 0.0002
 
 
-# glibc gives each thread that allocates while another holds an arena's lock an arena
-# of its own (up to 8 per core), and each one's holes stay resident: with one arena a
-# first backup of 1M small files peaked ~2-3 MiB lower (anonymous memory 20-22 MiB
-# against 24-25), for no CPU measurable (docs/design.md, Memory at scale). Process-wide
-# too, and set before any thread starts.
+# glibc gives each thread that allocates an arena of its own (up to 8 per core), and
+# the holes in each stay resident: with one arena a first backup peaks 1.5-2 MiB lower
+# at 10k files as at 1M (docs/design.md, Memory at scale).  Process-wide too, and set
+# before any thread starts.
 _M_ARENA_MAX = -8      # glibc's malloc.h
 
 

@@ -39,7 +39,7 @@ STEP = 256
 # a writer's point lookups and reference updates keep at most this much of the index map
 # mapped (readers 8 MiB: tar and restore come back to their lookups' pages); at 8 MiB the
 # map added ~4 MiB more to the peak RSS of a first backup of 1M files, at 4 MiB ~2 MiB
-# more than at 2, for no CPU measurable (docs/design.md, Memory at scale)
+# more than at 2 (docs/design.md, Memory at scale: issue 4's ratio)
 WRITER_LOOKUP_BUDGET = 2 << 20
 
 
