@@ -10,7 +10,7 @@ pages the kernel can reclaim at any time.
 MappedPages drops the process's mappings of those pages (madvise
 MADV_DONTNEED) once the file-backed resident set has grown by a budget since
 the last drop (8 MiB, after streaming reads and after point lookups alike;
-a write session lowers the lookup budget to 4 MiB).  On
+a write session lowers the lookup budget to 2 MiB).  On
 a shared file mapping that is a no-op for what readers see: the pages stay in
 the page cache and the next access maps them again (a minor fault), also from
 a read transaction open in another thread.  Nothing is
@@ -25,9 +25,14 @@ import os
 import threading
 from typing import Callable, Optional
 
-# calls between two looks at /proc/self/statm (a fault maps 64 KiB: at most ~1 MiB more
-# between two looks)
+# calls between two looks at /proc/self/statm, at most; fewer as the resident set nears
+# its budget (one call per GROWTH_PER_CALL of room left): a fault maps the page's cached
+# neighbours (fault-around, 64 KiB) or its whole large folio, which ext4 builds from
+# LMDB's multi-page writes (up to 512 KiB seen on an index of 100k files), and a call
+# may fault a few pages; 16 calls between looks let the map overshoot its budget by
+# up to 3-4 MiB
 CHECK_EVERY = 16
+GROWTH_PER_CALL = 256 << 10
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
@@ -112,25 +117,29 @@ class MappedPages:
         """After reading n pages or so of records or a cursor's entries."""
         if self._madvise is None:
             return
-        self._streamed += n    # races between threads only make a check come early or late
-        if self._streamed >= CHECK_EVERY:
-            self._streamed = 0
-            self.check(self.budget)
+        self._streamed -= n    # races between threads only make a check come early or late
+        if self._streamed <= 0:
+            self._streamed = self.check(self.budget)
 
     def looked_up(self) -> None:
         """After one point lookup."""
         if self._madvise is None:
             return
-        self._looked_up += 1
-        if self._looked_up >= CHECK_EVERY:
-            self._looked_up = 0
-            self.check(self.lookup_budget)
+        self._looked_up -= 1
+        if self._looked_up <= 0:
+            self._looked_up = self.check(self.lookup_budget)
 
-    def check(self, budget: int) -> None:
-        """Drop the mapping's pages if the file-backed resident set grew by more than budget."""
+    def check(self, budget: int) -> int:
+        """Drop the mapping's pages if the file-backed resident set grew by more than
+        budget; return how many calls may come before the next check."""
         with self._lock:
-            if self._madvise is not None and _shared_resident(self._statm) - self._floor > budget:
+            if self._madvise is None:
+                return CHECK_EVERY
+            grown = _shared_resident(self._statm) - self._floor
+            if grown > budget:
                 self.drop()
+                grown = 0
+            return max(1, min(CHECK_EVERY, (budget - grown) // GROWTH_PER_CALL))
 
     def _current_size(self) -> Optional[int]:
         try:

@@ -38,8 +38,9 @@ MAX_PACK_BLOBS = 2048
 STEP = 256
 # a writer's point lookups and reference updates keep at most this much of the index map
 # mapped (readers 8 MiB: tar and restore come back to their lookups' pages); at 8 MiB the
-# map added ~4 MiB more to the peak RSS of a first backup of 1M files
-WRITER_LOOKUP_BUDGET = 4 << 20
+# map added ~4 MiB more to the peak RSS of a first backup of 1M files, at 4 MiB ~2 MiB
+# more than at 2 (docs/design.md, Memory at scale: issue 4's ratio)
+WRITER_LOOKUP_BUDGET = 2 << 20
 # a registration adds a backup's chunk references in id order, this many at a time
 # (their ids: ~1.3 MiB of Python objects), in steps that write about STEP_WRITE_TARGET
 REGISTER_BATCH = 1 << 14

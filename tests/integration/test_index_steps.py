@@ -107,5 +107,5 @@ def test_a_writer_keeps_less_of_the_map_than_readers(tmp_path):
         resident = r._repo.index.resident
         assert resident.lookup_budget == 8 << 20
         with r._repo.write_session():
-            assert resident.lookup_budget == session.WRITER_LOOKUP_BUDGET == 4 << 20
+            assert resident.lookup_budget == session.WRITER_LOOKUP_BUDGET == 2 << 20
         assert resident.lookup_budget == 8 << 20

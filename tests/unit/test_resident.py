@@ -5,7 +5,7 @@ import os
 import pytest
 
 from chunkrepo.index import BlobEntry, Index
-from chunkrepo.index.resident import MappedPages, maps_of
+from chunkrepo.index.resident import CHECK_EVERY, GROWTH_PER_CALL, MappedPages, maps_of
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="Linux only")
 
@@ -85,3 +85,23 @@ def test_point_lookups_keep_their_own_larger_budget(tmp_path):
         assert all(v.chunk(cid).offset == i for i, cid in enumerate(ids))
     assert ix.resident.drops >= 3
     ix.close()
+
+
+def test_checks_come_closer_together_as_the_budget_nears(tmp_path):
+    ix = Index(str(tmp_path / "index"))
+    pages = ix.resident
+    budget = 4 << 20
+    pages._floor = _rss_shared() + (1 << 20)           # nothing grown: the longest spacing
+    assert pages.check(budget) == CHECK_EVERY
+    pages._floor = _rss_shared() - budget + GROWTH_PER_CALL * 7 // 2   # room for 3.5 calls
+    assert pages.check(budget) == 3
+    pages._floor = _rss_shared() - budget + (64 << 10)              # less than a call's room
+    assert pages.check(budget) == 1 and pages.drops == 0
+    pages._floor = _rss_shared() - budget - (1 << 20)               # over: dropped, full room again
+    assert pages.check(budget) == CHECK_EVERY and pages.drops == 1
+    ix.close()
+
+
+def _rss_shared() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[2]) * os.sysconf("SC_PAGE_SIZE")
