@@ -1,6 +1,5 @@
 """The chunkrepo command group and its error handling."""
 
-import ctypes
 import errno
 import os
 import sys
@@ -69,23 +68,6 @@ for _mod in (cmd_init, cmd_backup, cmd_list, cmd_ls, cmd_tar, cmd_restore, cmd_c
 _SWITCH_INTERVAL = 0.0002
 
 
-# glibc gives each thread that allocates an arena of its own (up to 8 per core), and
-# the holes in each stay resident: with one arena a first backup peaks 1.5-2 MiB lower
-# at 10k files as at 1M (docs/design.md, Memory at scale).  Process-wide too, and set
-# before any thread starts.
-_M_ARENA_MAX = -8      # glibc's malloc.h
-
-
-def _one_malloc_arena() -> None:
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return        # not glibc (musl's mallopt does nothing)
-    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    mallopt(_M_ARENA_MAX, 1)
-
-
 def main():
     sys.setswitchinterval(_SWITCH_INTERVAL)
-    _one_malloc_arena()
     cli(prog_name="chunkrepo")
