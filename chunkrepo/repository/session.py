@@ -436,10 +436,9 @@ class WriteSession:
         they are added in id order in steps of `step` references (the journal
         keeps how far).  Consecutive ids share the index's pages, so a step
         changes a few pages where random order changed one page per reference
-        (scale 1.0: 265 MiB of LMDB page writes and 1.1 CPU-s before, 18 MiB and
-        0.4 CPU-s in id order); `step` grows while a step writes less than
-        STEP_WRITE_TARGET, which keeps a step's pages (LMDB holds a copy of each
-        until the commit) as few where ids are spread thin (millions of chunks)."""
+        (docs/design.md, Memory at scale); `step` grows while a step writes less
+        than STEP_WRITE_TARGET, which keeps a step's pages (LMDB holds a copy of
+        each until the commit) as few where ids are spread thin (millions of chunks)."""
         expanded = list(expanded or ())
         refs = _chunk_refs(self.index, expanded)
         pos = pos if refs else 0
