@@ -182,23 +182,35 @@ class Repository:
         consumer meets an error at the blob it concerns, not earlier).
         """
         out: list = [None] * len(items)
-        for i, j, e, end in self._ranged_reads(items):
+        for k, stored in self._stored_blobs(items, self._ranged_reads(items), self._get_range):
+            cid, ek = items[k]
+            try:
+                out[k] = stored if isinstance(stored, BaseException) else self._decode_blob(stored, ek, cid)
+            except ChunkrepoError as exc:
+                out[k] = exc
+        return out
+
+    def _get_range(self, e, length: int) -> memoryview:
+        return memoryview(self.storage.get(pack_name(e.pack), e.offset, length))
+
+    @staticmethod
+    def _stored_blobs(items, reads, read):
+        """(k, the stored bytes of items[k] or the exception that kept them) for every
+        item the reads serve (_ranged_reads); read(e, length) reads one range."""
+        for i, j, e, end in reads:
             if end is None:
-                out[i] = e
+                yield i, e
                 continue
             try:
-                buf = memoryview(self.storage.get(pack_name(e.pack), e.offset, end - e.offset))
+                buf = read(e, end - e.offset)
             except (ChunkrepoError, OSError) as exc:
-                out[i:j] = [exc] * (j - i)
+                for k in range(i, j):
+                    yield k, exc
                 continue
             for k in range(i, j):
-                cid, ek = items[k]
+                ek = items[k][1]
                 at = ek.offset - e.offset
-                try:
-                    out[k] = self._decode_blob(buf[at:at + ek.length], ek, cid)
-                except ChunkrepoError as exc:
-                    out[k] = exc
-        return out
+                yield k, buf[at:at + ek.length]
 
     def _ranged_reads(self, items):
         """The reads that serve [(blob id, entry)]: (i, j, e, end) for items[i:j], read
@@ -319,26 +331,23 @@ class BlobReader:
         packed = self._buffer("_packed", sum(end - e.offset for _, _, e, end in reads if end is not None))
         decoded = self._buffer("_decoded", sum(e.raw_length for _, e in items if e is not None))
         blobs: list = [None] * len(items)
-        p = d = 0
-        for i, j, e, end in reads:
-            if end is None:
-                blobs[i] = e
+        p = 0
+
+        def read_into_packed(e, length):    # ranges laid end to end in the reused buffer
+            nonlocal p
+            buf = packed[p:p + length]
+            p += length
+            self._readinto(pack_name(e.pack), e.offset, buf)
+            return buf
+        read = repo._get_range if self._readinto is None else read_into_packed
+        d = 0
+        for k, stored in repo._stored_blobs(items, reads, read):
+            if isinstance(stored, BaseException):
+                blobs[k] = stored
                 continue
-            try:
-                if self._readinto is not None:
-                    buf = packed[p:p + end - e.offset]
-                    p += end - e.offset
-                    self._readinto(pack_name(e.pack), e.offset, buf)
-                else:
-                    buf = memoryview(repo.storage.get(pack_name(e.pack), e.offset, end - e.offset))
-            except (ChunkrepoError, OSError) as exc:
-                blobs[i:j] = [exc] * (j - i)
-                continue
-            for k in range(i, j):
-                cid, ek = items[k]
-                at = ek.offset - e.offset
-                blobs[k] = (buf[at:at + ek.length], ek, cid, decoded[d:d + ek.raw_length])
-                d += ek.raw_length
+            cid, ek = items[k]
+            blobs[k] = (stored, ek, cid, decoded[d:d + ek.raw_length])
+            d += ek.raw_length
         self._blobs = blobs
 
     def decode(self, k: int, out=None) -> memoryview:

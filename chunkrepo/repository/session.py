@@ -541,11 +541,8 @@ def _expand(w, stack: list, expanded: list, refs: list, budget: int) -> None:
         done += 1
         if w.add_tree_ref(tid, +1) != 0:
             continue    # referenced already (or lost: its children hold no references from it)
-        data = w.tree_data(tid)
-        if data is None:
-            raise NotFound(f"directory record {tid.hex()} has no cached data")
         expanded.append(tid)
-        stack.extend(_collect(data, refs))
+        stack.extend(_collect(_record(w, tid), refs))
 
 
 def _chunk_refs(index, expanded: list) -> list:
@@ -554,11 +551,16 @@ def _chunk_refs(index, expanded: list) -> list:
     if expanded:
         with index.read() as v:
             for tid in expanded:
-                data = v.tree_data(tid)
-                if data is None:
-                    raise NotFound(f"directory record {tid.hex()} has no cached data")
-                _collect(data, refs)
+                _collect(_record(v, tid), refs)
     return refs
+
+
+def _record(view, tid: bytes) -> bytes:
+    """A directory record's bytes from the index (every indexed record has them)."""
+    data = view.tree_data(tid)
+    if data is None:
+        raise NotFound(f"directory record {tid.hex()} has no cached data")
+    return data
 
 
 def _collect(data: bytes, refs: list) -> list:
@@ -610,10 +612,7 @@ def _cascade(w, stack: list, delta: int) -> None:
         # its children hold no references from it
         if w.add_tree_ref(tid, delta) != edge:
             continue
-        data = w.tree_data(tid)
-        if data is None:
-            raise NotFound(f"directory record {tid.hex()} has no cached data")
-        stack.extend(_reference_children(w, data, delta))
+        stack.extend(_reference_children(w, _record(w, tid), delta))
 
 
 def _reference_children(w, data: bytes, delta: int) -> list:
