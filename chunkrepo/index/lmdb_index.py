@@ -20,6 +20,7 @@ _DBS = (b"chunks", b"trees", b"treedata", b"packs", b"backups", b"meta", b"garba
         b"lost", b"damaged")
 _NEW_DBS = (b"garbage", b"pending", b"digests", b"lost", b"damaged")   # may be absent in an index opened read-only
 _GARBAGE = struct.Struct("<BI")       # kind (0 chunk, 1 tree), stored length
+_GARBAGE_PER_PAGE = 32                # garbage entries (~60 bytes with their key) in a leaf page, at least
 KIND_CHUNK = 0
 KIND_TREE = 1
 GARBAGE_META = "garbage"              # meta key: the garbage set is maintained in this index
@@ -332,11 +333,16 @@ class WriteView(ReadView):
         """Record pack pid with its dead accounting summed from its garbage range (one
         contiguous range), whatever earlier transactions put there."""
         dead_bytes = dead_blobs = 0
+        looked_up = self._ix.resident.looked_up
         with self.txn.cursor(db=self._ix.garbage) as cur:
             if cur.set_range(pid):
                 for k, v in cur:
                     if k[:16] != pid:
                         break
+                    if not dead_blobs % _GARBAGE_PER_PAGE:
+                        # the range's pages were written by earlier steps, each somewhere else:
+                        # each one faults (and maps its neighbours) like a lookup
+                        looked_up()
                     dead_bytes += _GARBAGE.unpack(v)[1]
                     dead_blobs += 1
         self._dead.pop(pid, None)     # counted above
