@@ -224,6 +224,13 @@ class WriteView(ReadView):
         self._dead: dict = {}    # pack id -> [dead bytes delta, dead blobs delta]
         self._found = 0          # lost blobs stored again or no longer referenced in this txn
 
+    def tree_data(self, tid: bytes) -> Optional[bytes]:
+        """A record read among point updates (registering a backup, forgetting one): its
+        pages count against the writer's lookup budget, not the 8 MiB of streamed reads."""
+        self._ix.resident.looked_up()
+        v = self.txn.get(tid, db=self._ix.treedata)
+        return bytes(v) if v is not None else None
+
     def _mark_dead(self, kind: int, pid: bytes, bid: bytes, length: int) -> None:
         if self.txn.put(pid + bid, _GARBAGE.pack(kind, length), db=self._ix.garbage, overwrite=False):
             d = self._dead.setdefault(pid, [0, 0])

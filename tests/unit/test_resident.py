@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from chunkrepo.index import BlobEntry, Index
+from chunkrepo.index import BlobEntry, Index, PackInfo
 from chunkrepo.index.resident import CHECK_EVERY, GROWTH_PER_CALL, MappedPages, maps_of
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="Linux only")
@@ -84,6 +84,36 @@ def test_point_lookups_keep_their_own_larger_budget(tmp_path):
         ix.resident.drop()
         assert all(v.chunk(cid).offset == i for i, cid in enumerate(ids))
     assert ix.resident.drops >= 3
+    ix.close()
+
+
+def test_records_read_in_a_write_transaction_count_against_the_lookup_budget(index):
+    ix, records = index                               # 18 MiB of records
+    ix.resident.lookup_budget = 1 << 20               # a writer's budget; streamed reads keep 8 MiB
+    ix.resident.drop()
+    drops = ix.resident.drops
+    with ix.write() as w:                             # registering a backup reads records so
+        assert all(w.tree_data(k) == want for k, want in records.items())
+        assert ix.resident.drops - drops >= 6         # 8 MiB at a time would be 2
+    ix.close()
+
+
+def test_recounting_a_pack_checks_the_map_while_it_scans(tmp_path):
+    ix = Index(str(tmp_path / "index"))
+    pid = b"p" * 16
+    ids = sorted(os.urandom(32) for _ in range(20000))        # a garbage range of ~1.2 MiB
+    for start in range(0, len(ids), 2000):                     # committed in steps, as a pack is
+        with ix.write() as w:
+            for i, cid in enumerate(ids[start:start + 2000], start):
+                w.put_chunk(cid, BlobEntry(pid, i, 1, 1, 0), new=True)
+    ix.resident.lookup_budget = 0                      # any growth a check sees drops the map
+    with ix.write() as w:
+        ix.resident.drop()
+        drops = ix.resident.drops
+        w.put_pack_recounted(pid, 100, len(ids))
+        assert ix.resident.drops - drops >= 2          # during the scan, not only after the commit
+    with ix.read() as v:
+        assert v.pack_info(pid) == PackInfo(100, len(ids), len(ids), len(ids))
     ix.close()
 
 
