@@ -335,8 +335,7 @@ class WriteSession:
             if not last:
                 crash_point("pack-step-committed")
         with self._claim_lock:
-            if self._claim_lookups is not None:     # (None: recovery outside a session)
-                self._claim_lookups.release()    # the next claim sees this pack's chunks in the index
+            self._claim_lookups.release()    # the next claim sees this pack's chunks in the index
             for e in entries:
                 if e.kind == KIND_DATA:
                     self._pending_chunks.discard(e.id)
