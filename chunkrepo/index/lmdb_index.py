@@ -567,10 +567,6 @@ class Index:
         with self.env.begin() as txn:
             return _present(txn.get(cid, db=self.chunks))
 
-    def lookups(self) -> "Lookups":
-        """Point lookups through one reused read transaction (see Lookups)."""
-        return Lookups(self)
-
     def oldest_reader(self) -> Optional[int]:
         """The oldest snapshot (txn id) an active read transaction of any process sees.
 
@@ -587,36 +583,6 @@ class Index:
     def close(self) -> None:
         self.resident.close()
         self.env.close()
-
-
-class Lookups:
-    """has_chunk through one read transaction, reused until release().
-
-    A transaction per lookup (Index.has_chunk) costs a begin and an abort, and a
-    begin takes a reader slot under LMDB's mutex: a first backup looks up every
-    chunk once.  Not thread-safe: the caller serializes the calls (the
-    environment is opened MDB_NOTLS by py-lmdb, so any thread may use it).  The
-    transaction sees the index as it was when it began and pins that snapshot
-    (LMDB cannot reuse the pages later commits free): release() once the index
-    changed in a way the caller must see, and before a long wait."""
-
-    __slots__ = ("_ix", "_txn")
-
-    def __init__(self, index: "Index"):
-        self._ix = index
-        self._txn = None
-
-    def has_chunk(self, cid: bytes) -> bool:
-        self._ix.resident.looked_up()
-        txn = self._txn
-        if txn is None:
-            txn = self._txn = self._ix.env.begin(buffers=False)
-        return _present(txn.get(cid, db=self._ix.chunks))
-
-    def release(self) -> None:
-        if self._txn is not None:
-            txn, self._txn = self._txn, None
-            txn.abort()
 
 
 def _present(raw) -> bool:

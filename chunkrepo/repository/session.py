@@ -61,9 +61,6 @@ class WriteSession:
         self.pack_size = repo.config.pack_size
         self._lock = repo.writer_lock()
         self._claim_lock = threading.Lock()
-        # claims look the index up through one read transaction (under _claim_lock), released
-        # once a commit made pending chunks indexed ones, so no claim misses them
-        self._claim_lookups = None     # (the index is read at use: see index)
         self._pending_chunks: set = set()
         self._pending_trees: Dict[bytes, bytes] = {}   # id -> record bytes, until committed
         self._pending_tree_bytes = 0
@@ -88,7 +85,6 @@ class WriteSession:
     # -- lifecycle ------------------------------------------------------------
     def __enter__(self):
         self._lock.acquire()
-        self._claim_lookups = self.index.lookups()
         self._resident = resident = self.index.resident
         self._reader_budget = resident.lookup_budget
         resident.lookup_budget = min(resident.lookup_budget, WRITER_LOOKUP_BUDGET)
@@ -110,7 +106,6 @@ class WriteSession:
             if self._uploads is not None:
                 self._uploads.shutdown(wait=True)
                 self._uploads = None
-            self._release_claims()
             self._resident.lookup_budget = self._reader_budget
             self._lock.release()
 
@@ -218,15 +213,10 @@ class WriteSession:
     def claim_chunk(self, cid: bytes) -> bool:
         """True if the caller must store this chunk (nobody has it yet)."""
         with self._claim_lock:
-            if cid in self._pending_chunks or self._claim_lookups.has_chunk(cid):
+            if cid in self._pending_chunks or self.index.has_chunk(cid):
                 return False
             self._pending_chunks.add(cid)
             return True
-
-    def _release_claims(self) -> None:
-        with self._claim_lock:
-            if self._claim_lookups is not None:
-                self._claim_lookups.release()
 
     def store_chunk(self, cid: bytes, data) -> None:
         """Compress and append a claimed chunk to this thread's pack."""
@@ -335,7 +325,6 @@ class WriteSession:
             if not last:
                 crash_point("pack-step-committed")
         with self._claim_lock:
-            self._claim_lookups.release()    # the next claim sees this pack's chunks in the index
             for e in entries:
                 if e.kind == KIND_DATA:
                     self._pending_chunks.discard(e.id)
@@ -378,7 +367,6 @@ class WriteSession:
 
     def flush(self) -> None:
         """Seal every open pack and commit everything sealed."""
-        self._release_claims()    # no snapshot pinned through what follows (registration)
         with self._writers_lock:
             writers = list(self._writers)
         for w in writers:

@@ -109,21 +109,3 @@ def test_a_writer_keeps_less_of_the_map_than_readers(tmp_path):
         with r._repo.write_session():
             assert resident.lookup_budget == session.WRITER_LOOKUP_BUDGET == 2 << 20
         assert resident.lookup_budget == 8 << 20
-
-
-def test_a_claim_after_a_pack_commit_finds_the_chunk_in_the_index(tmp_path):
-    """Claims look the index up through one reused read transaction; a pack committed
-    after it began must still be seen (its chunks leave the pending set at the commit),
-    or the same chunk would be stored, and indexed, twice."""
-    from chunkrepo.codec.hashing import hash_bytes
-    Repo.init(tmp_path / "repo", Config(pack_size=4096)).close()
-    a, b = os.urandom(8192), os.urandom(8192)    # incompressible: each fills a pack of its own
-    with Repo(tmp_path / "repo") as r:
-        repo = r._repo
-        with repo.write_session() as s:
-            assert s.add_chunk(b) == hash_bytes(b)     # a claim: the read transaction begins
-            s.add_chunk(a)                            # sealed (pack_size) and pending
-            assert s.checkpoint() == 2                # both packs indexed, a and b no longer pending
-            assert not s.claim_chunk(hash_bytes(a)) and not s.claim_chunk(hash_bytes(b))
-            assert s.claim_chunk(hash_bytes(b"never stored"))
-        assert sum(len(entries) for entries in _packs(tmp_path / "repo")) == 2
