@@ -30,6 +30,8 @@ import os
 import stat
 import threading
 
+from .memcopy import Target
+
 O_DIRECT = getattr(os, "O_DIRECT", 0)
 ALIGN = 4096                 # offset, length and memory alignment of a direct write
 ENV = "CHUNKREPO_DIRECT_IO"
@@ -57,13 +59,14 @@ class DirectIO:
     def refused(self) -> None:
         self.enabled = False
 
-    def take_buffer(self) -> mmap.mmap:
+    def take_buffer(self) -> Target:
+        """A page-aligned buffer of `block` bytes (an mmap), as a memcopy.Target."""
         with self._lock:
             if self._buffers:
                 return self._buffers.pop()
-        return mmap.mmap(-1, self.block)      # page-aligned
+        return Target(mmap.mmap(-1, self.block))
 
-    def give_buffer(self, buf: mmap.mmap) -> None:
+    def give_buffer(self, buf: Target) -> None:
         with self._lock:
             if len(self._buffers) < self._keep:
                 self._buffers.append(buf)
@@ -76,12 +79,14 @@ class DirectIO:
 class DirectWriter:
     """Writes a byte stream to fd, whole aligned blocks with O_DIRECT (see the module doc)."""
 
-    __slots__ = ("_io", "_fd", "_buf", "_skip", "_fill", "_direct", "_flags", "size", "direct_bytes")
+    __slots__ = ("_io", "_fd", "_target", "_buf", "_skip", "_fill", "_direct", "_flags", "size",
+                 "direct_bytes")
 
     def __init__(self, io: DirectIO, fd: int, start: int = 0):
         self._io = io
         self._fd = fd
-        self._buf = io.take_buffer()
+        self._target = io.take_buffer()
+        self._buf = self._target.buf
         # an unaligned start: the first bytes go to _buf[_skip:ALIGN], written buffered,
         # so that what follows sits at aligned offsets of both _buf and the file
         self._skip = start % ALIGN
@@ -95,16 +100,16 @@ class DirectWriter:
         if type(data) is bytes:     # most writes: a blob's header byte, a compressed blob
             end = self._fill + len(data)
             if end < len(self._buf):
-                self._buf[self._fill:end] = data
+                self._target.put(self._fill, data, len(data))
                 self._fill = end
                 self.size += len(data)
                 return
         mv = memoryview(data).cast("B")
         self.size += len(mv)
-        buf, block = self._buf, len(self._buf)
+        put, block = self._target.put, len(self._buf)
         while mv:
             take = min(block - self._fill, len(mv))
-            buf[self._fill:self._fill + take] = mv[:take]
+            put(self._fill, mv, take)
             self._fill += take
             mv = mv[take:]
             if self._fill == block:
@@ -141,8 +146,8 @@ class DirectWriter:
             self._buffered()
         finally:
             if self._buf is not None:
-                self._io.give_buffer(self._buf)
-                self._buf = None
+                self._io.give_buffer(self._target)
+                self._buf = self._target = None
 
     def _flush(self, n: int) -> None:
         """Write the first n (aligned) gathered bytes; keep the rest at the buffer's start."""
@@ -160,7 +165,7 @@ class DirectWriter:
             _write_all(self._fd, view[done:])
         rest = self._fill - n
         if rest:
-            self._buf.move(0, n, rest)
+            self._target.move(0, n, rest)
         self._fill = rest
 
     def _write_direct(self, view) -> int:
