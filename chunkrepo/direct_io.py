@@ -8,7 +8,11 @@ aligned part of what is left, with O_DIRECT: set on the descriptor with fcntl
 for those writes and cleared after, so a shared descriptor (stdout) keeps its
 own flags and its file position is simply advanced.  Only the tail (under
 ALIGN bytes) goes through the page cache.  The bytes written, and so the
-file's size, are exactly those given: nothing is padded.
+file's size, are exactly those given: nothing is padded.  A writer may start at
+an unaligned position it is told of (one part of a file that several threads
+write, each through its own open file description): the bytes up to the next
+aligned position are written buffered too, and the rest is gathered at the
+buffer offsets that keep memory and file positions equally aligned.
 
 Where O_DIRECT is refused (EINVAL from fcntl or write: a filesystem without
 direct I/O, a position that is not aligned), the writer goes on with buffered
@@ -25,6 +29,8 @@ import mmap
 import os
 import stat
 import threading
+
+from .memcopy import Target
 
 O_DIRECT = getattr(os, "O_DIRECT", 0)
 ALIGN = 4096                 # offset, length and memory alignment of a direct write
@@ -45,20 +51,22 @@ class DirectIO:
         self._buffers: list = []
         self._lock = threading.Lock()
 
-    def writer(self, fd: int) -> "DirectWriter":
-        """A writer to fd from its current position; finish() or abort() it."""
-        return DirectWriter(self, fd)
+    def writer(self, fd: int, start: int = 0) -> "DirectWriter":
+        """A writer to fd from its current position, which is start (only its alignment
+        matters); finish() or abort() it."""
+        return DirectWriter(self, fd, start)
 
     def refused(self) -> None:
         self.enabled = False
 
-    def take_buffer(self) -> mmap.mmap:
+    def take_buffer(self) -> Target:
+        """A page-aligned buffer of `block` bytes (an mmap), as a memcopy.Target."""
         with self._lock:
             if self._buffers:
                 return self._buffers.pop()
-        return mmap.mmap(-1, self.block)      # page-aligned
+        return Target(mmap.mmap(-1, self.block))
 
-    def give_buffer(self, buf: mmap.mmap) -> None:
+    def give_buffer(self, buf: Target) -> None:
         with self._lock:
             if len(self._buffers) < self._keep:
                 self._buffers.append(buf)
@@ -71,13 +79,18 @@ class DirectIO:
 class DirectWriter:
     """Writes a byte stream to fd, whole aligned blocks with O_DIRECT (see the module doc)."""
 
-    __slots__ = ("_io", "_fd", "_buf", "_fill", "_direct", "_flags", "size", "direct_bytes")
+    __slots__ = ("_io", "_fd", "_target", "_buf", "_skip", "_fill", "_direct", "_flags", "size",
+                 "direct_bytes")
 
-    def __init__(self, io: DirectIO, fd: int):
+    def __init__(self, io: DirectIO, fd: int, start: int = 0):
         self._io = io
         self._fd = fd
-        self._buf = io.take_buffer()
-        self._fill = 0               # bytes gathered in _buf
+        self._target = io.take_buffer()
+        self._buf = self._target.buf
+        # an unaligned start: the first bytes go to _buf[_skip:ALIGN], written buffered,
+        # so that what follows sits at aligned offsets of both _buf and the file
+        self._skip = start % ALIGN
+        self._fill = self._skip      # end of what is gathered in _buf
         self._direct = io.enabled    # O_DIRECT still worth trying
         self._flags = None           # fd's own flags while O_DIRECT is set on it
         self.size = 0                # bytes given to write()
@@ -87,16 +100,16 @@ class DirectWriter:
         if type(data) is bytes:     # most writes: a blob's header byte, a compressed blob
             end = self._fill + len(data)
             if end < len(self._buf):
-                self._buf[self._fill:end] = data
+                self._target.put(self._fill, data, len(data))
                 self._fill = end
                 self.size += len(data)
                 return
         mv = memoryview(data).cast("B")
         self.size += len(mv)
-        buf, block = self._buf, len(self._buf)
+        put, block = self._target.put, len(self._buf)
         while mv:
             take = min(block - self._fill, len(mv))
-            buf[self._fill:self._fill + take] = mv[:take]
+            put(self._fill, mv, take)
             self._fill += take
             mv = mv[take:]
             if self._fill == block:
@@ -119,11 +132,11 @@ class DirectWriter:
     def finish(self) -> None:
         """Write what is gathered (its aligned part directly) and give the fd its flags back."""
         try:
-            if self._fill:
+            if self._fill > self._skip:
                 self._flush(self._fill - self._fill % ALIGN)
                 self._buffered()
-                _write_all(self._fd, memoryview(self._buf)[:self._fill])
-                self._fill = 0
+                _write_all(self._fd, memoryview(self._buf)[self._skip:self._fill])
+                self._fill = self._skip = 0
         finally:
             self.abort()
 
@@ -133,21 +146,26 @@ class DirectWriter:
             self._buffered()
         finally:
             if self._buf is not None:
-                self._io.give_buffer(self._buf)
-                self._buf = None
+                self._io.give_buffer(self._target)
+                self._buf = self._target = None
 
     def _flush(self, n: int) -> None:
         """Write the first n (aligned) gathered bytes; keep the rest at the buffer's start."""
         if not n:
             return
         view = memoryview(self._buf)[:n]
-        done = self._write_direct(view) if self._direct else 0
-        if done < n:
+        if self._skip:      # the bytes before the first aligned position
+            self._buffered()
+            _write_all(self._fd, view[self._skip:ALIGN])
+            view = view[ALIGN:]
+            self._skip = 0
+        done = self._write_direct(view) if self._direct and view else 0
+        if done < len(view):
             self._buffered()
             _write_all(self._fd, view[done:])
         rest = self._fill - n
         if rest:
-            self._buf.move(0, n, rest)
+            self._target.move(0, n, rest)
         self._fill = rest
 
     def _write_direct(self, view) -> int:

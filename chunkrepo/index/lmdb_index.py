@@ -19,6 +19,9 @@ _MAP_SIZE = 1 << 40
 _DBS = (b"chunks", b"trees", b"treedata", b"packs", b"backups", b"meta", b"garbage", b"pending", b"digests",
         b"lost", b"damaged")
 _NEW_DBS = (b"garbage", b"pending", b"digests", b"lost", b"damaged")   # may be absent in an index opened read-only
+_REFCOUNT = struct.Struct("<Q")       # an entry's last field, at _REFCOUNT_AT
+_REFCOUNT_AT = _ENTRY.size - _REFCOUNT.size
+_LENGTH = struct.Struct("<I")         # an entry's stored length, at offset 24
 _GARBAGE = struct.Struct("<BI")       # kind (0 chunk, 1 tree), stored length
 _GARBAGE_PER_PAGE = 32                # garbage entries (~60 bytes with their key) in a leaf page, at least
 KIND_CHUNK = 0
@@ -391,6 +394,15 @@ class WriteView(ReadView):
     def _add_ref(self, db, key: bytes, delta: int) -> Optional[int]:
         self._ix.resident.looked_up()
         v = self.txn.get(key, db=db)
+        if v is not None and v[:16] != LOST_PACK:
+            # the common case (a registration's millions of references) on the entry's bytes:
+            # only its refcount changes, and a count leaving 0 takes the blob out of the garbage
+            before = _REFCOUNT.unpack_from(v, _REFCOUNT_AT)[0]
+            if before + delta > 0:
+                self.txn.put(key, v[:_REFCOUNT_AT] + _REFCOUNT.pack(before + delta), db=db)
+                if before == 0:
+                    self._mark_live(v[:16], key, _LENGTH.unpack_from(v, 24)[0])
+                return before
         if v is None:
             if delta > 0:
                 # named by a record but not stored (a backup registered from its record,

@@ -19,7 +19,7 @@ from ..codec.hashing import hash_bytes
 from ..errors import IntegrityError, NotFound, StorageError
 from ..index import BlobEntry, PackInfo
 from ..index.lmdb_index import COMMITTING_META, GARBAGE_META, REGISTERING_BATCH_META, REGISTERING_META
-from ..model import BackupRecord, Tree
+from ..model import BackupRecord, Node, Tree
 from .crash_points import crash_point
 from .packs import KIND_DATA, KIND_TREE, PackWriter, pack_id_from_name, read_trailer
 
@@ -563,13 +563,17 @@ def _record(view, tid: bytes) -> bytes:
     return data
 
 
+_CHUNKS, _SUBTREE = Node._fields.index("chunks"), Node._fields.index("subtree")
+
+
 def _collect(data: bytes, refs: list) -> list:
-    """Append a record's chunk ids to refs; return its subtrees."""
+    """Append a record's chunk ids to refs; return its subtrees (from the raw entries:
+    a registration reads every record of a first backup, no Node needed)."""
     subs = []
-    for node in Tree.decode(data).entries:
-        if node.subtree is not None:
-            subs.append(node.subtree)
-        c = node.chunks
+    for e in records.decode_tree(data):
+        if e[_SUBTREE] is not None:
+            subs.append(e[_SUBTREE])
+        c = e[_CHUNKS]
         refs.extend([c[i:i + 32] for i in range(0, len(c), 32)])
     return subs
 

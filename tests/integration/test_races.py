@@ -10,12 +10,10 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 
 import pytest
 
 from chunkrepo import Repo
-from tests.conftest import age
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SIZE = 30 << 20

@@ -159,13 +159,13 @@ def test_ls_equals_gnu_tar_tvf_line_for_line(world):
     assert f" {src}/with space \\\\ back\\\\slash\\ttab\n" in text
     assert f" {src}/link -> small.txt\n" in text
     assert f" {src}/small.txt link to {src}/hard\n" in text
-    assert f"\nhrw-r--r-- " in text
-    assert f"\ndrwxrwxrwt " in text and f"\n-rwsr-xr-x " in text
-    assert f"\n-rwx--s--- " in text and f"\n-rwSr-Sr-- " in text
+    assert "\nhrw-r--r-- " in text
+    assert "\ndrwxrwxrwt " in text and "\n-rwsr-xr-x " in text
+    assert "\n-rwx--s--- " in text and "\n-rwSr-Sr-- " in text
     if world["devices"]:
-        assert f"\ncrw--w---- root/root      4,64 " in text
-        assert f"\nbrw-r----- root/root     259,3 " in text
-        assert f"\n-rw-r--r-- 12345/12345      12 " in text
+        assert "\ncrw--w---- root/root      4,64 " in text
+        assert "\nbrw-r----- root/root     259,3 " in text
+        assert "\n-rw-r--r-- 12345/12345      12 " in text
     assert f" {8 << 20} " in text                              # sparse: the real size
 
 

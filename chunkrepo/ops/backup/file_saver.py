@@ -1,10 +1,14 @@
 """Reads one regular file safely and stores its chunks.
 
 Race detection (backshift's no_games, with the ctime/inode checks of borg and
-restic): the file is opened with O_NOFOLLOW|O_NONBLOCK, the handle's fstat must
-describe the same object the walk lstat'ed, and size/mtime/ctime must be the
-same after reading as before.  A file that fails is retried once by the caller
-and then reported as changed during the backup, never stored torn.
+restic): the file is opened with O_NOFOLLOW|O_NONBLOCK and, once read, the
+handle's fstat must describe the object the walk lstat'ed (same device, inode,
+type, mode and owner) with the same size, mtime and ctime.  Whatever changed
+the file between the lstat and the end of the read changed its ctime, so one
+fstat after the read covers both the swap of the object and a write during the
+read (one system call per file fewer than an fstat before and after).  A file
+that fails is retried once by the caller with a fresh lstat and then reported
+as changed during the backup, never stored torn.
 """
 
 import os
@@ -14,6 +18,7 @@ from typing import Callable, Optional
 
 from ...codec.chunking import Chunker
 from ...codec.hashing import hash_bytes
+from ...memcopy import Target
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0)
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
@@ -27,6 +32,13 @@ def same_object(a, b) -> bool:
     return (stat.S_IFMT(a.st_mode) == stat.S_IFMT(b.st_mode) and a.st_dev == b.st_dev
             and a.st_ino == b.st_ino and a.st_uid == b.st_uid and a.st_gid == b.st_gid
             and a.st_mode == b.st_mode)
+
+
+def unchanged(lst, fst) -> bool:
+    """fst (an fstat after reading) describes the object lst (the walk's lstat) did, unchanged."""
+    return (lst.st_ino == fst.st_ino and lst.st_dev == fst.st_dev and lst.st_mode == fst.st_mode
+            and lst.st_size == fst.st_size and lst.st_mtime_ns == fst.st_mtime_ns
+            and lst.st_ctime_ns == fst.st_ctime_ns and lst.st_uid == fst.st_uid and lst.st_gid == fst.st_gid)
 
 
 def read_xattrs(target, all_namespaces: bool):
@@ -139,7 +151,7 @@ class FileSaver:
         st = getattr(self._local, "state", None)
         if st is None:
             cap = 2 * self.params.max_size   # the least that keeps a moved tail clear of its source
-            st = self._local.state = (Chunker(self.params), bytearray(cap))
+            st = self._local.state = (Chunker(self.params), Target(bytearray(cap)))
         return st
 
     def read_file(self, path: bytes, lst, all_xattrs: Optional[bool] = None):
@@ -147,23 +159,19 @@ class FileSaver:
         xattrs): the xattrs as read_xattrs(all_xattrs) gives them, None if all_xattrs is None."""
         fd = _open(path)
         try:
-            fst = os.fstat(fd)
-            if not same_object(lst, fst):
-                raise FileChanged()
-            size = fst.st_size
-            if size <= self.params.min_size and fst.st_blocks * 512 >= size:
-                return self._read_small(fd, fst) + (_xattrs(fd, all_xattrs),)
+            size = lst.st_size
+            if size <= self.params.min_size and lst.st_blocks * 512 >= size:
+                return self._read_small(fd, lst) + (_xattrs(fd, all_xattrs),)
             extents = None
-            if size > 0 and fst.st_blocks * 512 < size:
+            if size > 0 and lst.st_blocks * 512 < size:
                 extents = data_extents(fd, size)
                 expected = sum(e[1] for e in extents)
             else:
                 expected = size
             reader = _Reader(fd, extents)
             chunks = self._store_stream(reader, expected)
-            after = os.fstat(fd)
-            if (reader.total != expected or after.st_size != size
-                    or after.st_mtime_ns != fst.st_mtime_ns or after.st_ctime_ns != fst.st_ctime_ns):
+            fst = os.fstat(fd)
+            if reader.total != expected or not unchanged(lst, fst):
                 raise FileChanged()
             return fst, chunks, extents, reader.total, _xattrs(fd, all_xattrs)
         finally:
@@ -176,9 +184,9 @@ class FileSaver:
         reader = _StreamReader(raw)
         return self._store_stream(reader, expected), reader.total
 
-    def _read_small(self, fd: int, fst):
+    def _read_small(self, fd: int, lst):
         """One chunk, one read: the common case of a host's many small files."""
-        size = fst.st_size
+        size = lst.st_size
         data = os.read(fd, size + 1) if size else b""
         if len(data) < size:      # a short read from a local file: read on until EOF
             rest = [data]
@@ -188,9 +196,8 @@ class FileSaver:
                     break
                 rest.append(more)
             data = b"".join(rest)
-        after = os.fstat(fd)
-        if (len(data) != size or after.st_size != size or after.st_mtime_ns != fst.st_mtime_ns
-                or after.st_ctime_ns != fst.st_ctime_ns):
+        fst = os.fstat(fd)
+        if len(data) != size or not unchanged(lst, fst):
             raise FileChanged()
         if not size:
             return fst, b"", None, 0
@@ -237,7 +244,8 @@ class FileSaver:
         buffer (or the stream ended): FastCDC never looks further than that,
         so boundaries equal those of cutting the whole file at once.
         """
-        chunker, buf = self._state()
+        chunker, target = self._state()
+        buf = target.buf
         mv = memoryview(buf)
         cap = len(buf)
         max_size = self.params.max_size
@@ -273,5 +281,5 @@ class FileSaver:
             if eof and pos >= end:
                 return
             rest = end - pos
-            mv[:rest] = mv[pos:end]
+            target.move(0, pos, rest)
             end = rest
