@@ -33,12 +33,6 @@ from typing import Callable, Optional
 # up to 3-4 MiB
 CHECK_EVERY = 16
 GROWTH_PER_CALL = 256 << 10
-# once a look has seen how fast the map grows, a call is taken to add 4 times the growth
-# per call since the previous look (at least MIN_GROWTH_PER_CALL, at most GROWTH_PER_CALL):
-# near its budget the map mostly grows slowly (the pages a lookup needs are mapped already),
-# and the worst case then meant a look at every call (~90k looks, ~0.3 CPU-s, per scale-1.0
-# first backup); right after a drop, when every lookup faults, the next call is looked at
-MIN_GROWTH_PER_CALL = 16 << 10
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
@@ -107,8 +101,6 @@ class MappedPages:
         self._looked_up = 0
         self._statm = -1
         self._floor = self._read_floor()
-        self._grown = 0          # growth at the last look
-        self._spacing = 0        # calls between the last two looks; 0: no rate known (after a drop)
         self.drops = 0
 
     def _read_floor(self) -> int:
@@ -144,20 +136,16 @@ class MappedPages:
             if self._madvise is None:
                 return CHECK_EVERY
             grown = _shared_resident(self._statm) - self._floor
-            per_call = GROWTH_PER_CALL
             if grown > budget:
                 self.drop()
                 # the first calls after a drop fault the B-tree's upper pages in again, each
                 # with its neighbours (~0.4 MiB a call, against ~0.1 later, more than the
-                # worst case below): look again at the next call, which also gives the rate
-                self._grown, self._spacing = 0, 1
+                # worst case below): look again at the next call
                 return 1
-            if self._spacing:
-                per_call = min(GROWTH_PER_CALL, max(MIN_GROWTH_PER_CALL,
-                                                    4 * max(grown - self._grown, 0) // self._spacing))
-            self._grown = grown
-            self._spacing = max(1, min(CHECK_EVERY, (budget - grown) // per_call))
-            return self._spacing
+            # the worst case for every call: spacing the looks by the growth seen (16 calls
+            # near the budget instead of 1) saved ~0.15 CPU-s of a scale-1.0 first backup
+            # but let a 1M-file one peak ~1.5 MiB higher (issue 4's ratio; docs/design.md)
+            return max(1, min(CHECK_EVERY, (budget - grown) // GROWTH_PER_CALL))
 
     def _current_size(self) -> Optional[int]:
         try:

@@ -132,24 +132,6 @@ def test_checks_come_closer_together_as_the_budget_nears(tmp_path):
     ix.close()
 
 
-def test_a_map_growing_slowly_near_its_budget_is_looked_at_less_often(tmp_path):
-    ix = Index(str(tmp_path / "index"))
-    pages = ix.resident
-    budget = 4 << 20
-    pages._floor = _rss_shared() - budget + (1 << 20)                # 1 MiB of room
-    assert pages.check(budget) == 4                                   # no rate known: the worst case
-    pages._floor -= 16 << 10                                          # +16 KiB over those 4 calls
-    assert pages.check(budget) == CHECK_EVERY                         # 16 KiB a call: room for 60
-    pages._floor -= 900 << 10                                         # fast again: ~56 KiB a call
-    assert pages.check(budget) == 1 and pages.drops == 0              # 108 KiB of room, 225 KiB a call
-    pages._floor -= 1 << 20                                           # over: dropped, looked at
-    assert pages.check(budget) == 1 and pages.drops == 1              # after the next call
-    assert pages._spacing == 1 and pages._grown == 0
-    pages._floor -= 300 << 10                                         # that call: 300 KiB (the worst
-    assert pages.check(budget) == (budget - (300 << 10)) // GROWTH_PER_CALL   # case counts)
-    ix.close()
-
-
 def _rss_shared() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[2]) * os.sysconf("SC_PAGE_SIZE")
