@@ -782,7 +782,6 @@ class _Restorer:
                     self.work.post(_Split(job, fd, parts))
                 except BaseException:
                     os.close(fd)
-                    _remove(job)
                     raise
                 return None
             done = False
