@@ -61,13 +61,6 @@ Threads
     least _JOB_COST and at most one read run), which bounds the directories
     held open for their files; a worker holds one run of chunks (the read
     batch) at a time, so a big file does not hold back the files after it.
-    A big file without holes (2 x _PART_BYTES or more) is cut into parts of
-    about _PART_BYTES of chunks, which the workers take before any batch, each
-    writing its part through a descriptor of its own (its own position and
-    O_DIRECT flag) opened on the file it created: the last big files of a
-    backup no longer leave one worker to write them alone.  The worker that
-    finishes the last part gives the file its metadata (or removes it when a
-    part failed).
 """
 
 import collections
