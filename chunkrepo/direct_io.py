@@ -8,11 +8,7 @@ aligned part of what is left, with O_DIRECT: set on the descriptor with fcntl
 for those writes and cleared after, so a shared descriptor (stdout) keeps its
 own flags and its file position is simply advanced.  Only the tail (under
 ALIGN bytes) goes through the page cache.  The bytes written, and so the
-file's size, are exactly those given: nothing is padded.  A writer may start at
-an unaligned position it is told of (one part of a file that several threads
-write, each through its own open file description): the bytes up to the next
-aligned position are written buffered too, and the rest is gathered at the
-buffer offsets that keep memory and file positions equally aligned.
+file's size, are exactly those given: nothing is padded.
 
 Where O_DIRECT is refused (EINVAL from fcntl or write: a filesystem without
 direct I/O, a position that is not aligned), the writer goes on with buffered
@@ -51,10 +47,9 @@ class DirectIO:
         self._buffers: list = []
         self._lock = threading.Lock()
 
-    def writer(self, fd: int, start: int = 0) -> "DirectWriter":
-        """A writer to fd from its current position, which is start (only its alignment
-        matters); finish() or abort() it."""
-        return DirectWriter(self, fd, start)
+    def writer(self, fd: int) -> "DirectWriter":
+        """A writer to fd from its current position; finish() or abort() it."""
+        return DirectWriter(self, fd)
 
     def refused(self) -> None:
         self.enabled = False
@@ -79,18 +74,14 @@ class DirectIO:
 class DirectWriter:
     """Writes a byte stream to fd, whole aligned blocks with O_DIRECT (see the module doc)."""
 
-    __slots__ = ("_io", "_fd", "_target", "_buf", "_skip", "_fill", "_direct", "_flags", "size",
-                 "direct_bytes")
+    __slots__ = ("_io", "_fd", "_target", "_buf", "_fill", "_direct", "_flags", "size", "direct_bytes")
 
-    def __init__(self, io: DirectIO, fd: int, start: int = 0):
+    def __init__(self, io: DirectIO, fd: int):
         self._io = io
         self._fd = fd
         self._target = io.take_buffer()
         self._buf = self._target.buf
-        # an unaligned start: the first bytes go to _buf[_skip:ALIGN], written buffered,
-        # so that what follows sits at aligned offsets of both _buf and the file
-        self._skip = start % ALIGN
-        self._fill = self._skip      # end of what is gathered in _buf
+        self._fill = 0               # bytes gathered in _buf
         self._direct = io.enabled    # O_DIRECT still worth trying
         self._flags = None           # fd's own flags while O_DIRECT is set on it
         self.size = 0                # bytes given to write()
@@ -132,11 +123,11 @@ class DirectWriter:
     def finish(self) -> None:
         """Write what is gathered (its aligned part directly) and give the fd its flags back."""
         try:
-            if self._fill > self._skip:
+            if self._fill:
                 self._flush(self._fill - self._fill % ALIGN)
                 self._buffered()
-                _write_all(self._fd, memoryview(self._buf)[self._skip:self._fill])
-                self._fill = self._skip = 0
+                _write_all(self._fd, memoryview(self._buf)[:self._fill])
+                self._fill = 0
         finally:
             self.abort()
 
@@ -154,13 +145,8 @@ class DirectWriter:
         if not n:
             return
         view = memoryview(self._buf)[:n]
-        if self._skip:      # the bytes before the first aligned position
-            self._buffered()
-            _write_all(self._fd, view[self._skip:ALIGN])
-            view = view[ALIGN:]
-            self._skip = 0
-        done = self._write_direct(view) if self._direct and view else 0
-        if done < len(view):
+        done = self._write_direct(view) if self._direct else 0
+        if done < n:
             self._buffered()
             _write_all(self._fd, view[done:])
         rest = self._fill - n

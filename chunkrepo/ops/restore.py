@@ -63,12 +63,12 @@ Threads
     batch) at a time, so a big file does not hold back the files after it.
 """
 
-import collections
 import contextlib
 import errno
 import grp
 import os
 import pwd
+import queue
 import stat
 import sys
 import threading
@@ -119,7 +119,6 @@ _JOB_COST = 32 << 10      # the least a queued file counts (the most: its bytes,
 _PROGRESS_EVERY = 0.2     # seconds between progress calls
 _DIRECT_MIN = 1 << 20     # files this big (not sparse) are written with O_DIRECT (direct_io)
 _DIRECT_BLOCK = 4 << 20   # bytes per O_DIRECT write
-_PART_BYTES = 16 << 20    # a part of a big file that any free worker may write (_Split)
 
 
 class _Aborted(Exception):
@@ -152,68 +151,6 @@ class _Budget:
         with self._cond:
             self.aborted = True
             self._cond.notify_all()
-
-
-class _Work:
-    """What the workers take: parts of split files first, then the walk's batches.
-
-    get() hands out one item at a time and knows which workers hold one: a
-    worker that finds nothing waits while another may still post parts (its
-    batch can hold a big file), and all return None once the walk is done
-    (close) and no worker holds an item."""
-
-    __slots__ = ("_cond", "_batches", "_splits", "_closed", "_busy")
-
-    def __init__(self):
-        self._cond = threading.Condition(threading.Lock())
-        self._batches: collections.deque = collections.deque()
-        self._splits: collections.deque = collections.deque()   # _Split with parts left to claim
-        self._closed = False
-        self._busy = 0       # workers holding an item
-
-    def put(self, batch) -> None:
-        with self._cond:
-            self._batches.append(batch)
-            self._cond.notify()
-
-    def post(self, split: "_Split") -> None:
-        with self._cond:
-            self._splits.append(split)
-            self._cond.notify_all()
-
-    def close(self) -> None:
-        """No more batches will come."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-
-    def drop(self) -> None:
-        """A worker that held an item stops (a bug in it: the restore stops too)."""
-        with self._cond:
-            self._busy -= 1
-            self._cond.notify_all()
-
-    def get(self, held: bool):
-        """(split, part index), (batch, cost), or None: nothing more will come.  held: the
-        caller held an item until now (it is done with it)."""
-        with self._cond:
-            if held:
-                self._busy -= 1
-            while True:
-                while self._splits:
-                    split = self._splits[0]
-                    if split.next < len(split.parts):
-                        split.next += 1
-                        self._busy += 1
-                        return split, split.next - 1
-                    self._splits.popleft()
-                if self._batches:
-                    self._busy += 1
-                    return self._batches.popleft()
-                if self._closed and not self._busy:
-                    self._cond.notify_all()
-                    return None
-                self._cond.wait()
 
 
 def _safe_name(name) -> bool:
@@ -253,25 +190,6 @@ class _Job:
         self.entries = None     # [(chunk id, BlobEntry)], looked up by the worker (None: failed)
         self.done = None        # Event, for the first name of hard links
         self.ok = False
-
-
-class _Split:
-    """A big file written in parts (runs of chunks of about _PART_BYTES) by whichever
-    workers are free, each part through an open file description of its own (its own
-    position and O_DIRECT flag); the worker that finishes the last part finishes the
-    file, or removes it when a part failed."""
-
-    __slots__ = ("job", "fd", "ino", "parts", "next", "left", "error")
-
-    def __init__(self, job: "_Job", fd: int, parts: list):
-        self.job = job
-        self.fd = fd            # the descriptor it was created with: metadata, close
-        st = os.fstat(fd)
-        self.ino = (st.st_dev, st.st_ino)
-        self.parts = parts      # [(first chunk, end chunk, file offset)]
-        self.next = 0           # the next part to hand out (under _Work's lock)
-        self.left = len(parts)  # parts not finished (under _Restorer.lock)
-        self.error: Optional[BaseException] = None    # why a part failed: the file is removed
 
 
 class _BatchData:
@@ -342,7 +260,7 @@ class _Restorer:
         self._xattr_unsupported = 0
         self.lock = threading.Lock()           # _Dir.pending/left, _xattr_unsupported, fatal
         self.budget = _Budget(_AHEAD)
-        self.work = _Work()           # batches and parts of big files for the workers
+        self.jobs: "queue.SimpleQueue" = queue.SimpleQueue()    # batches for the workers
         self.batch: List[_Job] = []   # files of the batch being gathered (main thread)
         self.batch_cost = 0
         self.counts: List[_Counts] = []
@@ -499,7 +417,8 @@ class _Restorer:
                     while stack:
                         self.leave(stack.pop())
                 finally:
-                    self.work.close()
+                    for _ in workers:
+                        self.jobs.put(None)
                     for t in workers:
                         t.join()
         if self.fatal is not None:
@@ -631,7 +550,7 @@ class _Restorer:
             batch, cost = self.batch, self.batch_cost
             self.batch, self.batch_cost = [], 0
             self.budget.take(cost)
-            self.work.put((batch, cost))
+            self.jobs.put((batch, cost))
 
     def hard_link(self, stack: list, pfd: int, name: bytes, link_to: bytes, shown: str) -> bool:
         """Link to the restored first name; False when it must get its own data."""
@@ -681,23 +600,12 @@ class _Restorer:
     # -- regular files: the workers' side -------------------------------------
     def worker(self, view, counts: _Counts) -> None:
         """view: this worker's own read snapshot of the index (opened before the walk)."""
-        try:
-            self.work_on(view, counts)
-        except BaseException as e:     # a bug, while holding an item: stop the restore with it
-            self.fail(e)
-            self.work.drop()
-
-    def work_on(self, view, counts: _Counts) -> None:
-        get = self.work.get
+        get = self.jobs.get
         reader = self.repo.blob_reader()
-        item = None
         while True:
-            item = get(item is not None)
+            item = get()
             if item is None:
                 return
-            if type(item[0]) is _Split:
-                self.write_part(item[0], item[1], reader, counts)
-                continue
             batch, cost = item
             try:
                 items = []
@@ -715,8 +623,7 @@ class _Restorer:
                         self.fail(e)
                     finally:
                         first += len(job.entries or ())
-                        if ok is not None:        # (None: handed over in parts, finished later)
-                            self.finish_job(job, ok, counts)
+                        self.finish_job(job, ok, counts)
             finally:
                 self.budget.give(cost)
 
@@ -744,9 +651,7 @@ class _Restorer:
         if last:
             self.finish_dir(d)
 
-    def write_job(self, job: _Job, data: _BatchData, first: int, counts: _Counts) -> Optional[bool]:
-        """Create and write one file: True when it is complete, False when it failed
-        (reported, nothing left behind), None when it was handed over in parts (_Split)."""
+    def write_job(self, job: _Job, data: _BatchData, first: int, counts: _Counts) -> bool:
         d, name, node, shown = job.dir, job.name, job.node, job.shown
         whole = None
         if len(job.entries) == 1 and node.sparse is None and node.size < _DIRECT_MIN:
@@ -761,22 +666,12 @@ class _Restorer:
                 self.error(shown, f"stored content has {len(whole)} bytes, expected {node.size}; "
                                   "the file was not restored")
                 return False
-        parts = self.parts(job) if whole is None else None
         try:
             mode = stat.S_IMODE(node.mode)
             # created with its final mode when the umask keeps it, no chown will clear
             # set-id bits and no xattr needs write access later: one fchmod less per file
-            # (not a file written in parts: each part opens it for writing again)
-            exact = (parts is None and not mode & 0o7000 and not mode & self.umask
-                     and (not node.xattrs or mode & 0o200))
+            exact = not mode & 0o7000 and not mode & self.umask and (not node.xattrs or mode & 0o200)
             fd = os.open(name, _FILE_FLAGS, mode if exact else 0o600, dir_fd=d.fd)
-            if parts is not None:
-                try:
-                    self.work.post(_Split(job, fd, parts))
-                except BaseException:
-                    os.close(fd)
-                    raise
-                return None
             done = False
             try:
                 if whole is not None:
@@ -785,29 +680,29 @@ class _Restorer:
                     self.fill(fd, job, data, first, counts)
                 self.apply_fd(fd, node, shown, job.owner, mode_set=exact)
                 done = True
+            except ChunkrepoError as e:
+                msg = str(e)
+                if not msg.startswith(shown):
+                    msg = f"{shown}: {msg}"
+                self.res.errors.append(f"{msg}; the partial file was removed")
+            except _Aborted:
+                pass
             finally:
                 os.close(fd)
                 if not done:
-                    _remove(job)
-            return True
-        except (ChunkrepoError, _Aborted, OSError) as e:
-            self.file_failed(shown, e)
-            return False
-
-    def file_failed(self, shown: str, e: BaseException) -> None:
-        """Report why a file could not be restored (it was removed, or never created)."""
-        if isinstance(e, ChunkrepoError):
-            msg = str(e)
-            if not msg.startswith(shown):
-                msg = f"{shown}: {msg}"
-            self.res.errors.append(f"{msg}; the partial file was removed")
-        elif isinstance(e, OSError):
+                    try:
+                        os.unlink(name, dir_fd=d.fd)
+                    except OSError:
+                        pass
+            return done
+        except OSError as e:
             if e.errno in _DISK_FULL:
                 self.fail(StorageError(f"{shown}: {e.strerror} (restore stopped)"))
             elif e.errno == errno.EEXIST:
                 self.error(shown, "name already restored (duplicate name in the backup's record): skipped")
             else:
                 self.error(shown, e.strerror or str(e))
+            return False
 
     def fill(self, fd: int, job: _Job, data: _BatchData, first: int, counts: _Counts) -> None:
         """Write a file of several chunks (or with holes) as its layout says (a big one
@@ -842,22 +737,13 @@ class _Restorer:
             os.ftruncate(fd, node.size)   # holes after the last extent
 
     def fill_direct(self, fd: int, job: _Job, data: _BatchData, first: int, counts: _Counts) -> None:
-        """Write a big file without holes with O_DIRECT (write_direct)."""
-        total = self.write_direct(fd, job.entries, data, first, counts)
-        if total != job.node.size:
-            raise StorageError(f"{job.shown}: stored content has {total} bytes, expected {job.node.size}")
-
-    def write_direct(self, fd: int, entries: list, data: _BatchData, first: int, counts: _Counts,
-                     start: int = 0, split: Optional[_Split] = None) -> int:
-        """Write the chunks entries (data's from index first on) to fd from its position
-        start with O_DIRECT, decoding each compressed chunk straight into the writer's
-        aligned buffer when it fits there (no copy); returns the bytes written.  Stops
-        (_Aborted) when the restore does, or another part of split failed."""
-        w = self.direct.writer(fd, start)
+        """Write a big file without holes with O_DIRECT, decoding each compressed chunk
+        straight into the writer's aligned buffer when it fits there (no copy)."""
+        w = self.direct.writer(fd)
         total = 0
         try:
-            for i, (_, e) in enumerate(entries, first):
-                if self.budget.aborted or (split is not None and split.error is not None):
+            for i, (_, e) in enumerate(job.entries, first):
+                if self.budget.aborted:
                     raise _Aborted()
                 room = w.free_view(e.raw_length)
                 item = data.get(i, room)
@@ -872,82 +758,8 @@ class _Restorer:
         finally:
             w.abort()
             counts.bytes += total
-        return total
-
-    # -- big files in parts ---------------------------------------------------
-    def parts(self, job: _Job) -> Optional[list]:
-        """How a big file without holes is cut into parts that several workers write at
-        once (_Split): [(first chunk, end chunk, file offset)], or None to write it whole
-        (one worker, a small or sparse file, or sizes that do not add up: fill says so)."""
-        node = job.node
-        if self.nworkers < 2 or node.sparse is not None or node.size < 2 * _PART_BYTES:
-            return None
-        parts, first, at, size = [], 0, 0, 0
-        for i, (_, e) in enumerate(job.entries):
-            size += e.raw_length
-            if size >= _PART_BYTES:
-                parts.append((first, i + 1, at))
-                first, at, size = i + 1, at + size, 0
-        if size:
-            parts.append((first, len(job.entries), at))
-        return parts if len(parts) > 1 and at + size == node.size else None
-
-    def write_part(self, split: _Split, k: int, reader, counts: _Counts) -> None:
-        """Write part k of a split file through a descriptor of its own; the worker that
-        finishes its last part finishes it."""
-        job = split.job
-        first, end, offset = split.parts[k]
-        try:
-            if split.error is None:
-                fd = os.open(job.name, os.O_WRONLY | os.O_NOFOLLOW | os.O_NOCTTY | _CLOEXEC, dir_fd=job.dir.fd)
-                try:
-                    st = os.fstat(fd)
-                    if (st.st_dev, st.st_ino) != split.ino:
-                        raise OSError(errno.ESTALE, "replaced by another file while it was restored")
-                    os.lseek(fd, offset, os.SEEK_SET)
-                    entries = job.entries[first:end]
-                    self.write_direct(fd, entries, _BatchData(reader, entries, self.run_bytes), 0, counts,
-                                      offset, split)
-                finally:
-                    os.close(fd)
-        except BaseException as e:
-            with self.lock:
-                if split.error is None:
-                    split.error = e
-        with self.lock:
-            split.left -= 1
-            last = not split.left
-        if last:
-            self.finish_split(split, counts)
-
-    def finish_split(self, split: _Split, counts: _Counts) -> None:
-        """All parts are written (or one failed): metadata and close, or remove it."""
-        job = split.job
-        ok = False
-        try:
-            try:
-                if split.error is not None:
-                    raise split.error
-                self.apply_fd(split.fd, job.node, job.shown, job.owner)
-                ok = True
-            finally:
-                os.close(split.fd)
-                if not ok:
-                    _remove(job)
-        except (ChunkrepoError, _Aborted, OSError) as e:
-            self.file_failed(job.shown, e)
-        except BaseException as e:     # a bug: stop the restore with it
-            self.fail(e)
-        finally:
-            self.finish_job(job, ok, counts)
-
-
-def _remove(job: _Job) -> None:
-    """Remove a file that could not be restored completely."""
-    try:
-        os.unlink(job.name, dir_fd=job.dir.fd)
-    except OSError:
-        pass
+        if total != job.node.size:
+            raise StorageError(f"{job.shown}: stored content has {total} bytes, expected {job.node.size}")
 
 
 def _chunks(data: _BatchData, first: int, n: int):

@@ -168,34 +168,3 @@ def test_filling_the_buffer_in_place_writes_what_write_would(tmp_path, pieces):
     finally:
         os.close(fd)
     assert path.read_bytes() == data
-
-
-@pytest.mark.skipif(not O_DIRECT, reason="no O_DIRECT on this platform")
-@pytest.mark.parametrize("start", [1, ALIGN - 1, ALIGN + 5, BLOCK + 3])
-@pytest.mark.parametrize("size", [0, 10, ALIGN, 2 * BLOCK + 7])
-def test_a_writer_told_its_unaligned_start_writes_the_aligned_middle_directly(tmp_path, start, size):
-    """One part of a file, written through a descriptor of its own positioned at start:
-    the bytes up to the first aligned position and the tail go buffered, the rest
-    directly, and O_DIRECT is not refused for it."""
-    if _direct_refusal(tmp_path) == "refused":
-        pytest.skip("this filesystem refuses O_DIRECT")
-    before = random.Random(start).randbytes(start)
-    data = random.Random(size).randbytes(size)
-    path = tmp_path / "f"
-    path.write_bytes(before)
-    io = DirectIO(BLOCK)
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        os.lseek(fd, start, os.SEEK_SET)
-        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-        w = io.writer(fd, start)
-        for i in range(0, size, 5000):
-            w.write(data[i:i + 5000])
-        w.finish()
-        assert fcntl.fcntl(fd, fcntl.F_GETFL) == flags
-    finally:
-        os.close(fd)
-    assert path.read_bytes() == before + data
-    end = start + size
-    aligned = end - end % ALIGN - (start + -start % ALIGN)
-    assert w.direct_bytes == max(0, aligned) and io.enabled
