@@ -21,7 +21,8 @@ _DBS = (b"chunks", b"trees", b"treedata", b"packs", b"backups", b"meta", b"garba
 _NEW_DBS = (b"garbage", b"pending", b"digests", b"lost", b"damaged")   # may be absent in an index opened read-only
 _REFCOUNT = struct.Struct("<Q")       # an entry's last field, at _REFCOUNT_AT
 _REFCOUNT_AT = _ENTRY.size - _REFCOUNT.size
-_LENGTH = struct.Struct("<I")         # an entry's stored length, at offset 24
+_LENGTH = struct.Struct("<I")         # an entry's stored length, at _LENGTH_AT
+_LENGTH_AT = struct.calcsize("<16sQ")
 _GARBAGE = struct.Struct("<BI")       # kind (0 chunk, 1 tree), stored length
 _GARBAGE_PER_PAGE = 32                # garbage entries (~60 bytes with their key) in a leaf page, at least
 KIND_CHUNK = 0
@@ -401,7 +402,7 @@ class WriteView(ReadView):
             if before + delta > 0:
                 self.txn.put(key, v[:_REFCOUNT_AT] + _REFCOUNT.pack(before + delta), db=db)
                 if before == 0:
-                    self._mark_live(v[:16], key, _LENGTH.unpack_from(v, 24)[0])
+                    self._mark_live(v[:16], key, _LENGTH.unpack_from(v, _LENGTH_AT)[0])
                 return before
         if v is None:
             if delta > 0:
