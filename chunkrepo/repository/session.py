@@ -621,13 +621,10 @@ def _cascade(w, stack: list, delta: int) -> None:
 
 def _reference_children(w, data: bytes, delta: int) -> list:
     """Change the refcounts of a record's chunks; return its subtrees."""
-    subs = []
-    for node in Tree.decode(data).entries:
-        if node.subtree is not None:
-            subs.append(node.subtree)
-        c = node.chunks
-        for i in range(0, len(c), 32):
-            w.add_chunk_ref(c[i:i + 32], delta)
+    refs: list = []
+    subs = _collect(data, refs)
+    for cid in refs:
+        w.add_chunk_ref(cid, delta)
     return subs
 
 
