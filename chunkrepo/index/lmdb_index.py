@@ -295,6 +295,30 @@ class WriteView(ReadView):
         """Set a chunk's entry (new=True: the caller knows it has none yet)."""
         self._put_entry(KIND_CHUNK, self._ix.chunks, cid, e, new)
 
+    def put_new_blobs(self, pid: bytes, blobs, tree_bytes: dict) -> None:
+        """Index blobs of pack pid that have no entry (a write session's own new pack):
+        refcount 0, so each joins the garbage set.  blobs: (kind, id, offset, stored
+        length, raw length) each, as a pack's trailer lists them; tree_bytes: a
+        record's bytes by id.  put_chunk/put_tree(new=True) blob by blob, without
+        their per-blob objects (a first backup indexes every chunk it stores)."""
+        ix, put, entry, garbage = self._ix, self.txn.put, _ENTRY.pack, _GARBAGE.pack
+        looked_up = ix.resident.looked_up
+        dead_bytes = dead_blobs = 0
+        for kind, bid, offset, length, raw_length in blobs:
+            looked_up()      # a put walks the B-tree through the map as a get does
+            if kind == KIND_CHUNK:
+                put(bid, entry(pid, offset, length, raw_length, 0), db=ix.chunks)
+            else:
+                put(bid, entry(pid, offset, length, raw_length, 0), db=ix.trees)
+                put(bid, tree_bytes[bid], db=ix.treedata)
+            if put(pid + bid, garbage(kind, length), db=ix.garbage, overwrite=False):
+                dead_bytes += length
+                dead_blobs += 1
+        if dead_blobs:
+            d = self._dead.setdefault(pid, [0, 0])
+            d[0] += dead_bytes
+            d[1] += dead_blobs
+
     def put_tree(self, tid: bytes, e: BlobEntry, data: Optional[bytes] = None, new: bool = False) -> None:
         self._put_entry(KIND_TREE, self._ix.trees, tid, e, new)
         if data is not None:
@@ -432,6 +456,30 @@ class WriteView(ReadView):
         """Change a chunk's refcount; return the count before, or None for a lost
         chunk (one that is not stored; adding a reference to an unknown chunk makes it lost)."""
         return self._add_ref(self._ix.chunks, cid, delta)
+
+    def add_chunk_refs(self, ids: list, start: int, end: int) -> None:
+        """One reference per id of ids[start:end], sorted (equal ids adjacent, added at
+        once): add_chunk_ref id by id, a stored chunk's entry rewritten inline (the
+        registration of a first backup references every chunk it stored)."""
+        ix, get, put = self._ix, self.txn.get, self.txn.put
+        db, looked_up, mark_live = ix.chunks, ix.resident.looked_up, self._mark_live
+        count, length = _REFCOUNT.unpack_from, _LENGTH.unpack_from
+        i = start
+        while i < end:
+            cid = ids[i]
+            j = i + 1
+            while j < end and ids[j] == cid:
+                j += 1
+            delta, i = j - i, j
+            looked_up()
+            v = get(cid, db=db)
+            if v is None or v[:16] == LOST_PACK:
+                self._add_ref(db, cid, delta)
+                continue
+            before = count(v, _REFCOUNT_AT)[0]
+            put(cid, v[:_REFCOUNT_AT] + _REFCOUNT.pack(before + delta), db=db)
+            if before == 0:
+                mark_live(v[:16], cid, length(v, _LENGTH_AT)[0])
 
     def add_tree_ref(self, tid: bytes, delta: int = 1) -> Optional[int]:
         return self._add_ref(self._ix.trees, tid, delta)

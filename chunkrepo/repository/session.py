@@ -313,9 +313,11 @@ class WriteSession:
             with self.index.write(durable=False) as w:
                 if start == 0 and not last:
                     w.put_meta(COMMITTING_META, pack_id)
-                absent = claimed and w.lost_count() == 0
-                for e in entries[start:start + STEP]:
-                    self._index_blob(w, pack_id, e, tree_bytes, absent)
+                if claimed and w.lost_count() == 0:
+                    w.put_new_blobs(pack_id, entries[start:start + STEP], tree_bytes)
+                else:
+                    for e in entries[start:start + STEP]:
+                        self._index_blob(w, pack_id, e, tree_bytes)
                 if last and start == 0:
                     w.put_pack(pack_id, PackInfo(size, n))    # this transaction's garbage is added at commit
                 elif last:
@@ -324,16 +326,16 @@ class WriteSession:
             self._unsynced = True
             if not last:
                 crash_point("pack-step-committed")
+        chunk_ids = [e.id for e in entries if e.kind == KIND_DATA]
+        tree_ids = [e.id for e in entries if e.kind != KIND_DATA] if len(chunk_ids) < n else ()
         with self._claim_lock:
-            for e in entries:
-                if e.kind == KIND_DATA:
-                    self._pending_chunks.discard(e.id)
-                else:
-                    self._pending_tree_bytes -= len(self._pending_trees.pop(e.id, b""))
+            self._pending_chunks.difference_update(chunk_ids)
+            for tid in tree_ids:
+                self._pending_tree_bytes -= len(self._pending_trees.pop(tid, b""))
 
-    def _index_blob(self, w, pack_id: bytes, e, tree_bytes: dict, absent: bool = False) -> None:
+    def _index_blob(self, w, pack_id: bytes, e, tree_bytes: dict) -> None:
         entry = BlobEntry(pack_id, e.offset, e.length, e.raw_length, 0)
-        old = None if absent else w.blob(e.kind, e.id)
+        old = w.blob(e.kind, e.id)
         if old is None:      # refcount 0: garbage until a backup uses it
             if e.kind == KIND_DATA:
                 w.put_chunk(e.id, entry, new=True)
@@ -457,7 +459,7 @@ class WriteSession:
                     before = _written()
                     with self.index.write(durable=False) as w:
                         end = min(pos + step, len(refs))
-                        _add_sorted(w, refs, pos, end)
+                        w.add_chunk_refs(refs, pos, end)
                         pos = end
                         if pos == len(refs):
                             w.delete_meta(REGISTERING_BATCH_META)
@@ -576,18 +578,6 @@ def _collect(data: bytes, refs: list) -> list:
         c = e[_CHUNKS]
         refs.extend([c[i:i + 32] for i in range(0, len(c), 32)])
     return subs
-
-
-def _add_sorted(w, refs: list, start: int, end: int) -> None:
-    """One reference per entry of refs[start:end] (sorted: equal ids adjacent, added at once)."""
-    i = start
-    while i < end:
-        cid = refs[i]
-        j = i + 1
-        while j < end and refs[j] == cid:
-            j += 1
-        w.add_chunk_ref(cid, j - i)
-        i = j
 
 
 def _landed(storage, name: str) -> bool:
