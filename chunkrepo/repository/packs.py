@@ -23,6 +23,9 @@ FOOTER_SIZE = _FOOTER.size
 
 KIND_DATA = 0
 KIND_TREE = 1
+# a blob's header byte and payload are joined into one write below this size (the
+# copy costs less than a second pass through the storage writer's layers)
+_JOIN_BELOW = 64 << 10
 
 
 def pack_name(pack_id: bytes) -> str:
@@ -61,10 +64,15 @@ class PackWriter:
 
     def add_parts(self, kind: int, blob_id: bytes, parts, raw_length: int) -> int:
         """Append one blob given in pieces (compression.compress_parts); returns its length."""
-        n = 0
-        for part in parts:
-            self._w.write(part)
-            n += len(part)
+        if len(parts) == 2 and len(parts[1]) < _JOIN_BELOW:
+            blob = parts[0] + parts[1]       # one write instead of two (most blobs are small)
+            self._w.write(blob)
+            n = len(blob)
+        else:
+            n = 0
+            for part in parts:
+                self._w.write(part)
+                n += len(part)
         self.entries.append(PackEntry(kind, blob_id, self._offset, n, raw_length))
         self._offset += n
         return n

@@ -229,8 +229,6 @@ class WriteSession:
     def append_chunk(self, cid: bytes, parts: tuple, raw_length: int) -> None:
         """Append a claimed chunk compressed by compress_chunk to this thread's pack."""
         self._append(KIND_DATA, cid, parts, raw_length)
-        with self._stats_lock:
-            self.bytes_new += raw_length
 
     def _level(self, n: int) -> int:
         return self._small_level if n <= self._small_blob else self.level
@@ -240,6 +238,8 @@ class WriteSession:
         stored = w.add_parts(kind, bid, parts, raw_length)
         with self._stats_lock:
             self.bytes_stored += stored
+            if kind == KIND_DATA:
+                self.bytes_new += raw_length
         if w.size >= self.pack_size or len(w.entries) >= MAX_PACK_BLOBS:
             self._local.writer = None
             self._seal(w)
