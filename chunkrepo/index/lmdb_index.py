@@ -192,6 +192,10 @@ class ReadView:
     def is_pending(self, pid: bytes) -> bool:
         return self._ix.pending is not None and self.txn.get(pid, db=self._ix.pending) is not None
 
+    def chunk_count(self) -> int:
+        """Entries in the chunks database (stored chunks and lost ones)."""
+        return self.txn.stat(self._ix.chunks)["entries"]
+
     # -- lost blobs and the backups they damaged (check --repair) --
     def lost_count(self) -> int:
         """How many lost blobs backups still reference."""

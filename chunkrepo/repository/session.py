@@ -21,6 +21,7 @@ from ..index import BlobEntry, PackInfo
 from ..index.lmdb_index import COMMITTING_META, GARBAGE_META, REGISTERING_BATCH_META, REGISTERING_META
 from ..model import BackupRecord, Node, Tree
 from .crash_points import crash_point
+from .new_ids import NewIds
 from .packs import KIND_DATA, KIND_TREE, PackWriter, pack_id_from_name, read_trailer
 
 
@@ -62,6 +63,9 @@ class WriteSession:
         self._lock = repo.writer_lock()
         self._claim_lock = threading.Lock()
         self._pending_chunks: set = set()
+        # the chunk ids this session indexed, when it began on an index without chunks
+        # (then no other id is in the index: a claim needs no lookup; new_ids.py)
+        self._new_ids: Optional[NewIds] = None
         self._pending_trees: Dict[bytes, bytes] = {}   # id -> record bytes, until committed
         self._pending_tree_bytes = 0
         self._sealed: "queue.SimpleQueue" = queue.SimpleQueue()
@@ -90,6 +94,8 @@ class WriteSession:
         resident.lookup_budget = min(resident.lookup_budget, WRITER_LOOKUP_BUDGET)
         try:
             self.recover()
+            with self.index.read() as v:
+                self._new_ids = NewIds() if v.chunk_count() == 0 else None
         except BaseException:
             resident.lookup_budget = self._reader_budget
             self._lock.release()
@@ -213,7 +219,9 @@ class WriteSession:
     def claim_chunk(self, cid: bytes) -> bool:
         """True if the caller must store this chunk (nobody has it yet)."""
         with self._claim_lock:
-            if cid in self._pending_chunks or self.index.has_chunk(cid):
+            if cid in self._pending_chunks:
+                return False
+            if (self._new_ids is None or cid in self._new_ids) and self.index.has_chunk(cid):
                 return False
             self._pending_chunks.add(cid)
             return True
@@ -329,6 +337,8 @@ class WriteSession:
         chunk_ids = [e.id for e in entries if e.kind == KIND_DATA]
         tree_ids = [e.id for e in entries if e.kind != KIND_DATA] if len(chunk_ids) < n else ()
         with self._claim_lock:
+            if self._new_ids is not None:     # before they leave the pending set
+                self._new_ids.add(chunk_ids)
             self._pending_chunks.difference_update(chunk_ids)
             for tid in tree_ids:
                 self._pending_tree_bytes -= len(self._pending_trees.pop(tid, b""))
