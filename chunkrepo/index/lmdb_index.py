@@ -192,9 +192,9 @@ class ReadView:
     def is_pending(self, pid: bytes) -> bool:
         return self._ix.pending is not None and self.txn.get(pid, db=self._ix.pending) is not None
 
-    def chunk_count(self) -> int:
-        """Entries in the chunks database (stored chunks and lost ones)."""
-        return self.txn.stat(self._ix.chunks)["entries"]
+    def blob_count(self) -> int:
+        """Entries of chunks and directory records (stored ones and lost ones)."""
+        return self.txn.stat(self._ix.chunks)["entries"] + self.txn.stat(self._ix.trees)["entries"]
 
     # -- lost blobs and the backups they damaged (check --repair) --
     def lost_count(self) -> int:

@@ -1,4 +1,4 @@
-"""Which chunk ids a write session has indexed, when it began on an index without chunks.
+"""Which blob ids a write session has indexed, when it began on an index without blobs.
 
 A first backup into an empty repository claims every chunk it reads, and each
 claim asked the index whether the chunk is stored: a B-tree walk through the
@@ -7,10 +7,11 @@ LMDB map for an id that is never there.  At scale 1.0 those lookups were
 map resident: index/resident.py), with their lock, transaction and
 resident-set bookkeeping.
 
-NewIds is a Bloom filter of the ids the session has committed to the index.
-When the session began on an index with no chunk, an id the filter does not
-hold is not in the index (a Bloom filter has no false negatives), so its claim
-needs no lookup; an id it may hold is looked up as before.  BLAKE3 ids are
+NewIds is a Bloom filter of the ids (chunks and directory records) the session
+has committed to the index.  When the session began on an index with no blob,
+an id the filter does not hold is not in the index (a Bloom filter has no false
+negatives), so its claim needs no lookup; an id it may hold is looked up as
+before.  BLAKE3 ids are
 uniformly distributed, so the bit positions are read from the id's own bytes.
 
 The filter has a fixed size (SIZE: 1 MiB): the same memory for ten thousand

@@ -63,7 +63,7 @@ class WriteSession:
         self._lock = repo.writer_lock()
         self._claim_lock = threading.Lock()
         self._pending_chunks: set = set()
-        # the chunk ids this session indexed, when it began on an index without chunks
+        # the blob ids this session indexed, when it began on an index without blobs
         # (then no other id is in the index: a claim needs no lookup; new_ids.py)
         self._new_ids: Optional[NewIds] = None
         self._pending_trees: Dict[bytes, bytes] = {}   # id -> record bytes, until committed
@@ -95,7 +95,7 @@ class WriteSession:
         try:
             self.recover()
             with self.index.read() as v:
-                self._new_ids = NewIds() if v.chunk_count() == 0 else None
+                self._new_ids = NewIds() if v.blob_count() == 0 else None
         except BaseException:
             resident.lookup_budget = self._reader_budget
             self._lock.release()
@@ -264,9 +264,10 @@ class WriteSession:
         with self._claim_lock:
             if tid in self._pending_trees:
                 return tid
-            with self.index.read() as v:
-                if v.has_tree(tid):
-                    return tid
+            if self._new_ids is None or tid in self._new_ids:
+                with self.index.read() as v:
+                    if v.has_tree(tid):
+                        return tid
             self._pending_trees[tid] = data
             self._pending_tree_bytes += len(data)
         self._append(KIND_TREE, tid, compression.compress_parts(data, self._level(len(data))), len(data))
@@ -337,8 +338,9 @@ class WriteSession:
         chunk_ids = [e.id for e in entries if e.kind == KIND_DATA]
         tree_ids = [e.id for e in entries if e.kind != KIND_DATA] if len(chunk_ids) < n else ()
         with self._claim_lock:
-            if self._new_ids is not None:     # before they leave the pending set
+            if self._new_ids is not None:     # before they leave the pending sets
                 self._new_ids.add(chunk_ids)
+                self._new_ids.add(tree_ids)
             self._pending_chunks.difference_update(chunk_ids)
             for tid in tree_ids:
                 self._pending_tree_bytes -= len(self._pending_trees.pop(tid, b""))

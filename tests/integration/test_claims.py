@@ -55,3 +55,24 @@ def test_a_session_on_a_filled_index_looks_chunks_up(tmp_path):
         assert second.files_borrowed == 0 and second.bytes_read == second.bytes_total > 0
         _check(r, _unique_bytes(src, 3) + _unique_bytes(other, 2) - _unique_bytes(other, 0),
                first.bytes_new + second.bytes_new)
+
+
+def test_a_session_after_a_backup_of_directories_only_looks_records_up(tmp_path):
+    """An index with directory records and no chunk is not an empty one: a record a
+    second backup writes again (an empty directory's) is the stored one, never stored over."""
+    src = tmp_path / "src"
+    for d in ("a/x", "a/y", "b"):
+        (src / d).mkdir(parents=True)
+    Repo.init(tmp_path / "repo").close()
+    with Repo(tmp_path / "repo") as r:
+        first = r.backup([src])
+        (src / "a" / "x" / "f").write_bytes(b"a file\n")
+        second = r.backup([src / "a"])   # another subset: every record written afresh, a/y's again
+        rep = r.check(read_data=True)
+        assert rep.ok, rep.errors
+        assert rep.garbage_blobs == 0
+        r.forget([second.id], prune=True)
+        rep = r.check(read_data=True)
+        assert rep.ok, rep.errors
+        names = {e.node.name for e in r.list_backup(first.id, start=str(src))}
+        assert {b"a", b"x", b"y", b"b"} <= names
