@@ -15,9 +15,21 @@ ratios fair where single figures drift.  Each command runs under GNU time (wall,
 user, sys, max RSS); the medians and the ratios to restic (restore) and borg
 (tar) are printed at the end.  --ab PATH times another checkout (e.g. main) in
 the same rounds: A/B at the same moment.
+
+Where the output goes matters as much as the code (docs/design.md, "Restore
+against restic, by the state of the filesystem").  --fs work (the default) writes into WORK, where the
+previous step's tree was just deleted: on a journal-less ext4 (this VM's /)
+every new inode then pays for the recently freed ones of its block group.
+--fs fresh / fresh-journal give every timed command a newly made ext4 (a
+12 GiB sparse image in WORK on a loop device with direct I/O; journal-less
+like the VM's /, or with a journal), unmounted (written back) after it:
+root only.  --preread reads every file of the three repositories before each
+timed command, so that no tool finds its packs evicted from the page cache
+(this VM's DAMON drops pages untouched for ~30 s).
 """
 
 import argparse
+import contextlib
 import os
 import shutil
 import statistics
@@ -44,6 +56,45 @@ def timed(cmd, env, cwd=None):
     return float(wall), float(user), float(sys_), int(rss) / 1024
 
 
+class FreshFs:
+    """A newly made ext4 mounted at WORK/mnt for one timed command (see the module doc)."""
+
+    def __init__(self, work: str, journal: bool):
+        self.image = os.path.join(work, "fs.img")
+        self.mnt = os.path.join(work, "mnt")
+        self.journal = journal
+        self.dev = None
+
+    def __enter__(self):
+        if os.path.exists(self.image):
+            os.unlink(self.image)
+        with open(self.image, "wb") as f:
+            f.truncate(12 << 30)
+        subprocess.run(["mkfs.ext4", "-q", "-F"] + ([] if self.journal else ["-O", "^has_journal"]) + [self.image],
+                       check=True)
+        self.dev = subprocess.run(["losetup", "--direct-io=on", "-f", "--show", self.image], check=True,
+                                  capture_output=True, text=True).stdout.strip()
+        os.makedirs(self.mnt, exist_ok=True)
+        subprocess.run(["mount", self.dev, self.mnt], check=True)
+        return self.mnt
+
+    def __exit__(self, *exc):
+        subprocess.run(["umount", self.mnt], check=True)     # writes the tree back
+        subprocess.run(["losetup", "-d", self.dev], check=True)
+        os.unlink(self.image)
+
+
+def preread(paths):
+    """Read every file below paths (into the page cache)."""
+    buf = bytearray(1 << 20)
+    for top in paths:
+        for dirpath, _, names in os.walk(top):
+            for name in names:
+                with open(os.path.join(dirpath, name), "rb", buffering=0) as f:
+                    while f.readinto(buf):
+                        pass
+
+
 def chunkrepo_env(checkout):
     return dict(os.environ, PYTHONPATH=checkout)
 
@@ -62,7 +113,7 @@ def setup(args, env):
         subprocess.run(["restic", "init", "-q", "-r", restic], env=env, check=True)
         subprocess.run(["restic", "backup", "-q", "-r", restic, corpus], env=env, check=True)
     borg = os.path.join(args.work, "borg")
-    if not os.path.isdir(borg):
+    if not os.path.isdir(borg) and "tar" in args.steps.split(",") and not args.no_peers:
         subprocess.run(["borg", "init", "-e", "none", borg], env=env, check=True)
         subprocess.run(["borg", "create", borg + "::b1", corpus], env=env, check=True)
     return cr, restic, borg
@@ -77,15 +128,21 @@ def main():
                     help="another chunkrepo checkout to time in the same rounds (repeatable)")
     ap.add_argument("--steps", default="restore,tar")
     ap.add_argument("--no-peers", action="store_true", help="time chunkrepo checkouts only")
+    ap.add_argument("--fs", choices=("work", "fresh", "fresh-journal"), default="work",
+                    help="where restores and tars write (see above)")
+    ap.add_argument("--preread", action="store_true", help="read the repositories before every timed command")
     args = ap.parse_args()
+    if args.fs != "work" and os.geteuid() != 0:
+        sys.exit("--fs fresh/fresh-journal makes and mounts filesystems: run as root")
     os.makedirs(args.work, exist_ok=True)
     env = dict(os.environ, BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK="yes", BORG_RELOCATED_REPO_ACCESS_IS_OK="yes")
     env.setdefault("RESTIC_PASSWORD", "bench")
     cr, restic, borg = setup(args, env)
     steps = args.steps.split(",")
     checkouts = [("chunkrepo", ROOT)] + [(f"chunkrepo@{os.path.basename(c.rstrip('/'))}", c) for c in args.ab]
-    target = os.path.join(args.work, "target")
-    out = os.path.join(args.work, "out.tar")
+    where = args.work if args.fs == "work" else os.path.join(args.work, "mnt")
+    target = os.path.join(where, "target")
+    out = os.path.join(where, "out.tar")
     runs = []     # (step, tool, (wall, user, sys, rss))
 
     def run(step, tool, cmd, cenv, cwd=None):
@@ -94,11 +151,15 @@ def main():
                 shutil.rmtree(p)
             elif os.path.exists(p):
                 os.unlink(p)
-        subprocess.run(["sync"], check=True)
-        if cwd:
-            os.makedirs(cwd)
-        # not this checkout: `python -m` puts the working directory first on sys.path
-        r = timed(cmd, cenv, cwd or args.work)
+        fs = FreshFs(args.work, args.fs == "fresh-journal") if args.fs != "work" else contextlib.nullcontext()
+        with fs:
+            if args.preread:
+                preread((cr, restic, borg))
+            subprocess.run(["sync"], check=True)
+            if cwd:
+                os.makedirs(cwd)
+            # not this checkout: `python -m` puts the working directory first on sys.path
+            r = timed(cmd, cenv, cwd or args.work)
         runs.append((step, tool, r))
         print(f"{step:8} {tool:22} {r[0]:7.2f} s wall {r[1]:6.2f} user {r[2]:6.2f} sys {r[3]:6.0f} MiB",
               flush=True)
