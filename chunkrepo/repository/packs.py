@@ -54,6 +54,7 @@ class PackWriter:
         self._w.write(HEADER)
         self._offset = len(HEADER)
         self.entries: List[PackEntry] = []
+        self.record_bytes = 0        # raw bytes of the directory records it holds
 
     @property
     def size(self) -> int:
@@ -74,6 +75,8 @@ class PackWriter:
                 self._w.write(part)
                 n += len(part)
         self.entries.append(PackEntry(kind, blob_id, self._offset, n, raw_length))
+        if kind == KIND_TREE:
+            self.record_bytes += raw_length
         self._offset += n
         return n
 

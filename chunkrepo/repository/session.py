@@ -67,7 +67,6 @@ class WriteSession:
         # (then no other id is in the index: a claim needs no lookup; new_ids.py)
         self._new_ids: Optional[NewIds] = None
         self._pending_trees: Dict[bytes, bytes] = {}   # id -> record bytes, until committed
-        self._pending_tree_bytes = 0
         self._sealed: "queue.SimpleQueue" = queue.SimpleQueue()
         self._local = threading.local()
         self._writers: list = []
@@ -269,12 +268,14 @@ class WriteSession:
                     if v.has_tree(tid):
                         return tid
             self._pending_trees[tid] = data
-            self._pending_tree_bytes += len(data)
         self._append(KIND_TREE, tid, compression.compress_parts(data, self._level(len(data))), len(data))
         w = self._local.writer
-        if w is not None and self._pending_tree_bytes > _MAX_PENDING_TREE_BYTES:
-            # records wait in memory until their pack is sealed: bound that on hosts
-            # with millions of files by sealing this (tree-holding) pack early
+        if w is not None and w.record_bytes > _MAX_PENDING_TREE_BYTES:
+            # records wait in memory until their pack is committed (the owner's next
+            # checkpoint once it is sealed): bound that on hosts with millions of files by
+            # sealing a pack early once it holds this much of them (counting the records
+            # of sealed packs too sealed every later record in a pack of its own until the
+            # checkpoint: 351 packs of one record in a scale-1.0 first backup)
             self._local.writer = None
             self._seal(w)
         return tid
@@ -343,7 +344,7 @@ class WriteSession:
                 self._new_ids.add(tree_ids)
             self._pending_chunks.difference_update(chunk_ids)
             for tid in tree_ids:
-                self._pending_tree_bytes -= len(self._pending_trees.pop(tid, b""))
+                self._pending_trees.pop(tid, None)
 
     def _index_blob(self, w, pack_id: bytes, e, tree_bytes: dict) -> None:
         entry = BlobEntry(pack_id, e.offset, e.length, e.raw_length, 0)
