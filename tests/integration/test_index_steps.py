@@ -109,3 +109,26 @@ def test_a_writer_keeps_less_of_the_map_than_readers(tmp_path):
         with r._repo.write_session():
             assert resident.lookup_budget == session.WRITER_LOOKUP_BUDGET == 2 << 20
         assert resident.lookup_budget == 8 << 20
+
+
+def test_records_fill_their_packs_up_to_the_early_seal(tmp_path, monkeypatch):
+    """A pack is sealed early once it holds _MAX_PENDING_TREE_BYTES of directory records;
+    the records after it fill the next pack, not a pack each."""
+    limit = 16 << 10
+    monkeypatch.setattr(session, "_MAX_PENDING_TREE_BYTES", limit)
+    src = tmp_path / "src"
+    for d in range(200):
+        for i in range(3):
+            p = src / f"dir{d:03d}" / (f"file-with-a-long-name-{i}-" + "x" * 60)
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(b"%d %d\n" % (d, i))
+    repo_path = tmp_path / "repo"
+    Repo.init(repo_path).close()
+    with Repo(repo_path) as r:
+        r.backup([src])
+        assert r.check().ok
+    trailers = _packs(repo_path)
+    records = [e for t in trailers for e in t if e.kind == 1]
+    holding = sum(1 for t in trailers if any(e.kind == 1 for e in t))
+    assert len(records) > 200
+    assert holding <= sum(e.raw_length for e in records) // limit + 2
