@@ -2,6 +2,7 @@
 
 import os
 import struct
+import sys
 from contextlib import contextmanager
 from typing import Iterator, NamedTuple, Optional
 
@@ -545,6 +546,16 @@ class WriteView(ReadView):
             self.txn.put(pid, p._replace(dead_bytes=p.dead_bytes + db, dead_blobs=p.dead_blobs + dn).encode(),
                          db=self._ix.packs)
         self._dead.clear()
+
+
+# The keys of Environment.info(), kept interned for good.  MappedPages calls info() before
+# every drop (map_size), and CPython interns the keys of the dict it builds: with no other
+# reference, each call added five strings to the interpreter's table of interned strings
+# and took them out again, and as the dead entries filled it that table (~1 MiB at this
+# size) was reallocated, again and again in a long backup, in the main thread's heap
+# (docs/design.md, Memory at scale: what it cost at 1M files).
+_INFO_KEYS = tuple(map(sys.intern, ("map_addr", "map_size", "last_pgno", "last_txnid", "max_readers",
+                                    "num_readers")))
 
 
 class Index:
