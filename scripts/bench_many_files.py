@@ -77,6 +77,8 @@ def main():
     print("|---|---|---|---|---|---|---|---|---|---|")
     loads = []
     first_rss = []
+    if args.repos:
+        os.makedirs(args.repos, exist_ok=True)
     for n in args.files:
         src = os.path.abspath(os.path.join(args.root, f"tree-{n}"))
         make_tree(src, n)
