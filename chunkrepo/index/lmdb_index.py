@@ -463,28 +463,16 @@ class WriteView(ReadView):
         return self._add_ref(self._ix.chunks, cid, delta)
 
     def add_chunk_refs(self, ids: list, start: int, end: int) -> None:
-        """One reference per id of ids[start:end], sorted (equal ids adjacent, added at
-        once): add_chunk_ref id by id, a stored chunk's entry rewritten inline (the
-        registration of a first backup references every chunk it stored)."""
-        ix, get, put = self._ix, self.txn.get, self.txn.put
-        db, looked_up, mark_live = ix.chunks, ix.resident.looked_up, self._mark_live
-        count, length = _REFCOUNT.unpack_from, _LENGTH.unpack_from
-        i = start
+        """One reference per id of ids[start:end], sorted: equal ids are adjacent and
+        added at once (add_chunk_ref's fast path rewrites a stored chunk's count in place)."""
+        db, i = self._ix.chunks, start
         while i < end:
             cid = ids[i]
             j = i + 1
             while j < end and ids[j] == cid:
                 j += 1
-            delta, i = j - i, j
-            looked_up()
-            v = get(cid, db=db)
-            if v is None or v[:16] == LOST_PACK:
-                self._add_ref(db, cid, delta)
-                continue
-            before = count(v, _REFCOUNT_AT)[0]
-            put(cid, v[:_REFCOUNT_AT] + _REFCOUNT.pack(before + delta), db=db)
-            if before == 0:
-                mark_live(v[:16], cid, length(v, _LENGTH_AT)[0])
+            self._add_ref(db, cid, j - i)
+            i = j
 
     def add_tree_ref(self, tid: bytes, delta: int = 1) -> Optional[int]:
         return self._add_ref(self._ix.trees, tid, delta)
