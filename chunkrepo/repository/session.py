@@ -215,12 +215,14 @@ class WriteSession:
         if first is not None:
             raise first
 
+    def _may_be_indexed(self, bid: bytes) -> bool:
+        """False when the blob is surely not in the index (new_ids.py); under _claim_lock."""
+        return self._new_ids is None or bid in self._new_ids
+
     def claim_chunk(self, cid: bytes) -> bool:
         """True if the caller must store this chunk (nobody has it yet)."""
         with self._claim_lock:
-            if cid in self._pending_chunks:
-                return False
-            if (self._new_ids is None or cid in self._new_ids) and self.index.has_chunk(cid):
+            if cid in self._pending_chunks or (self._may_be_indexed(cid) and self.index.has_chunk(cid)):
                 return False
             self._pending_chunks.add(cid)
             return True
@@ -263,7 +265,7 @@ class WriteSession:
         with self._claim_lock:
             if tid in self._pending_trees:
                 return tid
-            if self._new_ids is None or tid in self._new_ids:
+            if self._may_be_indexed(tid):
                 with self.index.read() as v:
                     if v.has_tree(tid):
                         return tid
@@ -337,13 +339,12 @@ class WriteSession:
             if not last:
                 crash_point("pack-step-committed")
         chunk_ids = [e.id for e in entries if e.kind == KIND_DATA]
-        tree_ids = [e.id for e in entries if e.kind != KIND_DATA] if len(chunk_ids) < n else ()
         with self._claim_lock:
             if self._new_ids is not None:     # before they leave the pending sets
                 self._new_ids.add(chunk_ids)
-                self._new_ids.add(tree_ids)
+                self._new_ids.add(tree_bytes)     # the pack's records, by id
             self._pending_chunks.difference_update(chunk_ids)
-            for tid in tree_ids:
+            for tid in tree_bytes:
                 self._pending_trees.pop(tid, None)
 
     def _index_blob(self, w, pack_id: bytes, e, tree_bytes: dict) -> None:
