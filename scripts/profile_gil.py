@@ -28,7 +28,6 @@ import re
 import shutil
 import subprocess
 import sys
-import sysconfig
 import tempfile
 
 RUNNER = """\
@@ -123,8 +122,8 @@ def main() -> int:
         env = dict(os.environ, BPFTRACE_MAP_KEYS_MAX="65536")
         out = subprocess.run(["bpftrace", prog, "-c", cmd], capture_output=True, text=True, env=env,
                              preexec_fn=_memlock)
-        sys.stderr.write("".join(l + "\n" for l in out.stdout.splitlines() if l and not l.startswith("@")
-                                 and not l.startswith("Attaching")))
+        sys.stderr.write("".join(s + "\n" for s in out.stdout.splitlines() if s and not s.startswith("@")
+                                 and not s.startswith("Attaching")))
         if not os.path.exists(maps):
             print(f"profile_gil: the command did not finish normally\n{out.stderr}", file=sys.stderr)
             return 1
