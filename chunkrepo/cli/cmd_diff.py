@@ -6,7 +6,7 @@ import click
 
 from ..model.nodes import DIR
 from ..storage.open import parse_items
-from .common import human_bytes, json_option, open_repo, print_json, repo_option, write_lines
+from .common import human_bytes, json_lines_option, open_repo, print_json, repo_option, write_lines
 
 
 def _shown(c) -> str:
@@ -40,7 +40,7 @@ def _summary(s) -> str:
                    "another mtime is read).")
 @click.option("--source-option", "source_options", multiple=True, metavar="KEY=VALUE",
               help="Option of the URL's filesystem, e.g. endpoint_url=http://... (repeatable).")
-@json_option
+@json_lines_option
 def command(repo_path, a, b, path, content, source_options, as_json):
     """Show what changed from backup A to backup B, or to the live tree at PATH or URL.
 

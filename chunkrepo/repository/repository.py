@@ -281,12 +281,14 @@ class Repository:
             return {bid: records.decode_json(raw) for bid, raw in v.damaged()}
 
     def resolve_backup(self, ref: str) -> BackupRecord:
-        """A full id, a unique prefix, or 'latest'."""
+        """A full id, a unique prefix, or 'latest': the newest backup (a data snapshot,
+        kind "snapshot", is named by its id only: it is not a backup of a host)."""
         recs = self.list_backups()
         if ref == "latest":
-            if not recs:
+            backups = [r for r in recs if r.kind == "backup"]
+            if not backups:
                 raise NotFound("the repository has no backups yet")
-            return recs[-1]
+            return backups[-1]
         matches = [r for r in recs if r.id.startswith(ref.lower())] if ref else []
         if not matches:
             raise NotFound(f"no backup with id {ref!r}")

@@ -40,8 +40,12 @@ def test_backup_prints_id_last_and_summary_on_stderr(tmp_path, src):
     assert "2 files" in p.stderr.decode() or "3 files" in p.stderr.decode()
     listing = run("list-backups", "--repo", repo).stdout.decode()
     assert bid in listing
-    docs = [json.loads(line) for line in run("list-backups", "--repo", repo, "--json").stdout.splitlines()]
+    docs = json.loads(run("list-backups", "--repo", repo, "--json").stdout)
     assert docs[0]["id"] == bid and docs[0]["end_ns"] >= docs[0]["start_ns"]
+    bid2 = run("backup", "--repo", repo, str(src)).stdout.decode().split()[-1]
+    docs = json.loads(run("list-backups", "--repo", repo, "--json").stdout)    # one array, not lines
+    assert [d["id"] for d in docs] == [bid, bid2]
+    assert json.loads(run("list-backups", "--repo", repo, "--json", "--last", "1").stdout)[0]["id"] == bid2
 
 
 def test_backup_json_has_the_promised_keys(tmp_path, src):
