@@ -74,7 +74,7 @@ def command(repo_path, paths, subset, host, excludes, one_file_system, files_fro
         click.echo(
             f"{res.files} files, {res.dirs} directories, {human_bytes(res.bytes_total)} in total; "
             f"read {human_bytes(res.bytes_read)}, new {human_bytes(res.bytes_new)} "
-            f"(stored {human_bytes(res.bytes_stored)}); {res.files_borrowed} files unchanged; "
+            f"(stored {human_bytes(res.bytes_stored)}); {res.files_borrowed} unchanged files not read; "
             f"{res.files_changed_during_backup} changed during backup; {res.skipped} skipped; "
             f"{res.elapsed:.1f} s", err=True)
         click.echo(res.id)

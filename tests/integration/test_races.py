@@ -139,6 +139,9 @@ def test_replaced_vanished_and_retyped_files_between_walk_and_open(repo, tmp_pat
     assert prefix + b"/a/vanishing.txt" not in names
     assert prefix + b"/a/to_symlink.txt" not in names
     assert prefix + b"/a/steady.txt" in names and prefix + b"/z.txt" in names
+    # the counts are those of what the backup holds: not the vanished file nor the one that
+    # became a symlink, and the replaced file with the size of what was stored
+    assert res.files == 3 and res.bytes_total == len(new_content) + len(b"steady\n") + len(b"last\n")
     assert repo.check(read_data=True).ok
 
 
