@@ -2,6 +2,8 @@
 
 import os
 
+import sys
+
 import click
 
 from ..model.nodes import DIR
@@ -70,6 +72,9 @@ def command(repo_path, a, b, path, content, source_options, as_json):
             print_json({"summary": diff.stats.to_dict()})
         else:
             write_lines(f"{c.change}    {_shown(c)}" for c in diff)
-            for err in diff.stats.errors:
-                click.echo(f"chunkrepo: warning: {err}", err=True)
+        for err in diff.stats.errors:
+            click.echo(f"chunkrepo: {err}", err=True)
+        if not as_json:
             click.echo(_summary(diff.stats), err=True)
+    if diff.stats.errors:      # a part could not be compared: the listing is incomplete
+        sys.exit(1)

@@ -138,3 +138,20 @@ def test_short_commands_do_not_import_the_heavy_operations():
             "'chunkrepo.snapshots', 's3fs', 'botocore'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_small_input_mistakes_get_precise_one_line_errors(tmp_path, src):
+    repo = str(tmp_path / "repo")
+    run("init", "--repo", repo)
+    p = run("backup", "--repo", repo, "--files-from", "-", input=b"", check=False)
+    assert p.returncode == 1
+    assert p.stderr.decode() == "chunkrepo: error: --files-from -: no paths listed, nothing to back up\n"
+    bid = run("backup", "--repo", repo, str(src) + "/", str(src)).stdout.decode().split()[-1]
+    assert json.loads(run("list-backups", "--repo", repo, "--json").stdout)[0]["subset"] == str(src)   # one path
+    p = run("ls", "--repo", repo, bid, "no/such/path", check=False)
+    assert p.returncode == 1
+    assert p.stderr.decode() == "chunkrepo: error: /no/such/path: not in the backup (it has no /no)\n"
+    p = run("ls", "--repo", repo, bid, str(src / "nope"), check=False)
+    assert p.stderr.decode() == f"chunkrepo: error: {src}/nope: not in the backup\n"
+    p = run("restore", "--repo", repo, bid, "--target", "", check=False)
+    assert p.returncode == 2 and "--target" in p.stderr.decode() and "empty path" in p.stderr.decode()

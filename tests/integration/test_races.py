@@ -182,6 +182,22 @@ with Repo.init(base + "/repo") as r:
 print(json.dumps(res.to_dict()))
 """
 
+# diff of a backup against a live tree a part of which cannot be listed: exit 1
+CHILD_DIFF = r"""
+import os, sys
+from chunkrepo.cli.main import main
+repo, src = sys.argv[1], sys.argv[2]
+sys.argv = ["chunkrepo", "diff", "--repo", repo, "latest", src]
+try:
+    main()                          # as root: imports everything, no error
+except SystemExit as e:
+    assert not e.code, e.code
+os.setgroups([])
+os.setgid(65534)
+os.setuid(65534)
+main()
+"""
+
 
 def test_unreadable_file_and_directory_as_non_root():
     base = tempfile.mkdtemp(prefix="chunkrepo-eacces-", dir="/tmp")
@@ -211,6 +227,7 @@ def test_unreadable_file_and_directory_as_non_root():
         assert p.returncode == 0, p.stderr.decode()[-2000:]
         res = json.loads(p.stdout.decode().strip().splitlines()[-1])
         assert res["skipped"] == 3, res["errors"]
+        assert res["files"] == 1 and res["bytes_total"] == len(b"readable\n")   # what the backup holds
         errs = "\n".join(res["errors"])
         assert "secret.txt: Permission denied" in errs
         assert "locked_dir: cannot list directory: Permission denied" in errs
@@ -223,5 +240,9 @@ def test_unreadable_file_and_directory_as_non_root():
             with repo.open_file(res["id"], os.path.join(src, "ok.txt")) as f:
                 assert f.read() == b"readable\n"
             assert repo.check(read_data=True).ok
+        p = subprocess.run([sys.executable, "-c", CHILD_DIFF, os.path.join(base, "repo"), src],
+                           capture_output=True, env=dict(os.environ, PYTHONPATH=ROOT), timeout=120)
+        assert p.returncode == 1, p.stderr.decode()[-2000:]
+        assert b"locked_dir: cannot list directory: Permission denied" in p.stderr
     finally:
         shutil.rmtree(base, ignore_errors=True)

@@ -497,7 +497,8 @@ def run_backup(repo, paths: Sequence[str], opts: BackupOptions) -> BackupResult:
     abspaths, missing = [], []
     for p in paths:
         ap = os.path.normpath(os.path.abspath(os.fsencode(p)))
-        (abspaths if os.path.lexists(ap) else missing).append(ap)
+        if ap not in abspaths and ap not in missing:     # /x/ and /x are one path
+            (abspaths if os.path.lexists(ap) else missing).append(ap)
     if missing and (not opts.listed_paths or not abspaths):
         raise ChunkrepoError(f"{os.fsdecode(missing[0])}: no such file or directory")
     host = opts.host or socket.gethostname()
