@@ -78,6 +78,7 @@ def test_file_rewritten_during_the_backup_is_never_stored_torn(repo, tmp_path, p
     else:
         assert res.files_changed_during_backup == 1
         assert any("changed during the backup" in e for e in res.errors)
+        assert res.bytes_read >= SIZE and res.files == 0 and res.bytes_total == 0   # read, not held
     assert repo.check().ok
     # quiet again: the next backup stores it, byte-identical
     res2 = repo.backup([src])

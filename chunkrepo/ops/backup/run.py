@@ -420,7 +420,9 @@ class Backup:
         for attempt in (1, 2):
             try:
                 fst, chunks, sparse, nread, xattrs = self.saver.read_file(path, st, self.all_xattrs)
-            except FileChanged:
+            except FileChanged as e:
+                with self._lock:
+                    self.res.bytes_read += e.nread
                 try:
                     st = os.lstat(path)
                 except FileNotFoundError:
