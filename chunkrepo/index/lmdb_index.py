@@ -10,7 +10,7 @@ import lmdb
 import msgpack
 
 from ..codec.hashing import ID_SIZE
-from ..errors import IntegrityError, StorageError
+from ..errors import IndexDamaged, IntegrityError, StorageError
 from .resident import MappedPages, maps_of
 
 _ENTRY = struct.Struct("<16sQIIQ")  # pack id, offset, stored length, raw length, refcount
@@ -33,6 +33,16 @@ COMMITTING_META = "committing"        # meta key: the pack id whose entries are 
 REGISTERING_META = "registering"      # meta key: msgpack [backup id, tree ids still to reference, position]
 REGISTERING_BATCH_META = "registering-batch"   # meta key: ids of the records whose chunk refs are being added
 LOST_PACK = bytes(16)                 # the pack id of a lost blob's entry (check --repair)
+
+# What liblmdb reports when a page it reads fails its checks (wrong type, out of range,
+# bad sizes, a database record that is no database, not an LMDB file at all), and
+# MDB_BAD_TXN: a transaction in which such an error happened goes on failing with it
+# (some lookups that meet damage return "not found" and only mark the transaction).
+_DAMAGE = tuple(getattr(lmdb, name) for name in (
+    "CorruptedError", "PageNotFoundError", "PanicError", "InvalidError", "IncompatibleError",
+    "BadValsizeError", "BadTxnError", "PageFullError", "CursorFullError", "ProblemError", "BadChecksumError")
+    if hasattr(lmdb, name))
+REBUILD_ADVICE = "run 'chunkrepo rebuild-index' (it rebuilds it from the packs and backup records)"
 
 
 class PackInfo(NamedTuple):
@@ -550,7 +560,13 @@ class Index:
     """One LMDB environment per path per process (as the LMDB authors advise)."""
 
     def __init__(self, path: str, readonly: bool = False):
+        """readonly: open the index for reading only and without its lock file
+        (lock.mdb, where readers register so that a writer keeps the pages they
+        read): for an index this process cannot write (writable()).  The caller
+        makes sure that no writer runs meanwhile (repository.lock.ReaderLock)."""
         self.path = path
+        self.readonly = readonly
+        self.damage: Optional[IndexDamaged] = None    # set once damage was met: no more writes
         os.makedirs(path, exist_ok=True) if not readonly else None
         data_file = os.path.join(path, "data.mdb")
         before = maps_of(data_file)
@@ -559,21 +575,16 @@ class Index:
             # page without a second sync; write(durable=True) syncs after the commit (see there)
             self.env = lmdb.open(path, map_size=_MAP_SIZE, max_dbs=len(_DBS) + 2,
                                  readonly=readonly, subdir=True, max_readers=256,
-                                 lock=True, readahead=False, meminit=False, metasync=False)
+                                 lock=not readonly, readahead=False, meminit=False, metasync=False)
+        except _DAMAGE as e:
+            raise self.found_damage(e) from None
         except lmdb.Error as e:
             raise StorageError(f"cannot open index {path}: {e}") from None
-        handles = {}
-        for name in _DBS:
-            if readonly:
-                try:
-                    handles[name] = self.env.open_db(name, create=False)
-                except lmdb.NotFoundError:
-                    if name in _NEW_DBS:
-                        handles[name] = None
-                        continue
-                    raise IntegrityError(f"index {path} lacks database {name.decode()}") from None
-            else:
-                handles[name] = self.env.open_db(name)
+        try:
+            handles = self._open_dbs()
+        except BaseException:
+            self.env.close()
+            raise
         self.chunks = handles[b"chunks"]
         self.trees = handles[b"trees"]
         self.treedata = handles[b"treedata"]
@@ -588,9 +599,38 @@ class Index:
         # the process's resident share of the map, bounded (see index/resident.py)
         self.resident = MappedPages(data_file, before, lambda: self.env.info()["map_size"])
 
+    def _open_dbs(self) -> dict:
+        handles = {}
+        with self._checked():
+            for name in _DBS:
+                if not self.readonly:
+                    handles[name] = self.env.open_db(name)
+                    continue
+                try:
+                    handles[name] = self.env.open_db(name, create=False)
+                except lmdb.NotFoundError:
+                    if name not in _NEW_DBS:
+                        raise IntegrityError(f"index {self.path} lacks database {name.decode()}") from None
+                    handles[name] = None
+        return handles
+
+    def found_damage(self, what) -> IndexDamaged:
+        """The error for damage found here (what: liblmdb's error, or a value that is no
+        longer what was written); from now on no write transaction starts."""
+        self.damage = IndexDamaged(f"the index {self.path} is damaged ({what}): {REBUILD_ADVICE}")
+        return self.damage
+
+    @contextmanager
+    def _checked(self):
+        """liblmdb's damage reports, as IndexDamaged: every use of the environment goes through here."""
+        try:
+            yield
+        except _DAMAGE as e:
+            raise self.found_damage(e) from None
+
     @contextmanager
     def read(self):
-        with self.env.begin(buffers=False) as txn:
+        with self._checked(), self.env.begin(buffers=False) as txn:
             yield ReadView(self, txn)
 
     @contextmanager
@@ -603,9 +643,11 @@ class Index:
         cut once this returns; durable=False leaves that to the next durable commit:
         a power cut may undo it (never a kill -9), for the intermediate steps of a
         pack commit or a registration, which recovery redoes (docs/format.md, Write
-        order)."""
+        order).  Refused once damage was met: a writer never goes on in a damaged index."""
+        if self.damage is not None:
+            raise self.damage
         try:
-            with self.env.begin(write=True) as txn:
+            with self._checked(), self.env.begin(write=True) as txn:
                 view = WriteView(self, txn)
                 yield view
                 view._flush()
@@ -629,7 +671,7 @@ class Index:
     def has_chunk(self, cid: bytes) -> bool:
         """One-shot lookup in a short read transaction (safe from any thread)."""
         self.resident.looked_up()
-        with self.env.begin() as txn:
+        with self._checked(), self.env.begin() as txn:
             return _present(txn.get(cid, db=self.chunks))
 
     def oldest_reader(self) -> Optional[int]:

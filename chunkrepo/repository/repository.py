@@ -252,7 +252,14 @@ class Repository:
         return self.read_blob(e, cid)
 
     def read_tree(self, tid: bytes, view=None) -> Tree:
-        return Tree.decode(self.tree_bytes(tid, view))
+        data = self.tree_bytes(tid, view)
+        try:
+            return Tree.decode(data)
+        except Exception:      # the decoder's own failure on garbage
+            if hash_bytes(data) != tid:     # a pack's copy is verified when read: the index's copy
+                raise self._index.found_damage(f"its copy of directory record {tid.hex()} fails "
+                                               f"its hash") from None
+            raise
 
     def tree_bytes(self, tid: bytes, view=None) -> bytes:
         def lookup(v):
@@ -271,9 +278,15 @@ class Repository:
     # -- backups ------------------------------------------------------------
     def list_backups(self) -> List[BackupRecord]:
         with self.index.read() as v:
-            recs = [BackupRecord.from_dict(records.decode_json(raw)) for _, raw in v.backups()]
+            recs = [self._indexed_backup(bid, raw) for bid, raw in v.backups()]
         recs.sort(key=lambda r: (r.start_ns, r.id))
         return recs
+
+    def _indexed_backup(self, bid: str, raw: bytes) -> BackupRecord:
+        try:
+            return BackupRecord.from_dict(records.decode_json(raw))
+        except (ValueError, TypeError):     # it was decoded when it was registered
+            raise self._index.found_damage(f"its copy of backup record {bid} is undecodable") from None
 
     def damaged_backups(self) -> Dict[str, dict]:
         """Backups check --repair marked damaged: id -> {"paths": [...], "paths_count": n}."""
