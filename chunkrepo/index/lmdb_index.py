@@ -692,6 +692,22 @@ class Index:
         self.env.close()
 
 
+def read_only_reason(path: str) -> Optional[str]:
+    """Why this process cannot write the index at path (its directory, or the one it
+    would be made in, and its files), or None if it can: a read-only file system, or
+    no write permission.  Such an index is opened with readonly=True."""
+    target = path if os.path.isdir(path) else os.path.dirname(path)
+    files = [target] + [f for f in (os.path.join(path, "data.mdb"), os.path.join(path, "lock.mdb"))
+                        if os.path.exists(f)]
+    effective = os.access in os.supports_effective_ids
+    for f in files:
+        if not os.access(f, os.W_OK, effective_ids=effective):
+            if os.statvfs(f).f_flag & os.ST_RDONLY:
+                return f"{f} is on a read-only file system"
+            return f"no permission to write {f}"
+    return None
+
+
 def _present(raw) -> bool:
     return raw is not None and raw[:16] != LOST_PACK
 

@@ -7,13 +7,13 @@ from typing import Dict, List, NamedTuple, Optional
 from ..codec import compression, records
 from ..codec.hashing import hash_bytes
 from ..errors import AmbiguousId, ChunkrepoError, IntegrityError, NotARepository, NotFound
-from ..index import Index
+from ..index import Index, read_only_reason
 from ..model import BackupRecord, Tree
 from ..storage import LocalStorage
 from ..storage.open import is_url, local_path, open_remote
 from .config import CONFIG_NAME, Config
 from .index_cache import IndexCache, RemoteWriterLock
-from .lock import WriterLock
+from .lock import ReaderLock, WriterLock, read_only
 from .packs import pack_name
 from .session import WriteSession
 
@@ -37,11 +37,11 @@ _open_envs: Dict[str, list] = {}   # LMDB allows one Environment per path per pr
 _open_envs_lock = threading.Lock()
 
 
-def _acquire_index(path: str) -> Index:
+def _acquire_index(path: str, readonly: bool = False) -> Index:
     with _open_envs_lock:
         slot = _open_envs.get(path)
         if slot is None:
-            slot = _open_envs[path] = [Index(path), 0]
+            slot = _open_envs[path] = [Index(path, readonly), 0]
         slot[1] += 1
         return slot[0]
 
@@ -93,7 +93,15 @@ class Repository:
         self.config = Config.decode(raw, self.path)
         self.cache = IndexCache(self.storage, self.config.repo_id) if self.remote else None
         self._index_path = self.cache.index_path if self.remote else os.path.join(self.path, "index")
-        self._index = _acquire_index(self._index_path)
+        # a local repository this process cannot write is read without the index's lock
+        # file, while no writer runs (docs/design.md, "Read-only repositories")
+        self.read_only = None if self.remote else read_only_reason(self._index_path)
+        self._reader_lock = ReaderLock(os.path.join(self.path, "lock")) if self.read_only else None
+        try:
+            self._index = _acquire_index(self._index_path, readonly=self.read_only is not None)
+        except BaseException:
+            self._release_reader_lock()
+            raise
         self._closed = False
         if self.cache is not None:
             self.cache.due = sync_index
@@ -131,6 +139,8 @@ class Repository:
 
     def writer_lock(self):
         """The lock a write session holds: flock on a local repository, a lease in an object store."""
+        if self.read_only:
+            raise read_only(self.path, self.read_only)
         if self.remote:
             return RemoteWriterLock(self)
         return WriterLock(os.path.join(self.path, "lock"))
@@ -140,6 +150,11 @@ class Repository:
             self._closed = True
             self.storage.close()
             _release_index(self._index_path)
+            self._release_reader_lock()
+
+    def _release_reader_lock(self) -> None:
+        if self._reader_lock is not None:
+            self._reader_lock.release()
 
     def __enter__(self):
         return self
