@@ -566,6 +566,10 @@ class Index:
         makes sure that no writer runs meanwhile (repository.lock.ReaderLock)."""
         self.path = path
         self.readonly = readonly
+        self._open()
+
+    def _open(self) -> None:
+        path, readonly = self.path, self.readonly
         self.damage: Optional[IndexDamaged] = None    # set once damage was met: no more writes
         os.makedirs(path, exist_ok=True) if not readonly else None
         data_file = os.path.join(path, "data.mdb")
@@ -686,6 +690,17 @@ class Index:
                 t = int(parts[2])
                 oldest = t if oldest is None else min(oldest, t)
         return oldest
+
+    def recreate(self) -> None:
+        """Replace the environment by an empty one, whatever state its file is in (a
+        cache about to be refilled from the store).  No transaction may be open."""
+        self.close()
+        for name in ("data.mdb", "lock.mdb"):
+            try:
+                os.unlink(os.path.join(self.path, name))
+            except FileNotFoundError:
+                pass
+        self._open()
 
     def close(self) -> None:
         self.resident.close()

@@ -98,7 +98,10 @@ class Repository:
         self.read_only = None if self.remote else read_only_reason(self._index_path)
         self._reader_lock = ReaderLock(os.path.join(self.path, "lock")) if self.read_only else None
         try:
-            self._index = _acquire_index(self._index_path, readonly=self.read_only is not None)
+            if self.cache is not None:
+                self._index = self.cache.open_index(_acquire_index)
+            else:
+                self._index = _acquire_index(self._index_path, readonly=self.read_only is not None)
         except BaseException:
             self._release_reader_lock()
             raise

@@ -5,10 +5,13 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 
 import lmdb
 import pytest
 
+from chunkrepo import Repo
+from chunkrepo.errors import IndexDamaged
 from tests.conftest import age, write_random
 
 ADVICE = "run 'chunkrepo rebuild-index'"
@@ -131,3 +134,35 @@ def test_damaged_copy_of_a_directory_record(backed_up, tmp_path):
     rc, out, err = run("ls", "latest", "--repo", str(repo))
     assert_damage_reported(rc, err, index_dir)
     assert f"directory record {root.hex()} fails its hash" in err
+
+
+def test_damaged_cache_of_a_remote_repository(tmp_path, monkeypatch, caplog):
+    """A remote repository's index is a local cache: rebuild-index replaces a damaged one
+    (emptying it would walk its damaged pages), and one too damaged to open is replaced."""
+    fsspec = pytest.importorskip("fsspec")
+    monkeypatch.setenv("CHUNKREPO_INDEX_CACHE", str(tmp_path / "cache"))
+    url = f"memory://index-damage-{uuid.uuid4().hex[:12]}/repo"
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    write_random(src / "d" / "f", 50_000)
+    age(src / "d" / "f")
+    try:
+        with Repo.init(url) as repo:
+            rec = repo.get_backup(repo.backup([src]).id)
+            cache = repo.repository.cache.index_path
+        damage_page_holding(cache, b"trees", bytes.fromhex(rec.root))
+        with Repo(url) as repo:
+            with pytest.raises(IndexDamaged, match="rebuild-index"):
+                list(repo.list_backup(rec.id))
+        Repo.rebuild_index(url)
+        with Repo(url) as repo:
+            assert [e.path for e in repo.list_backup(rec.id) if e.path.endswith(b"/d/f")]
+        with open(os.path.join(cache, "data.mdb"), "r+b") as f:   # the main database too
+            f.seek(2 * 4096)
+            f.write(bytes(os.path.getsize(os.path.join(cache, "data.mdb")) - 2 * 4096))
+        with Repo(url) as repo:
+            assert [b.id for b in repo.list_backups()] == [rec.id]
+            assert repo.check().ok
+        assert "is damaged: it is refilled from the store" in caplog.text
+    finally:
+        fsspec.filesystem("memory").rm(url.split("://")[1].split("/")[0], recursive=True)
