@@ -42,7 +42,7 @@ _DAMAGE = tuple(getattr(lmdb, name) for name in (
     "CorruptedError", "PageNotFoundError", "PanicError", "InvalidError", "IncompatibleError",
     "BadValsizeError", "BadTxnError", "PageFullError", "CursorFullError", "ProblemError", "BadChecksumError")
     if hasattr(lmdb, name))
-REBUILD_ADVICE = "run 'chunkrepo rebuild-index' (it rebuilds it from the packs and backup records)"
+_REBUILD_ADVICE = "run 'chunkrepo rebuild-index' (it rebuilds it from the packs and backup records)"
 
 
 class PackInfo(NamedTuple):
@@ -562,7 +562,7 @@ class Index:
     def __init__(self, path: str, readonly: bool = False):
         """readonly: open the index for reading only and without its lock file
         (lock.mdb, where readers register so that a writer keeps the pages they
-        read): for an index this process cannot write (writable()).  The caller
+        read): for an index this process cannot write (read_only_reason()).  The caller
         makes sure that no writer runs meanwhile (repository.lock.ReaderLock)."""
         self.path = path
         self.readonly = readonly
@@ -621,7 +621,7 @@ class Index:
     def found_damage(self, what) -> IndexDamaged:
         """The error for damage found here (what: liblmdb's error, or a value that is no
         longer what was written); from now on no write transaction starts."""
-        self.damage = IndexDamaged(f"the index {self.path} is damaged ({what}): {REBUILD_ADVICE}")
+        self.damage = IndexDamaged(f"the index {self.path} is damaged ({what}): {_REBUILD_ADVICE}")
         return self.damage
 
     @contextmanager

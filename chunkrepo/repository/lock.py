@@ -16,6 +16,8 @@ import socket
 from ..errors import ReadOnlyRepository, RepoLocked
 
 log = logging.getLogger("chunkrepo")
+# who holds the lock without having written who it is (a ReaderLock never writes)
+_UNNAMED_HOLDER = "another process (a writer starting, or a reader that cannot write the repository)"
 
 
 class WriterLock:
@@ -28,15 +30,14 @@ class WriterLock:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
             if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-                raise read_only(os.path.dirname(self.path), f"{self.path}: {e.strerror}") from None
+                raise read_only_error(os.path.dirname(self.path), f"{self.path}: {e.strerror}") from None
             raise
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raw = os.pread(fd, 4096, 0)
             os.close(fd)
-            holder = _describe(raw) if raw.strip() else "another process (a writer starting, or a reader " \
-                                                         "that cannot write the repository: ReaderLock)"
+            holder = _describe(raw) if raw.strip() else _UNNAMED_HOLDER
             raise RepoLocked(f"repository is locked by {holder}") from None
         try:
             left = os.pread(fd, 4096, 0)
@@ -113,7 +114,7 @@ class ReaderLock:
             self._fd = None
 
 
-def read_only(path: str, reason: str) -> ReadOnlyRepository:
+def read_only_error(path: str, reason: str) -> ReadOnlyRepository:
     return ReadOnlyRepository(f"cannot write the repository {path} ({reason}); commands that only read "
                               f"it work: list-backups, ls, tar, restore, diff, check without --repair")
 

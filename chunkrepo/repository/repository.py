@@ -13,7 +13,7 @@ from ..storage import LocalStorage
 from ..storage.open import is_url, local_path, open_remote
 from .config import CONFIG_NAME, Config
 from .index_cache import IndexCache, RemoteWriterLock
-from .lock import ReaderLock, WriterLock, read_only
+from .lock import ReaderLock, WriterLock, read_only_error
 from .packs import pack_name
 from .session import WriteSession
 
@@ -93,21 +93,24 @@ class Repository:
         self.config = Config.decode(raw, self.path)
         self.cache = IndexCache(self.storage, self.config.repo_id) if self.remote else None
         self._index_path = self.cache.index_path if self.remote else os.path.join(self.path, "index")
-        # a local repository this process cannot write is read without the index's lock
-        # file, while no writer runs (docs/design.md, "Read-only repositories")
+        self._index = self._open_index()
+        self._closed = False
+        if self.cache is not None:
+            self.cache.due = sync_index
+
+    def _open_index(self) -> Index:
+        """A local repository this process cannot write is read without the index's lock
+        file, while no writer runs (docs/design.md, "Read-only repositories"); a remote
+        repository's index is its cache (index_cache)."""
         self.read_only = None if self.remote else read_only_reason(self._index_path)
         self._reader_lock = ReaderLock(os.path.join(self.path, "lock")) if self.read_only else None
         try:
             if self.cache is not None:
-                self._index = self.cache.open_index(_acquire_index)
-            else:
-                self._index = _acquire_index(self._index_path, readonly=self.read_only is not None)
+                return self.cache.open_index(_acquire_index)
+            return _acquire_index(self._index_path, readonly=self.read_only is not None)
         except BaseException:
             self._release_reader_lock()
             raise
-        self._closed = False
-        if self.cache is not None:
-            self.cache.due = sync_index
 
     @property
     def index(self) -> Index:
@@ -143,7 +146,7 @@ class Repository:
     def writer_lock(self):
         """The lock a write session holds: flock on a local repository, a lease in an object store."""
         if self.read_only:
-            raise read_only(self.path, self.read_only)
+            raise read_only_error(self.path, self.read_only)
         if self.remote:
             return RemoteWriterLock(self)
         return WriterLock(os.path.join(self.path, "lock"))
