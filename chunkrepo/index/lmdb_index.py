@@ -605,17 +605,15 @@ class Index:
 
     def _open_dbs(self) -> dict:
         handles = {}
-        with self._checked():
-            for name in _DBS:
-                if not self.readonly:
-                    handles[name] = self.env.open_db(name)
-                    continue
-                try:
-                    handles[name] = self.env.open_db(name, create=False)
-                except lmdb.NotFoundError:
-                    if name not in _NEW_DBS:
-                        raise IntegrityError(f"index {self.path} lacks database {name.decode()}") from None
-                    handles[name] = None
+        for name in _DBS:
+            try:
+                handles[name] = self.env.open_db(name, create=not self.readonly)
+            except lmdb.NotFoundError:
+                if not self.readonly or name not in _NEW_DBS:
+                    raise IntegrityError(f"index {self.path} lacks database {name.decode()}") from None
+                handles[name] = None
+            except _DAMAGE as e:
+                raise self.found_damage(e) from None
         return handles
 
     def found_damage(self, what) -> IndexDamaged:
@@ -624,18 +622,16 @@ class Index:
         self.damage = IndexDamaged(f"the index {self.path} is damaged ({what}): {_REBUILD_ADVICE}")
         return self.damage
 
-    @contextmanager
-    def _checked(self):
-        """liblmdb's damage reports, as IndexDamaged: every use of the environment goes through here."""
-        try:
-            yield
-        except _DAMAGE as e:
-            raise self.found_damage(e) from None
-
+    # liblmdb's damage reports become IndexDamaged where the environment is used: opening
+    # it (above), read(), write() and has_chunk() (an except clause costs nothing until
+    # it catches; these are the hot paths of a backup)
     @contextmanager
     def read(self):
-        with self._checked(), self.env.begin(buffers=False) as txn:
-            yield ReadView(self, txn)
+        try:
+            with self.env.begin(buffers=False) as txn:
+                yield ReadView(self, txn)
+        except _DAMAGE as e:
+            raise self.found_damage(e) from None
 
     @contextmanager
     def write(self, durable: bool = True):
@@ -651,13 +647,15 @@ class Index:
         if self.damage is not None:
             raise self.damage
         try:
-            with self._checked(), self.env.begin(write=True) as txn:
+            with self.env.begin(write=True) as txn:
                 view = WriteView(self, txn)
                 yield view
                 view._flush()
             if durable:
                 self.sync()
             self.resident.check(self.resident.lookup_budget)   # what the transaction read stays mapped
+        except _DAMAGE as e:
+            raise self.found_damage(e) from None
         except lmdb.MapFullError:
             raise StorageError("index map is full") from None
         except lmdb.Error as e:
@@ -675,8 +673,11 @@ class Index:
     def has_chunk(self, cid: bytes) -> bool:
         """One-shot lookup in a short read transaction (safe from any thread)."""
         self.resident.looked_up()
-        with self._checked(), self.env.begin() as txn:
-            return _present(txn.get(cid, db=self.chunks))
+        try:
+            with self.env.begin() as txn:
+                return _present(txn.get(cid, db=self.chunks))
+        except _DAMAGE as e:
+            raise self.found_damage(e) from None
 
     def oldest_reader(self) -> Optional[int]:
         """The oldest snapshot (txn id) an active read transaction of any process sees.
