@@ -35,6 +35,18 @@ class RepoLocked(ChunkrepoError):
     """Another writer holds the repository lock."""
 
 
+class ReadOnlyRepository(ChunkrepoError):
+    """A write to a repository this process can only read (a read-only file system, no permission)."""
+
+
+class IndexDamaged(ChunkrepoError):
+    """The local LMDB index fails liblmdb's own checks; rebuild-index makes a new one.
+
+    Not an IntegrityError: those name one damaged blob or record, which callers may
+    skip (back a directory up afresh, restore the other files); a damaged index
+    must stop whatever uses it."""
+
+
 class TargetNotEmpty(ChunkrepoError):
     """A restore target that already has content."""
 

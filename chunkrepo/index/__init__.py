@@ -17,7 +17,7 @@ refcount >= 1 (for their children); see docs/format.md.
 """
 
 from .lmdb_index import (KIND_CHUNK, KIND_TREE, BlobEntry, GarbageEntry, Index, PackInfo, ReadView,
-                         WriteView)
+                         WriteView, read_only_reason)
 
 __all__ = ["BlobEntry", "GarbageEntry", "Index", "KIND_CHUNK", "KIND_TREE", "PackInfo", "ReadView",
-           "WriteView"]
+           "WriteView", "read_only_reason"]

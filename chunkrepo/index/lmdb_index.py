@@ -10,7 +10,7 @@ import lmdb
 import msgpack
 
 from ..codec.hashing import ID_SIZE
-from ..errors import IntegrityError, StorageError
+from ..errors import IndexDamaged, IntegrityError, StorageError
 from .resident import MappedPages, maps_of
 
 _ENTRY = struct.Struct("<16sQIIQ")  # pack id, offset, stored length, raw length, refcount
@@ -33,6 +33,16 @@ COMMITTING_META = "committing"        # meta key: the pack id whose entries are 
 REGISTERING_META = "registering"      # meta key: msgpack [backup id, tree ids still to reference, position]
 REGISTERING_BATCH_META = "registering-batch"   # meta key: ids of the records whose chunk refs are being added
 LOST_PACK = bytes(16)                 # the pack id of a lost blob's entry (check --repair)
+
+# What liblmdb reports when a page it reads fails its checks (wrong type, out of range,
+# bad sizes, a database record that is no database, not an LMDB file at all), and
+# MDB_BAD_TXN: a transaction in which such an error happened goes on failing with it
+# (some lookups that meet damage return "not found" and only mark the transaction).
+_DAMAGE = tuple(getattr(lmdb, name) for name in (
+    "CorruptedError", "PageNotFoundError", "PanicError", "InvalidError", "IncompatibleError",
+    "BadValsizeError", "BadTxnError", "PageFullError", "CursorFullError", "ProblemError", "BadChecksumError")
+    if hasattr(lmdb, name))
+_REBUILD_ADVICE = "run 'chunkrepo rebuild-index' (it rebuilds it from the packs and backup records)"
 
 
 class PackInfo(NamedTuple):
@@ -550,7 +560,17 @@ class Index:
     """One LMDB environment per path per process (as the LMDB authors advise)."""
 
     def __init__(self, path: str, readonly: bool = False):
+        """readonly: open the index for reading only and without its lock file
+        (lock.mdb, where readers register so that a writer keeps the pages they
+        read): for an index this process cannot write (read_only_reason()).  The caller
+        makes sure that no writer runs meanwhile (repository.lock.ReaderLock)."""
         self.path = path
+        self.readonly = readonly
+        self._open()
+
+    def _open(self) -> None:
+        path, readonly = self.path, self.readonly
+        self.damage: Optional[IndexDamaged] = None    # set once damage was met: no more writes
         os.makedirs(path, exist_ok=True) if not readonly else None
         data_file = os.path.join(path, "data.mdb")
         before = maps_of(data_file)
@@ -559,21 +579,16 @@ class Index:
             # page without a second sync; write(durable=True) syncs after the commit (see there)
             self.env = lmdb.open(path, map_size=_MAP_SIZE, max_dbs=len(_DBS) + 2,
                                  readonly=readonly, subdir=True, max_readers=256,
-                                 lock=True, readahead=False, meminit=False, metasync=False)
+                                 lock=not readonly, readahead=False, meminit=False, metasync=False)
+        except _DAMAGE as e:
+            raise self.found_damage(e) from None
         except lmdb.Error as e:
             raise StorageError(f"cannot open index {path}: {e}") from None
-        handles = {}
-        for name in _DBS:
-            if readonly:
-                try:
-                    handles[name] = self.env.open_db(name, create=False)
-                except lmdb.NotFoundError:
-                    if name in _NEW_DBS:
-                        handles[name] = None
-                        continue
-                    raise IntegrityError(f"index {path} lacks database {name.decode()}") from None
-            else:
-                handles[name] = self.env.open_db(name)
+        try:
+            handles = self._open_dbs()
+        except BaseException:
+            self.env.close()
+            raise
         self.chunks = handles[b"chunks"]
         self.trees = handles[b"trees"]
         self.treedata = handles[b"treedata"]
@@ -588,10 +603,35 @@ class Index:
         # the process's resident share of the map, bounded (see index/resident.py)
         self.resident = MappedPages(data_file, before, lambda: self.env.info()["map_size"])
 
+    def _open_dbs(self) -> dict:
+        handles = {}
+        for name in _DBS:
+            try:
+                handles[name] = self.env.open_db(name, create=not self.readonly)
+            except lmdb.NotFoundError:
+                if not self.readonly or name not in _NEW_DBS:
+                    raise IntegrityError(f"index {self.path} lacks database {name.decode()}") from None
+                handles[name] = None
+            except _DAMAGE as e:
+                raise self.found_damage(e) from None
+        return handles
+
+    def found_damage(self, what) -> IndexDamaged:
+        """The error for damage found here (what: liblmdb's error, or a value that is no
+        longer what was written); from now on no write transaction starts."""
+        self.damage = IndexDamaged(f"the index {self.path} is damaged ({what}): {_REBUILD_ADVICE}")
+        return self.damage
+
+    # liblmdb's damage reports become IndexDamaged where the environment is used: opening
+    # it (above), read(), write() and has_chunk() (an except clause costs nothing until
+    # it catches; these are the hot paths of a backup)
     @contextmanager
     def read(self):
-        with self.env.begin(buffers=False) as txn:
-            yield ReadView(self, txn)
+        try:
+            with self.env.begin(buffers=False) as txn:
+                yield ReadView(self, txn)
+        except _DAMAGE as e:
+            raise self.found_damage(e) from None
 
     @contextmanager
     def write(self, durable: bool = True):
@@ -603,7 +643,9 @@ class Index:
         cut once this returns; durable=False leaves that to the next durable commit:
         a power cut may undo it (never a kill -9), for the intermediate steps of a
         pack commit or a registration, which recovery redoes (docs/format.md, Write
-        order)."""
+        order).  Refused once damage was met: a writer never goes on in a damaged index."""
+        if self.damage is not None:
+            raise self.damage
         try:
             with self.env.begin(write=True) as txn:
                 view = WriteView(self, txn)
@@ -612,6 +654,8 @@ class Index:
             if durable:
                 self.sync()
             self.resident.check(self.resident.lookup_budget)   # what the transaction read stays mapped
+        except _DAMAGE as e:
+            raise self.found_damage(e) from None
         except lmdb.MapFullError:
             raise StorageError("index map is full") from None
         except lmdb.Error as e:
@@ -629,8 +673,11 @@ class Index:
     def has_chunk(self, cid: bytes) -> bool:
         """One-shot lookup in a short read transaction (safe from any thread)."""
         self.resident.looked_up()
-        with self.env.begin() as txn:
-            return _present(txn.get(cid, db=self.chunks))
+        try:
+            with self.env.begin() as txn:
+                return _present(txn.get(cid, db=self.chunks))
+        except _DAMAGE as e:
+            raise self.found_damage(e) from None
 
     def oldest_reader(self) -> Optional[int]:
         """The oldest snapshot (txn id) an active read transaction of any process sees.
@@ -645,9 +692,36 @@ class Index:
                 oldest = t if oldest is None else min(oldest, t)
         return oldest
 
+    def recreate(self) -> None:
+        """Replace the environment by an empty one, whatever state its file is in (a
+        cache about to be refilled from the store).  No transaction may be open."""
+        self.close()
+        for name in ("data.mdb", "lock.mdb"):
+            try:
+                os.unlink(os.path.join(self.path, name))
+            except FileNotFoundError:
+                pass
+        self._open()
+
     def close(self) -> None:
         self.resident.close()
         self.env.close()
+
+
+def read_only_reason(path: str) -> Optional[str]:
+    """Why this process cannot write the index at path (its directory, or the one it
+    would be made in, and its files), or None if it can: a read-only file system, or
+    no write permission.  Such an index is opened with readonly=True."""
+    target = path if os.path.isdir(path) else os.path.dirname(path)
+    files = [target] + [f for f in (os.path.join(path, "data.mdb"), os.path.join(path, "lock.mdb"))
+                        if os.path.exists(f)]
+    effective = os.access in os.supports_effective_ids
+    for f in files:
+        if not os.access(f, os.W_OK, effective_ids=effective):
+            if os.statvfs(f).f_flag & os.ST_RDONLY:
+                return f"{f} is on a read-only file system"
+            return f"no permission to write {f}"
+    return None
 
 
 def _present(raw) -> bool:

@@ -25,9 +25,10 @@ is refused by the lease in the store.  Readers take no lock in the store.
 import fcntl
 import logging
 import os
+import shutil
 
 from .. import paths
-from ..errors import NotFound
+from ..errors import IndexDamaged, NotFound
 from .lease import LeaseLock
 from .packs import pack_id_from_name
 from .session import WriteSession
@@ -76,6 +77,21 @@ class IndexCache:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+    def open_index(self, acquire):
+        """acquire(index path) -> the Index; a cache too damaged to open is replaced
+        by an empty one (sync() then refills it from the store)."""
+        try:
+            return acquire(self.index_path)
+        except IndexDamaged:
+            self.lock()
+            try:
+                log.warning("chunkrepo: the index cache %s is damaged: it is refilled from the store",
+                            self.index_path)
+                shutil.rmtree(self.index_path, ignore_errors=True)
+                return acquire(self.index_path)
+            finally:
+                self.unlock()
 
     # -- generations ----------------------------------------------------------
     def store_generation(self) -> bytes:
@@ -141,9 +157,11 @@ class IndexCache:
                 and backups <= {n.rsplit("/", 1)[1] for n in self.storage.list("backups")})
 
     def rebuild(self, repo) -> dict:
-        """Empty the cache and adopt everything in the store (rebuild-index)."""
+        """Empty the cache and adopt everything in the store (rebuild-index); a new
+        file, not an emptied one: emptying walks the pages of a damaged index."""
         self.lock()
         try:
+            repo.index.recreate()
             return self._sync_locked(repo, full=True)
         finally:
             self.unlock()

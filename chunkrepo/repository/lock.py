@@ -1,19 +1,23 @@
 """The writer lock of a local repository: flock on REPO/lock plus who holds it.
 
 flock is released by the kernel when the holder dies, so a kill -9 never
-leaves a stale lock on the same host.  Readers take no lock.
+leaves a stale lock on the same host.  Readers take no lock, except one that
+cannot write the repository (ReaderLock).
 """
 
 import datetime
+import errno
 import fcntl
 import json
 import logging
 import os
 import socket
 
-from ..errors import RepoLocked
+from ..errors import ReadOnlyRepository, RepoLocked
 
 log = logging.getLogger("chunkrepo")
+# who holds the lock without having written who it is (a ReaderLock never writes)
+_UNNAMED_HOLDER = "another process (a writer starting, or a reader that cannot write the repository)"
 
 
 class WriterLock:
@@ -22,12 +26,18 @@ class WriterLock:
         self._fd = None
 
     def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise read_only_error(os.path.dirname(self.path), f"{self.path}: {e.strerror}") from None
+            raise
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = _describe(os.pread(fd, 4096, 0))
+            raw = os.pread(fd, 4096, 0)
             os.close(fd)
+            holder = _describe(raw) if raw.strip() else _UNNAMED_HOLDER
             raise RepoLocked(f"repository is locked by {holder}") from None
         try:
             left = os.pread(fd, 4096, 0)
@@ -69,6 +79,44 @@ class WriterLock:
 
     def __exit__(self, *exc):
         self.release()
+
+
+class ReaderLock:
+    """A shared flock on REPO/lock, held by a reader that cannot write the repository
+    while it is open (docs/design.md, "Read-only repositories").
+
+    Such a reader opens the index without its lock file, so it is not registered
+    as a reader there and a writer could reuse the pages it is reading; with this
+    lock no writer runs meanwhile (a writer's exclusive flock is refused while it
+    is held, and the reader is refused while a writer holds it).  flock needs
+    only a descriptor open for reading, on a read-only file system too.  Taken in
+    the constructor; a repository without a readable lock file (never written,
+    or unreadable to this user) is read without it."""
+
+    def __init__(self, path: str):
+        self._fd = None
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except (FileNotFoundError, PermissionError):
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _describe(os.pread(fd, 4096, 0))
+            os.close(fd)
+            raise RepoLocked(f"repository is locked by {holder}: a process that cannot write the repository "
+                             f"reads it only while no writer runs; try again when it is done") from None
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)     # and with it the flock
+            self._fd = None
+
+
+def read_only_error(path: str, reason: str) -> ReadOnlyRepository:
+    return ReadOnlyRepository(f"cannot write the repository {path} ({reason}); commands that only read "
+                              f"it work: list-backups, ls, tar, restore, diff, check without --repair")
 
 
 def _other_host(raw: bytes) -> bool:

@@ -7,14 +7,14 @@ from typing import Dict, List, NamedTuple, Optional
 from ..codec import compression, records
 from ..codec.hashing import hash_bytes
 from ..errors import AmbiguousId, ChunkrepoError, IntegrityError, NotARepository, NotFound
-from ..index import Index
+from ..index import Index, read_only_reason
 from ..model import BackupRecord, Tree
 from ..storage import LocalStorage
 from ..storage.open import is_url, local_path, open_remote
 from ..storage.retry import is_transient
 from .config import CONFIG_NAME, Config
 from .index_cache import IndexCache, RemoteWriterLock
-from .lock import WriterLock
+from .lock import ReaderLock, WriterLock, read_only_error
 from .packs import pack_name
 from .session import WriteSession
 
@@ -38,11 +38,11 @@ _open_envs: Dict[str, list] = {}   # LMDB allows one Environment per path per pr
 _open_envs_lock = threading.Lock()
 
 
-def _acquire_index(path: str) -> Index:
+def _acquire_index(path: str, readonly: bool = False) -> Index:
     with _open_envs_lock:
         slot = _open_envs.get(path)
         if slot is None:
-            slot = _open_envs[path] = [Index(path), 0]
+            slot = _open_envs[path] = [Index(path, readonly), 0]
         slot[1] += 1
         return slot[0]
 
@@ -94,10 +94,24 @@ class Repository:
         self.config = Config.decode(raw, self.path)
         self.cache = IndexCache(self.storage, self.config.repo_id) if self.remote else None
         self._index_path = self.cache.index_path if self.remote else os.path.join(self.path, "index")
-        self._index = _acquire_index(self._index_path)
+        self._index = self._open_index()
         self._closed = False
         if self.cache is not None:
             self.cache.due = sync_index
+
+    def _open_index(self) -> Index:
+        """A local repository this process cannot write is read without the index's lock
+        file, while no writer runs (docs/design.md, "Read-only repositories"); a remote
+        repository's index is its cache (index_cache)."""
+        self.read_only = None if self.remote else read_only_reason(self._index_path)
+        self._reader_lock = ReaderLock(os.path.join(self.path, "lock")) if self.read_only else None
+        try:
+            if self.cache is not None:
+                return self.cache.open_index(_acquire_index)
+            return _acquire_index(self._index_path, readonly=self.read_only is not None)
+        except BaseException:
+            self._release_reader_lock()
+            raise
 
     @property
     def index(self) -> Index:
@@ -132,6 +146,8 @@ class Repository:
 
     def writer_lock(self):
         """The lock a write session holds: flock on a local repository, a lease in an object store."""
+        if self.read_only:
+            raise read_only_error(self.path, self.read_only)
         if self.remote:
             return RemoteWriterLock(self)
         return WriterLock(os.path.join(self.path, "lock"))
@@ -141,6 +157,11 @@ class Repository:
             self._closed = True
             self.storage.close()
             _release_index(self._index_path)
+            self._release_reader_lock()
+
+    def _release_reader_lock(self) -> None:
+        if self._reader_lock is not None:
+            self._reader_lock.release()
 
     def __enter__(self):
         return self
@@ -278,7 +299,14 @@ class Repository:
         return self.read_blob(e, cid)
 
     def read_tree(self, tid: bytes, view=None) -> Tree:
-        return Tree.decode(self.tree_bytes(tid, view))
+        data = self.tree_bytes(tid, view)
+        try:
+            return Tree.decode(data)
+        except Exception:      # the decoder's own failure on garbage
+            if hash_bytes(data) != tid:     # a pack's copy is verified when read: the index's copy
+                raise self._index.found_damage(f"its copy of directory record {tid.hex()} fails "
+                                               f"its hash") from None
+            raise
 
     def tree_bytes(self, tid: bytes, view=None) -> bytes:
         def lookup(v):
@@ -297,9 +325,15 @@ class Repository:
     # -- backups ------------------------------------------------------------
     def list_backups(self) -> List[BackupRecord]:
         with self.index.read() as v:
-            recs = [BackupRecord.from_dict(records.decode_json(raw)) for _, raw in v.backups()]
+            recs = [self._indexed_backup(bid, raw) for bid, raw in v.backups()]
         recs.sort(key=lambda r: (r.start_ns, r.id))
         return recs
+
+    def _indexed_backup(self, bid: str, raw: bytes) -> BackupRecord:
+        try:
+            return BackupRecord.from_dict(records.decode_json(raw))
+        except (ValueError, TypeError):     # it was decoded when it was registered
+            raise self._index.found_damage(f"its copy of backup record {bid} is undecodable") from None
 
     def damaged_backups(self) -> Dict[str, dict]:
         """Backups check --repair marked damaged: id -> {"paths": [...], "paths_count": n}."""
