@@ -46,7 +46,7 @@ def backed_up(tmp_path):
     assert rc == 0, err
     rc, out, err = run("list-backups", "--repo", str(repo), "--json")
     assert rc == 0, err
-    root = bytes.fromhex(json.loads(out.splitlines()[0])["root"])
+    root = bytes.fromhex(json.loads(out)[0]["root"])
     return repo, src, root
 
 
