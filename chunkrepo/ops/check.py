@@ -395,7 +395,7 @@ class _Checker:
         if entry is None:
             return None
         if entry.lost:
-            raise _BadTree(f"it is marked lost: {LOST_WHY}")
+            raise _BadTree(f"it was lost: {LOST_WHY}")
         try:
             if data is None:
                 data = self.repo.read_blob(entry, tid)
@@ -455,7 +455,7 @@ class _Checker:
                 missing_chunks.add(cid)
         for cid in sorted(missing_chunks):
             if cid in self.lost:
-                self.error("lost", f"chunk {_short(cid)} is marked lost: {LOST_WHY}; a backup of the "
+                self.error("lost", f"chunk {_short(cid)} was lost: {LOST_WHY}; a backup of the "
                                    f"unchanged file stores it again")
             else:
                 self.error("missing chunk", f"chunk {_short(cid)} is referenced but not in the index")

@@ -143,7 +143,7 @@ def chunk_entries(view, ids, path: str) -> list:
         if e is None:
             raise IntegrityError(f"{path}: chunk {cid.hex()} is missing from the index")
         if e.lost:
-            raise IntegrityError(f"{path}: chunk {cid.hex()} is marked lost: {LOST_WHY}; "
+            raise IntegrityError(f"{path}: chunk {cid.hex()} was lost: {LOST_WHY}; "
                                  f"a backup of the unchanged file stores it again")
         entries.append(e)
     return entries

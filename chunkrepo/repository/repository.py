@@ -1,6 +1,5 @@
 """Repository: opens a repository (a local directory or a URL) and reads blobs, trees and backups."""
 
-import itertools
 import logging
 import os
 import shutil
@@ -62,7 +61,7 @@ def _release_index(path: str) -> None:
 
 
 def _lost(blob_id: bytes) -> IntegrityError:
-    return IntegrityError(f"blob {blob_id.hex()} is marked lost: {LOST_WHY}; "
+    return IntegrityError(f"blob {blob_id.hex()} was lost: {LOST_WHY}; "
                           f"a backup of the unchanged file stores it again")
 
 
@@ -101,21 +100,21 @@ class Repository:
         self.config = Config.decode(raw, self.path)
         self.cache = IndexCache(self.storage, self.config.repo_id) if self.remote else None
         self._index_path = self.cache.index_path if self.remote else os.path.join(self.path, "index")
-        absent = not self.remote and not os.path.exists(os.path.join(self._index_path, "data.mdb"))
+        # a local index that is absent while the store holds packs or backup records (deleted,
+        # or lost with a disk) is rebuilt before anything reads it, as a writer's recovery
+        # would: an empty one would show an empty repository.  One stat on a healthy open;
+        # the store is listed only when the index is absent, and before it is created
+        rebuild = (sync_index and not self.remote
+                   and not os.path.exists(os.path.join(self._index_path, "data.mdb"))
+                   and any(True for prefix in ("backups", "packs") for _ in self.storage.list(prefix)))
         self._index = _acquire_index(self._index_path)
         self._closed = False
         if self.cache is not None:
             self.cache.due = sync_index
-        elif absent and sync_index:
+        if rebuild:
             self._rebuild_absent_index()
 
     def _rebuild_absent_index(self) -> None:
-        """A local index that is absent while the store holds packs or backup records
-        (deleted, or lost with a disk) is rebuilt before anything reads it, as a writer's
-        recovery would: an empty index would show an empty repository.  One stat on a
-        healthy open; the store is listed only when the index is absent."""
-        if not any(True for _ in itertools.chain(self.storage.list("backups"), self.storage.list("packs"))):
-            return      # a new repository
         log.warning("chunkrepo: %s: the index is missing: rebuilding it from the store", self.path)
         try:
             with self.write_session():
