@@ -21,7 +21,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 
-from ..errors import ChunkrepoError, NotARepository
+from ..errors import NotARepository
 from ..index import Index
 from ..repository.lock import WriterLock
 from ..repository.packs import KIND_DATA, KIND_TREE, PackEntry
@@ -99,9 +99,7 @@ class OldIndex:
             return None
         try:
             return cls(Index(path, readonly=True))
-        except (ChunkrepoError, OSError):
-            return None
-        except Exception:         # a damaged environment fails in LMDB's own ways
+        except Exception:         # ours (StorageError, IntegrityError) or LMDB's own, on damage
             return None
 
     def pack_entries(self, pack_ids) -> dict:
