@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from ..errors import ChunkrepoError
 from ..storage.open import parse_items
 from .common import human_bytes, json_option, open_repo, print_json, repo_option
 from .progress import BackupProgress
@@ -54,6 +55,8 @@ def command(repo_path, paths, subset, host, excludes, one_file_system, files_fro
     listed = bool(files_from)
     paths = list(paths) + (_read_files_from(files_from, null) if files_from else [])
     if not paths:
+        if files_from:
+            raise ChunkrepoError(f"--files-from {files_from}: no paths listed, nothing to back up")
         raise click.UsageError("give at least one PATH or --files-from")
     gc.set_threshold(_GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
     with open_repo(repo_path, create_default=True) as repo:
@@ -74,7 +77,7 @@ def command(repo_path, paths, subset, host, excludes, one_file_system, files_fro
         click.echo(
             f"{res.files} files, {res.dirs} directories, {human_bytes(res.bytes_total)} in total; "
             f"read {human_bytes(res.bytes_read)}, new {human_bytes(res.bytes_new)} "
-            f"(stored {human_bytes(res.bytes_stored)}); {res.files_borrowed} files unchanged; "
+            f"(stored {human_bytes(res.bytes_stored)}); {res.files_borrowed} unchanged files not read; "
             f"{res.files_changed_during_backup} changed during backup; {res.skipped} skipped; "
             f"{res.elapsed:.1f} s", err=True)
         click.echo(res.id)

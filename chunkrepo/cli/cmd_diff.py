@@ -2,11 +2,13 @@
 
 import os
 
+import sys
+
 import click
 
 from ..model.nodes import DIR
 from ..storage.open import parse_items
-from .common import human_bytes, json_option, open_repo, print_json, repo_option, write_lines
+from .common import human_bytes, json_lines_option, open_repo, print_json, repo_option, write_lines
 
 
 def _shown(c) -> str:
@@ -40,7 +42,7 @@ def _summary(s) -> str:
                    "another mtime is read).")
 @click.option("--source-option", "source_options", multiple=True, metavar="KEY=VALUE",
               help="Option of the URL's filesystem, e.g. endpoint_url=http://... (repeatable).")
-@json_option
+@json_lines_option
 def command(repo_path, a, b, path, content, source_options, as_json):
     """Show what changed from backup A to backup B, or to the live tree at PATH or URL.
 
@@ -70,6 +72,9 @@ def command(repo_path, a, b, path, content, source_options, as_json):
             print_json({"summary": diff.stats.to_dict()})
         else:
             write_lines(f"{c.change}    {_shown(c)}" for c in diff)
-            for err in diff.stats.errors:
-                click.echo(f"chunkrepo: warning: {err}", err=True)
+        for err in diff.stats.errors:
+            click.echo(f"chunkrepo: {err}", err=True)
+        if not as_json:
             click.echo(_summary(diff.stats), err=True)
+    if diff.stats.errors:      # a part could not be compared: the listing is incomplete
+        sys.exit(1)

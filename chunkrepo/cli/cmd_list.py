@@ -22,12 +22,14 @@ def command(repo_path, last_n, as_json):
     with open_repo(repo_path) as repo:
         recs = repo.list_backups(last_n)
         damaged = repo.damaged_backups()
-    if as_json:
+    if as_json:      # one array, oldest first (as restic's snapshots --json)
+        docs = []
         for r in recs:
             d = r.to_dict()
             if r.id in damaged:       # marked by check --repair: {"paths": [...], "paths_count": n}
                 d["damaged"] = damaged[r.id]
-            print_json(d)
+            docs.append(d)
+        print_json(docs)
         return
     for r in recs:
         st = r.stats

@@ -5,7 +5,7 @@ import os
 import click
 
 from ..ops.listing import tf_lines, tvf_lines
-from .common import json_option, open_repo, print_json, repo_option, write_lines
+from .common import json_lines_option, open_repo, print_json, repo_option, write_lines
 
 
 def _entry_json(e) -> dict:
@@ -29,7 +29,7 @@ def _entry_json(e) -> dict:
 @click.argument("path", default="/")
 @click.option("--simple", is_flag=True, help="Names only, like tar tf.")
 @click.option("--nonrecursive", is_flag=True, help="Only PATH and its direct entries.")
-@json_option
+@json_lines_option
 def command(repo_path, backup, path, simple, nonrecursive, as_json):
     """List BACKUP (or PATH in it) as `tar tvf` lists the archive `chunkrepo tar` makes."""
     with open_repo(repo_path) as repo:

@@ -24,6 +24,8 @@ from .progress import RestoreProgress
 def command(repo_path, backup, path, target, target_options, overwrite, mirror, as_json):
     """Restore BACKUP (or PATH in it) into TARGET (which must be empty or absent, unless
     a URL target is given --overwrite or --mirror)."""
+    if not target:
+        raise click.BadParameter("an empty path", param_hint="--target")
     with open_repo(repo_path) as repo:
         rec = repo.get_backup(backup)
         # the whole backup's size is known from its stats; a part of it shows no ETA

@@ -36,7 +36,13 @@ def storage_options() -> dict:
 
 
 def json_option(f):
-    return click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")(f)
+    return click.option("--json", "as_json", is_flag=True, help="Machine-readable output: one JSON document.")(f)
+
+
+def json_lines_option(f):
+    """--json of a listing that streams: one JSON object per line (as restic's ls --json)."""
+    return click.option("--json", "as_json", is_flag=True,
+                        help="Machine-readable output: one JSON object per line.")(f)
 
 
 def open_repo(repo_path, create_default: bool = False) -> Repo:

@@ -326,7 +326,7 @@ class _Writer:
             try:
                 data = next(pf.data())
             except ChunkrepoError as exc:
-                raise with_path(exc, where) from None
+                raise with_path(exc, "/" + where) from None
             if len(data) != node.size:
                 raise IntegrityError(f"/{where}: stored content is shorter than its size" if len(data) < node.size
                                      else f"/{where}: stored data does not match the file's layout")
@@ -334,7 +334,7 @@ class _Writer:
             self.stats["content_bytes"] += node.size
             self.zeros(-node.size % BLOCK)
             return
-        f = ChunkFile(self.repo, node, e.path, self.view, pf.sizes if pf is not None else None)
+        f = ChunkFile(self.repo, node, b"/" + e.path, self.view, pf.sizes if pf is not None else None)
         try:
             for off, view in f.iter_data(pf.data() if pf is not None else None):
                 if off < pos or off + len(view) > node.size:

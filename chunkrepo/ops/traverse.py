@@ -30,13 +30,22 @@ def find_node(repo, root_tid: bytes, path) -> Node:
     node = Node(b"", 0o40755, 0, 0, "", "", 0, 0, 0, 0, 0, 0, 0, b"", None, b"", root_tid, None)
     with repo.index.read() as v:
         for i, part in enumerate(parts):
-            if node.kind != DIR or node.subtree is None:
-                raise NotFound(f"{'/' + os.fsdecode(b'/'.join(parts[:i + 1]))}: not in the backup")
-            child = repo.read_tree(node.subtree, v).by_name().get(part)
+            child = None
+            if node.kind == DIR and node.subtree is not None:
+                child = repo.read_tree(node.subtree, v).by_name().get(part)
             if child is None:
-                raise NotFound(f"{'/' + os.fsdecode(b'/'.join(parts[:i + 1]))}: not in the backup")
+                raise NotFound(_not_in_backup(parts, i))
             node = child
     return node
+
+
+def _not_in_backup(parts: list, i: int) -> str:
+    """The message for a path whose component i is missing: the path asked for, and
+    where it breaks off when that is above it."""
+    whole = "/" + os.fsdecode(b"/".join(parts))
+    if i == len(parts) - 1:
+        return f"{whole}: not in the backup"
+    return f"{whole}: not in the backup (it has no {'/' + os.fsdecode(b'/'.join(parts[:i + 1]))})"
 
 
 def walk(repo, root_tid: bytes, start="/", recursive: bool = True,

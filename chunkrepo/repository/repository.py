@@ -13,6 +13,7 @@ from ..index import Index
 from ..model import BackupRecord, Tree
 from ..storage import LocalStorage
 from ..storage.open import is_url, local_path, open_remote
+from ..storage.retry import is_transient
 from .config import CONFIG_NAME, Config
 from .index_cache import IndexCache, RemoteWriterLock
 from .lock import WriterLock
@@ -207,7 +208,8 @@ class Repository:
 
         Blobs lying next to each other in one pack (the chunks of consecutive
         small files, as a backup wrote them) are fetched with one ranged read (on
-        an object store also across gaps up to read_plan.max_gap).
+        an object store also across gaps up to read_plan.max_gap); when that read
+        fails, each of its blobs is read alone (_stored_blobs).
         Returns, per item, its bytes or the exception reading it raised (so a
         consumer meets an error at the blob it concerns, not earlier).
         """
@@ -220,27 +222,51 @@ class Repository:
                 out[k] = exc
         return out
 
-    def _get_range(self, e, length: int) -> memoryview:
-        return memoryview(self.storage.get(pack_name(e.pack), e.offset, length))
+    def _get_range(self, pack: bytes, offset: int, length: int, at: int) -> memoryview:
+        return memoryview(self.storage.get(pack_name(pack), offset, length))
 
     @staticmethod
     def _stored_blobs(items, reads, read):
         """(k, the stored bytes of items[k] or the exception that kept them) for every
-        item the reads serve (_ranged_reads); read(e, length) reads one range."""
+        item the reads serve (_ranged_reads).
+
+        read(pack, offset, length, at) reads one range of a pack; at is where the
+        range lies in the reads' bytes laid end to end (BlobReader reads it there).
+        When a read of several blobs fails (a pack cut short, a bad sector), each
+        of them is read alone, so every blob that is intact is used and each one
+        that is not fails with its own error.  Not when the pack is missing or the
+        storage gave up on a transient failure: every blob would fail the same way,
+        one request (and its retries) at a time.
+        """
+        at = 0
         for i, j, e, end in reads:
             if end is None:
                 yield i, e
                 continue
             try:
-                buf = read(e, end - e.offset)
+                buf = read(e.pack, e.offset, end - e.offset, at)
             except (ChunkrepoError, OSError) as exc:
+                if j - i > 1 and not isinstance(exc, NotFound) and not is_transient(exc):
+                    yield from Repository._read_alone(items, i, j, e.offset, at, read)
+                else:
+                    for k in range(i, j):
+                        yield k, exc
+            else:
                 for k in range(i, j):
-                    yield k, exc
-                continue
-            for k in range(i, j):
-                ek = items[k][1]
-                at = ek.offset - e.offset
-                yield k, buf[at:at + ek.length]
+                    ek = items[k][1]
+                    pos = ek.offset - e.offset
+                    yield k, buf[pos:pos + ek.length]
+            at += end - e.offset
+
+    @staticmethod
+    def _read_alone(items, i: int, j: int, start: int, at: int, read):
+        """_stored_blobs for items[i:j] (read from start at at), one read per blob."""
+        for k in range(i, j):
+            ek = items[k][1]
+            try:
+                yield k, read(ek.pack, ek.offset, ek.length, at + ek.offset - start)
+            except (ChunkrepoError, OSError) as exc:
+                yield k, exc
 
     def _ranged_reads(self, items):
         """The reads that serve [(blob id, entry)]: (i, j, e, end) for items[i:j], read
@@ -311,12 +337,14 @@ class Repository:
             return {bid: records.decode_json(raw) for bid, raw in v.damaged()}
 
     def resolve_backup(self, ref: str) -> BackupRecord:
-        """A full id, a unique prefix, or 'latest'."""
+        """A full id, a unique prefix, or 'latest': the newest backup (a data snapshot,
+        kind "snapshot", is named by its id only: it is not a backup of a host)."""
         recs = self.list_backups()
         if ref == "latest":
-            if not recs:
+            backups = [r for r in recs if r.kind == "backup"]
+            if not backups:
                 raise NotFound("the repository has no backups yet")
-            return recs[-1]
+            return backups[-1]
         matches = [r for r in recs if r.id.startswith(ref.lower())] if ref else []
         if not matches:
             raise NotFound(f"no backup with id {ref!r}")
@@ -362,13 +390,10 @@ class BlobReader:
         packed = self._buffer("_packed", sum(end - e.offset for _, _, e, end in reads if end is not None))
         decoded = self._buffer("_decoded", sum(e.raw_length for _, e in items if e is not None))
         blobs: list = [None] * len(items)
-        p = 0
 
-        def read_into_packed(e, length):    # ranges laid end to end in the reused buffer
-            nonlocal p
-            buf = packed[p:p + length]
-            p += length
-            self._readinto(pack_name(e.pack), e.offset, buf)
+        def read_into_packed(pack, offset, length, at):    # ranges laid end to end in the reused buffer
+            buf = packed[at:at + length]
+            self._readinto(pack_name(pack), offset, buf)
             return buf
         read = repo._get_range if self._readinto is None else read_into_packed
         d = 0

@@ -40,8 +40,12 @@ def test_backup_prints_id_last_and_summary_on_stderr(tmp_path, src):
     assert "2 files" in p.stderr.decode() or "3 files" in p.stderr.decode()
     listing = run("list-backups", "--repo", repo).stdout.decode()
     assert bid in listing
-    docs = [json.loads(line) for line in run("list-backups", "--repo", repo, "--json").stdout.splitlines()]
+    docs = json.loads(run("list-backups", "--repo", repo, "--json").stdout)
     assert docs[0]["id"] == bid and docs[0]["end_ns"] >= docs[0]["start_ns"]
+    bid2 = run("backup", "--repo", repo, str(src)).stdout.decode().split()[-1]
+    docs = json.loads(run("list-backups", "--repo", repo, "--json").stdout)    # one array, not lines
+    assert [d["id"] for d in docs] == [bid, bid2]
+    assert json.loads(run("list-backups", "--repo", repo, "--json", "--last", "1").stdout)[0]["id"] == bid2
 
 
 def test_backup_json_has_the_promised_keys(tmp_path, src):
@@ -134,3 +138,20 @@ def test_short_commands_do_not_import_the_heavy_operations():
             "'chunkrepo.snapshots', 's3fs', 'botocore'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_small_input_mistakes_get_precise_one_line_errors(tmp_path, src):
+    repo = str(tmp_path / "repo")
+    run("init", "--repo", repo)
+    p = run("backup", "--repo", repo, "--files-from", "-", input=b"", check=False)
+    assert p.returncode == 1
+    assert p.stderr.decode() == "chunkrepo: error: --files-from -: no paths listed, nothing to back up\n"
+    bid = run("backup", "--repo", repo, str(src) + "/", str(src)).stdout.decode().split()[-1]
+    assert json.loads(run("list-backups", "--repo", repo, "--json").stdout)[0]["subset"] == str(src)   # one path
+    p = run("ls", "--repo", repo, bid, "no/such/path", check=False)
+    assert p.returncode == 1
+    assert p.stderr.decode() == "chunkrepo: error: /no/such/path: not in the backup (it has no /no)\n"
+    p = run("ls", "--repo", repo, bid, str(src / "nope"), check=False)
+    assert p.stderr.decode() == f"chunkrepo: error: {src}/nope: not in the backup\n"
+    p = run("restore", "--repo", repo, bid, "--target", "", check=False)
+    assert p.returncode == 2 and "--target" in p.stderr.decode() and "empty path" in p.stderr.decode()

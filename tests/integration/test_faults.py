@@ -162,7 +162,7 @@ def test_read_error_during_tar_restore_and_open_names_the_file(tmp_path):
         with pytest.raises(StorageError) as exc:
             repo.produce_tar(b.id, io.BytesIO())
         msg = str(exc.value)
-        assert msg.startswith(str(src).lstrip("/") + "/f1-") and "Input/output error" in msg, msg
+        assert msg.startswith(str(src) + "/f1-") and "Input/output error" in msg, msg
         with pytest.raises(StorageError, match=f"^/{rel}: reading packs/.*Input/output error"):
             with repo.open_file(b.id, src / "f1-0.bin") as f:
                 f.read()

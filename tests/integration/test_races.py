@@ -78,6 +78,7 @@ def test_file_rewritten_during_the_backup_is_never_stored_torn(repo, tmp_path, p
     else:
         assert res.files_changed_during_backup == 1
         assert any("changed during the backup" in e for e in res.errors)
+        assert res.bytes_read >= SIZE and res.files == 0 and res.bytes_total == 0   # read, not held
     assert repo.check().ok
     # quiet again: the next backup stores it, byte-identical
     res2 = repo.backup([src])
@@ -139,6 +140,9 @@ def test_replaced_vanished_and_retyped_files_between_walk_and_open(repo, tmp_pat
     assert prefix + b"/a/vanishing.txt" not in names
     assert prefix + b"/a/to_symlink.txt" not in names
     assert prefix + b"/a/steady.txt" in names and prefix + b"/z.txt" in names
+    # the counts are those of what the backup holds: not the vanished file nor the one that
+    # became a symlink, and the replaced file with the size of what was stored
+    assert res.files == 3 and res.bytes_total == len(new_content) + len(b"steady\n") + len(b"last\n")
     assert repo.check(read_data=True).ok
 
 
@@ -179,6 +183,22 @@ with Repo.init(base + "/repo") as r:
 print(json.dumps(res.to_dict()))
 """
 
+# diff of a backup against a live tree a part of which cannot be listed: exit 1
+CHILD_DIFF = r"""
+import os, sys
+from chunkrepo.cli.main import main
+repo, src = sys.argv[1], sys.argv[2]
+sys.argv = ["chunkrepo", "diff", "--repo", repo, "latest", src]
+try:
+    main()                          # as root: imports everything, no error
+except SystemExit as e:
+    assert not e.code, e.code
+os.setgroups([])
+os.setgid(65534)
+os.setuid(65534)
+main()
+"""
+
 
 def test_unreadable_file_and_directory_as_non_root():
     base = tempfile.mkdtemp(prefix="chunkrepo-eacces-", dir="/tmp")
@@ -208,6 +228,7 @@ def test_unreadable_file_and_directory_as_non_root():
         assert p.returncode == 0, p.stderr.decode()[-2000:]
         res = json.loads(p.stdout.decode().strip().splitlines()[-1])
         assert res["skipped"] == 3, res["errors"]
+        assert res["files"] == 1 and res["bytes_total"] == len(b"readable\n")   # what the backup holds
         errs = "\n".join(res["errors"])
         assert "secret.txt: Permission denied" in errs
         assert "locked_dir: cannot list directory: Permission denied" in errs
@@ -220,5 +241,9 @@ def test_unreadable_file_and_directory_as_non_root():
             with repo.open_file(res["id"], os.path.join(src, "ok.txt")) as f:
                 assert f.read() == b"readable\n"
             assert repo.check(read_data=True).ok
+        p = subprocess.run([sys.executable, "-c", CHILD_DIFF, os.path.join(base, "repo"), src],
+                           capture_output=True, env=dict(os.environ, PYTHONPATH=ROOT), timeout=120)
+        assert p.returncode == 1, p.stderr.decode()[-2000:]
+        assert b"locked_dir: cannot list directory: Permission denied" in p.stderr
     finally:
         shutil.rmtree(base, ignore_errors=True)

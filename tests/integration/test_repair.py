@@ -100,8 +100,7 @@ def test_deleted_pack_is_repaired_and_healed_by_the_next_backup(setup, tmp_path)
     assert "repair: pack" not in p.stderr.decode()
     listing = cli("list-backups", "--repo", repo.path, check=0).stdout.decode()
     assert listing.count("DAMAGED") == 2
-    js = [json.loads(line) for line in cli("list-backups", "--json", "--repo", repo.path,
-                                           check=0).stdout.decode().splitlines()]
+    js = json.loads(cli("list-backups", "--json", "--repo", repo.path, check=0).stdout)
     assert all(d["damaged"]["paths"] == damaged_paths for d in js)
 
     rep = repo.check()

@@ -13,6 +13,7 @@ import blake3
 import pytest
 
 from chunkrepo import DirectorySnapshot, FileSnapshot, Repo, restore
+from chunkrepo.errors import NotFound
 from tests.conftest import age, write_random
 
 
@@ -349,6 +350,22 @@ def test_snapshots_are_ordinary_repository_citizens(env):
     if hasattr(Repo, "forget"):
         with pytest.raises(FileNotFoundError):
             DirectorySnapshot.from_digest(snap.digest, repo=env["repo"])
+
+
+def test_latest_names_the_newest_backup_not_a_later_snapshot(env):
+    ds = _dataset(env["ws"] / "ds")
+    DirectorySnapshot.snap(ds, repo=env["repo"])
+    with Repo(env["repo"]) as r:
+        with pytest.raises(NotFound, match="no backups yet"):
+            r.get_backup("latest")                        # a snapshot is not a backup
+        bid = r.backup([str(ds / "sub")]).id
+    FileSnapshot.snap(ds / "a.txt", repo=env["repo"])    # newer than the backup
+    with Repo(env["repo"]) as r:
+        assert r.list_backups()[-1].kind == "snapshot"
+        assert r.get_backup("latest").id == bid
+        names = {e.path for e in r.list_backup("latest")}
+        assert os.fsencode(str(ds / "sub" / "b.txt")).lstrip(b"/") in names
+        assert not any(n.endswith(b".chunkrepo-manifest") for n in names)
 
 
 # -- CLI ------------------------------------------------------------------------------

@@ -25,7 +25,12 @@ _O_NOATIME = getattr(os, "O_NOATIME", 0)
 
 
 class FileChanged(Exception):
-    """The file is not the one we lstat'ed, or changed while we read it."""
+    """The file is not the one we lstat'ed, or changed while we read it.
+    nread: the bytes read before that was seen (they count as read)."""
+
+    def __init__(self, nread: int = 0):
+        super().__init__()
+        self.nread = nread
 
 
 def same_object(a, b) -> bool:
@@ -108,7 +113,7 @@ class _Reader:
                 if left > 0:
                     n = os.preadv(self.fd, [mv[:left]], self.pos)
                     if n == 0:
-                        raise FileChanged()
+                        raise FileChanged(self.total)
                     self.pos += n
                     break
                 self.i += 1
@@ -172,7 +177,7 @@ class FileSaver:
             chunks = self._store_stream(reader, expected)
             fst = os.fstat(fd)
             if reader.total != expected or not unchanged(lst, fst):
-                raise FileChanged()
+                raise FileChanged(reader.total)
             return fst, chunks, extents, reader.total, _xattrs(fd, all_xattrs)
         finally:
             os.close(fd)
@@ -198,7 +203,7 @@ class FileSaver:
             data = b"".join(rest)
         fst = os.fstat(fd)
         if len(data) != size or not unchanged(lst, fst):
-            raise FileChanged()
+            raise FileChanged(len(data))
         if not size:
             return fst, b"", None, 0
         cid = hash_bytes(data)

@@ -163,6 +163,11 @@ class Backup:
         self.cache_links = CacheLinks(repo)      # snapshots hook (see _cache_link)
         self._lock = threading.Lock()
         self._last_progress = 0.0
+        # the walk counts a file and its lstat size when it queues it; a reader that ends up
+        # storing another size (a retry), the previous version or nothing corrects the counts
+        # here (under _lock), and run() applies them once the readers are done
+        self._files_dropped = 0
+        self._size_delta = 0
 
     # -- helpers --------------------------------------------------------------
     def error(self, path: bytes, msg: str) -> None:
@@ -411,10 +416,13 @@ class Backup:
         return [self._read_one(*item) for item in batch]
 
     def _read_one(self, path, name, st, prev) -> Optional[Node]:
+        counted = st.st_size       # what the walk added to bytes_total for this file
         for attempt in (1, 2):
             try:
                 fst, chunks, sparse, nread, xattrs = self.saver.read_file(path, st, self.all_xattrs)
-            except FileChanged:
+            except FileChanged as e:
+                with self._lock:
+                    self.res.bytes_read += e.nread
                 try:
                     st = os.lstat(path)
                 except FileNotFoundError:
@@ -424,28 +432,37 @@ class Backup:
                 continue
             except FileNotFoundError:
                 self.error(path, "vanished before it could be read")
-                with self._lock:
-                    self.res.skipped += 1
+                self._not_stored(counted, skipped=True)
                 return None
             except OSError as e:
                 if e.errno == errno.ELOOP:   # O_NOFOLLOW met a symlink: replaced since the walk
                     break
                 self.error(path, e.strerror or str(e))
-                with self._lock:
-                    self.res.skipped += 1
+                self._not_stored(counted, skipped=True)
                 return None
             with self._lock:
                 self.res.bytes_read += nread
                 self.res.bytes_done += fst.st_size
+                self._size_delta += fst.st_size - counted
             self._progress()
             return self.node(name, fst, xattrs=xattrs, chunks=chunks, sparse=sparse)
         with self._lock:
             self.res.files_changed_during_backup += 1
         if prev is not None and prev.kind == REG:
             self.error(path, "changed during the backup: kept the version of the previous backup")
+            with self._lock:
+                self._size_delta += prev.size - counted
             return prev
         self.error(path, "changed during the backup: not stored")
+        self._not_stored(counted)
         return None
+
+    def _not_stored(self, counted: int, skipped: bool = False) -> None:
+        """A queued file the backup will not hold after all: out of its counts."""
+        with self._lock:
+            self.res.skipped += skipped
+            self._files_dropped += 1
+            self._size_delta -= counted
 
     # -- top level ------------------------------------------------------------
     def start(self, parent: Optional[BackupRecord]) -> Optional[Node]:
@@ -465,6 +482,8 @@ class Backup:
             self.trees.finish_all()
         finally:
             self.pool.shutdown(wait=True)
+        self.res.files -= self._files_dropped
+        self.res.bytes_total += self._size_delta
         return pd.result
 
 
@@ -480,7 +499,8 @@ def run_backup(repo, paths: Sequence[str], opts: BackupOptions) -> BackupResult:
     abspaths, missing = [], []
     for p in paths:
         ap = os.path.normpath(os.path.abspath(os.fsencode(p)))
-        (abspaths if os.path.lexists(ap) else missing).append(ap)
+        if ap not in abspaths and ap not in missing:     # /x/ and /x are one path
+            (abspaths if os.path.lexists(ap) else missing).append(ap)
     if missing and (not opts.listed_paths or not abspaths):
         raise ChunkrepoError(f"{os.fsdecode(missing[0])}: no such file or directory")
     host = opts.host or socket.gethostname()
