@@ -4,6 +4,10 @@ Every error a user can cause or meet derives from ChunkrepoError; the CLI turns
 these into a one-line message and a non-zero exit, never a traceback.
 """
 
+# why a blob is "lost" (docs/format.md, Lost blobs), in every message about one: check
+# --repair marks a damaged copy lost, rebuild-index a blob a record names but no pack holds
+LOST_WHY = "its only stored copy was found damaged or missing (by check --repair or rebuild-index)"
+
 
 class ChunkrepoError(Exception):
     """Base of every error chunkrepo raises on purpose."""

@@ -19,8 +19,15 @@ def command(repo_path, as_json):
         click.echo(f"index rebuilt from {res.packs} packs and {res.backups} backup records "
                    f"in {res.elapsed:.1f} s", err=True)
     for name in res.damaged_packs:
-        click.echo(f"chunkrepo: {name}: damaged trailer, its blobs were not adopted", err=True)
+        n = res.salvaged_blobs.get(name, 0)
+        click.echo(f"chunkrepo: {name}: damaged trailer; " +
+                   (f"{n} of its blobs verified and were adopted ('chunkrepo check --repair' moves them "
+                    f"to a sound pack)" if n else "none of its blobs could be verified: none adopted"), err=True)
+    for bid in res.records_from_index:
+        click.echo(f"chunkrepo: backup {bid}: its record file is damaged; registered from the old index's "
+                   f"copy ('chunkrepo check --repair' writes the file again)", err=True)
     for bid in res.unregistered_backups:
         click.echo(f"chunkrepo: backup {bid}: some of its records are missing; not registered", err=True)
-    if res.damaged_packs or res.unregistered_backups:
-        raise ChunkrepoError("the index was rebuilt, but the store is damaged: run 'chunkrepo check --read-data'")
+    if res.damaged_packs or res.unregistered_backups or res.records_from_index:
+        raise ChunkrepoError("the index was rebuilt, but the store is damaged: run 'chunkrepo check --repair "
+                             "--read-data'")

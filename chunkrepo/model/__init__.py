@@ -5,6 +5,6 @@ thousands of entries is one tuple construction per entry.
 """
 
 from .nodes import Node, Tree, node_from_stat, kind_of
-from .backup import BackupRecord
+from .backup import BackupRecord, decode_record, record_id
 
-__all__ = ["Node", "Tree", "node_from_stat", "kind_of", "BackupRecord"]
+__all__ = ["Node", "Tree", "node_from_stat", "kind_of", "BackupRecord", "decode_record", "record_id"]

@@ -3,6 +3,9 @@
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
+from ..codec import records
+from ..codec.hashing import hash_bytes
+
 
 @dataclass
 class BackupRecord:
@@ -30,3 +33,22 @@ class BackupRecord:
     def from_dict(cls, d: dict) -> "BackupRecord":
         known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
         return cls(**known)
+
+
+def record_id(d: dict) -> str:
+    """A backup's id: the first 16 bytes of the BLAKE3 of its canonical JSON with "id": ""."""
+    return hash_bytes(records.encode_json({**d, "id": ""}))[:16].hex()
+
+
+def decode_record(raw: bytes, bid: str) -> BackupRecord:
+    """The stored record of backup bid (backups/<bid>, or the index's copy), verified:
+    ValueError saying why if the bytes are not that backup's record (damaged)."""
+    try:
+        d = records.decode_json(raw)
+        rec = BackupRecord.from_dict(d)
+        root = bytes.fromhex(rec.root)
+    except Exception as e:        # bad JSON, not an object, a field missing or of the wrong type
+        raise ValueError(f"undecodable: {type(e).__name__}") from None
+    if rec.id != bid or len(root) != 32 or record_id(d) != bid:
+        raise ValueError("its content does not hash to its id")
+    return rec

@@ -5,6 +5,8 @@ records cached in the index):
   * every pack the index lists exists, has the size the index recorded, and a
     readable trailer that agrees with the index entries pointing into it;
   * every index entry lies inside its pack (offset + length <= size);
+  * every backup record file (backups/ID) holds that backup's record: the
+    index's copy for a listed backup, one recovery can register otherwise;
   * every backup's root and every directory record below it resolves and
     hashes to its id; every chunk a file names is in the index;
   * every reference count equals a recount from scratch, as the cascade of a
@@ -37,10 +39,10 @@ from typing import Callable, Dict, List, Optional
 
 from ..codec import compression, records
 from ..codec.hashing import hash_bytes
-from ..errors import ChunkrepoError, IntegrityError, NotFound, StorageError
+from ..errors import LOST_WHY, ChunkrepoError, IntegrityError, NotFound, StorageError
 from ..index import PackInfo
 from ..index.lmdb_index import COMMITTING_META, GARBAGE_META, REGISTERING_META
-from ..model import BackupRecord, Tree
+from ..model import BackupRecord, Tree, decode_record
 from ..model.nodes import DIR
 from ..repository.packs import KIND_DATA, KIND_TREE, pack_id_from_name, pack_name, read_trailer
 
@@ -100,6 +102,7 @@ class Findings:
     kinds: set = field(default_factory=set)              # kinds of the errors found ("lost": lost data)
     unreadable_packs: set = field(default_factory=set)   # I/O errors: maybe passing, never repaired
     lost: dict = field(default_factory=dict)             # id -> kind of the blobs marked lost
+    bad_records: dict = field(default_factory=dict)      # backup id -> the index's record: file missing or bad
     complete: bool = True                                # False: check stopped early
 
     def recount_is_exact(self) -> bool:
@@ -340,13 +343,50 @@ class _Checker:
                 continue
             self.roots[bid] = root
             self.tree_refs[root] += 1
-            if not self.storage.exists(f"backups/{bid}"):
-                self.error("backup record", f"backup {bid}: its record file backups/{bid} is missing")
+            self._record_file(bid, raw)
         try:
             names = list(self.storage.list("backups"))
         except OSError:
             names = []
-        self.rep.pending_backups = sum(1 for n in names if v.backup(n.rsplit("/", 1)[1]) is None)
+        pending = [n for n in names if v.backup(n.rsplit("/", 1)[1]) is None]
+        self.rep.pending_backups = len(pending)
+        for name in pending:
+            self._pending_record(name)
+
+    def _record_file(self, bid: str, raw: bytes) -> None:
+        """The record file of an indexed backup is there and holds that backup's record;
+        if not, check --repair writes it again from the index's copy (Findings.bad_records)."""
+        name = f"backups/{bid}"
+        try:
+            stored = self.storage.get(name)
+        except NotFound:
+            self.error("backup record", f"backup {bid}: its record file {name} is missing "
+                                        f"(check --repair writes it again from the index)")
+            self.found.bad_records[bid] = raw
+            return
+        if stored == raw:
+            return
+        try:
+            same = decode_record(stored, bid) == decode_record(raw, bid)
+        except ValueError as e:
+            same, why = False, f"damaged ({e})"
+        else:
+            why = "another record than the index holds"
+        if not same:
+            self.error("backup record", f"backup {bid}: its record file {name} is {why} "
+                                        f"(check --repair writes it again from the index)")
+            self.found.bad_records[bid] = raw
+
+    def _pending_record(self, name: str) -> None:
+        """A record file the index does not list yet must be one recovery can register."""
+        try:
+            decode_record(self.storage.get(name), name.rsplit("/", 1)[1])
+        except NotFound:
+            pass           # deleted meanwhile (a forget)
+        except ValueError as e:
+            self.error("backup record", f"{name} is damaged ({e}) and not in the index: its backup cannot be "
+                                        f"registered (put the file back from a copy, or move it out of backups/ "
+                                        f"to give that backup up)")
 
     def _tree(self, v, tid: bytes) -> Optional[Tree]:
         """A directory record, verified; None (and marked bad) if it cannot be had."""
@@ -355,7 +395,7 @@ class _Checker:
         if entry is None:
             return None
         if entry.lost:
-            raise _BadTree("it was lost with a damaged pack (check --repair marked it)")
+            raise _BadTree(f"it was lost: {LOST_WHY}")
         try:
             if data is None:
                 data = self.repo.read_blob(entry, tid)
@@ -415,8 +455,8 @@ class _Checker:
                 missing_chunks.add(cid)
         for cid in sorted(missing_chunks):
             if cid in self.lost:
-                self.error("lost", f"chunk {_short(cid)} was lost with a damaged pack (check --repair "
-                                   f"marked it); a backup of the unchanged file stores it again")
+                self.error("lost", f"chunk {_short(cid)} was lost: {LOST_WHY}; a backup of the "
+                                   f"unchanged file stores it again")
             else:
                 self.error("missing chunk", f"chunk {_short(cid)} is referenced but not in the index")
                 self.found.missing[cid] = KIND_DATA

@@ -5,7 +5,7 @@ import io
 import os
 from itertools import accumulate
 
-from ..errors import ChunkrepoError, IntegrityError
+from ..errors import LOST_WHY, ChunkrepoError, IntegrityError
 from ..model import Node
 
 
@@ -143,8 +143,8 @@ def chunk_entries(view, ids, path: str) -> list:
         if e is None:
             raise IntegrityError(f"{path}: chunk {cid.hex()} is missing from the index")
         if e.lost:
-            raise IntegrityError(f"{path}: chunk {cid.hex()} was lost with a damaged pack "
-                                 f"(check --repair); a backup of the unchanged file stores it again")
+            raise IntegrityError(f"{path}: chunk {cid.hex()} was lost: {LOST_WHY}; "
+                                 f"a backup of the unchanged file stores it again")
         entries.append(e)
     return entries
 

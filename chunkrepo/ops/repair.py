@@ -2,7 +2,9 @@
 
 Under the writer lock (readers keep working), after the write session's recovery:
 
-1. check (structure; every byte with read_data) finds what is wrong.
+1. check (structure; every byte with read_data) finds what is wrong.  A backup's
+   record file (backups/ID) that is missing or damaged is written again from the
+   index's copy, if that hashes to the backup's id.
 2. If the index disagrees with packs that are sound (entries in a pack the index
    does not list, entries that do not match a pack's trailer), repair stops and
    points to `chunkrepo rebuild-index`: the index, not the data, is wrong.
@@ -34,6 +36,7 @@ from ..codec import compression, records
 from ..codec.hashing import hash_bytes
 from ..errors import NotFound, StorageError
 from ..index import BlobEntry, PackInfo
+from ..model import decode_record
 from ..repository.crash_points import crash_point
 from ..repository.packs import KIND_DATA, KIND_TREE, PackWriter, pack_name
 from .check import CheckReport, check_repository
@@ -50,6 +53,7 @@ class RepairReport:
     blobs_kept: int = 0             # blobs copied out of damaged packs (or re-stored from the cache)
     blobs_lost: int = 0             # blobs marked lost
     refcounts_fixed: int = 0
+    records_rewritten: int = 0      # backup record files written again from the index's copy
     garbage_rebuilt: bool = False
     damaged: Dict[str, List[str]] = field(default_factory=dict)   # backups marked damaged -> paths
     remaining: List[str] = field(default_factory=list)   # errors a check still reports, beyond lost data
@@ -79,6 +83,7 @@ def repair_repository(repo, read_data: bool = False, progress=None, read_data_su
         if not f.complete:
             r.remaining = ["check could not finish, so nothing was repaired"]
             return found
+        _rewrite_records(repo, f, r)
         if f.mismatch:
             r.rebuild_index = True
             r.remaining = [f"the index does not match the packs ({', '.join(f.mismatch[:3])}"
@@ -245,6 +250,20 @@ def _fix_cached_records(repo, f, r: RepairReport) -> None:
     r.blobs_lost += len(lost)
     r.actions.append(f"{len(fixes)} directory records' cached copies restored from their packs"
                      + (f", {len(lost)} lost" if lost else ""))
+
+
+def _rewrite_records(repo, f, r: RepairReport) -> None:
+    """Backup record files missing or damaged: written again from the index's copy,
+    if that copy hashes to the backup's id."""
+    for bid, raw in sorted(f.bad_records.items()):
+        try:
+            decode_record(raw, bid)
+        except ValueError as e:
+            r.actions.append(f"backup {bid}: record file not written again: the index's copy is {e}")
+            continue
+        repo.storage.put(f"backups/{bid}", bytes(raw))
+        r.records_rewritten += 1
+        r.actions.append(f"backup {bid}: record file backups/{bid} written again from the index")
 
 
 def _fix_counts(repo, f, r: RepairReport) -> None:

@@ -140,7 +140,8 @@ class IndexCache:
         got = WriteSession(repo).recover()
         self._record(repo.index, gen)
         for name in got["damaged_packs"]:
-            log.warning("chunkrepo: %s: damaged trailer, its blobs were not adopted", name)
+            log.warning("chunkrepo: %s: damaged trailer; %d of its blobs verified and were adopted",
+                        name, got["salvaged_blobs"].get(name, 0))
         for bid in got["unregistered_backups"]:
             log.warning("chunkrepo: backup %s: some of its records are missing; not registered", bid)
         return got

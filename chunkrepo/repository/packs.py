@@ -9,6 +9,7 @@ Layout (docs/format.md):
 """
 
 import os
+import re
 import struct
 from typing import List, NamedTuple
 
@@ -23,6 +24,12 @@ FOOTER_SIZE = _FOOTER.size
 
 KIND_DATA = 0
 KIND_TREE = 1
+# a damaged trailer is searched for its entries in this many bytes at the pack's end when
+# the footer does not say where it starts (2,048 entries of at most ~56 bytes each)
+_SCAN_TAIL = 256 << 10
+# the start of a trailer entry: a msgpack array of 5, kind 0 or 1, a 32-byte bin (the id)
+# (a lookahead: a false match inside one entry must not hide the next entry's start)
+_ENTRY_START = re.compile(rb"(?=\x95[\x00\x01]\xc4\x20)", re.DOTALL)
 # a blob's header byte and payload are joined into one write below this size (the
 # copy costs less than a second pass through the storage writer's layers)
 _JOIN_BELOW = 64 << 10
@@ -104,3 +111,45 @@ def read_trailer(storage, name: str) -> List[PackEntry]:
     if hash_bytes(trailer)[:16] != thash:
         raise IntegrityError(f"pack {name} has a damaged trailer")
     return [PackEntry(*e) for e in records.unpack_msgpack(trailer)]
+
+
+def trailer_candidates(storage, name: str) -> List[PackEntry]:
+    """The entries a damaged trailer may still hold, found by searching its bytes for
+    the start of each entry (so damage to one entry, or to the footer, costs only that
+    entry).  NOT verified: a blob may be adopted only once its bytes hash to its id."""
+    size = storage.size(name)
+    start = max(len(HEADER), size - _SCAN_TAIL)
+    if size >= len(HEADER) + FOOTER_SIZE:
+        toff = _FOOTER.unpack(storage.get(name, size - FOOTER_SIZE, FOOTER_SIZE))[0]
+        if len(HEADER) <= toff <= size - FOOTER_SIZE:
+            start = toff        # the footer's trailer offset, if it is plausible
+    tail = storage.get(name, start, size - start)
+    out = []
+    for m in _ENTRY_START.finditer(tail):
+        at = m.start() + 36      # array, kind, bin header (4 bytes), id (32)
+        ints = []
+        for _ in range(3):
+            got = _uint(tail, at)
+            if got is None:
+                break
+            value, at = got
+            ints.append(value)
+        if len(ints) == 3 and len(HEADER) <= ints[0] and ints[1] > 0 and ints[0] + ints[1] <= size:
+            out.append(PackEntry(tail[m.start() + 1], bytes(tail[m.start() + 4:m.start() + 36]), *ints))
+    return out
+
+
+_UINTS = {0xcc: 1, 0xcd: 2, 0xce: 4, 0xcf: 8}
+
+
+def _uint(buf: bytes, at: int):
+    """(value, next offset) of the msgpack unsigned integer at buf[at], or None."""
+    if at >= len(buf):
+        return None
+    b = buf[at]
+    if b < 0x80:
+        return b, at + 1
+    n = _UINTS.get(b)
+    if n is None or at + 1 + n > len(buf):
+        return None
+    return int.from_bytes(buf[at + 1:at + 1 + n], "big"), at + 1 + n

@@ -1,12 +1,14 @@
 """Repository: opens a repository (a local directory or a URL) and reads blobs, trees and backups."""
 
+import logging
 import os
+import shutil
 import threading
 from typing import Dict, List, NamedTuple, Optional
 
 from ..codec import compression, records
 from ..codec.hashing import hash_bytes
-from ..errors import AmbiguousId, ChunkrepoError, IntegrityError, NotARepository, NotFound
+from ..errors import LOST_WHY, AmbiguousId, ChunkrepoError, IntegrityError, NotARepository, NotFound, RepoLocked
 from ..index import Index, read_only_reason
 from ..model import BackupRecord, Tree
 from ..storage import LocalStorage
@@ -17,6 +19,8 @@ from .index_cache import IndexCache, RemoteWriterLock
 from .lock import ReaderLock, WriterLock, read_only_error
 from .packs import pack_name
 from .session import WriteSession
+
+log = logging.getLogger("chunkrepo")
 
 _COALESCE_LIMIT = 8 << 20   # longest single read that serves several neighbouring blobs
 
@@ -58,7 +62,7 @@ def _release_index(path: str) -> None:
 
 
 def _lost(blob_id: bytes) -> IntegrityError:
-    return IntegrityError(f"blob {blob_id.hex()} was lost with a damaged pack (check --repair); "
+    return IntegrityError(f"blob {blob_id.hex()} was lost: {LOST_WHY}; "
                           f"a backup of the unchanged file stores it again")
 
 
@@ -75,7 +79,10 @@ class Repository:
     def __init__(self, location: str, wrap_storage=None, storage_options=None, sync_index: bool = True):
         """location: a local path or a URL (storage.open).  wrap_storage: a function
         applied to the storage (features such as fault injection are wrappers around
-        a storage; tests use it).  storage_options: for fsspec.filesystem()."""
+        a storage; tests use it).  storage_options: for fsspec.filesystem().
+        sync_index: bring the index up to date with the store when it is first used (a
+        remote repository's cache), or at once if a local index is absent (False:
+        rebuild-index does that itself)."""
         self.remote = is_url(location)
         if self.remote:
             self.path = location.rstrip("/")
@@ -94,10 +101,33 @@ class Repository:
         self.config = Config.decode(raw, self.path)
         self.cache = IndexCache(self.storage, self.config.repo_id) if self.remote else None
         self._index_path = self.cache.index_path if self.remote else os.path.join(self.path, "index")
+        # a local index that is absent while the store holds packs or backup records (deleted,
+        # or lost with a disk) is rebuilt before anything reads it, as a writer's recovery
+        # would: an empty one would show an empty repository.  One stat on a healthy open;
+        # the store is listed only when the index is absent, and before it is created
+        rebuild = (sync_index and not self.remote
+                   and not os.path.exists(os.path.join(self._index_path, "data.mdb"))
+                   and any(True for prefix in ("backups", "packs") for _ in self.storage.list(prefix)))
         self._index = self._open_index()
         self._closed = False
         if self.cache is not None:
             self.cache.due = sync_index
+        if rebuild:
+            self._rebuild_absent_index()
+
+    def _rebuild_absent_index(self) -> None:
+        log.warning("chunkrepo: %s: the index is missing: rebuilding it from the store", self.path)
+        try:
+            with self.write_session():
+                pass
+        except RepoLocked:
+            self.close()
+            raise       # another writer holds the lock: its recovery rebuilds the index
+        except BaseException:
+            # no partial index in place of the absent one: the next open tries again
+            self.close()
+            shutil.rmtree(self._index_path, ignore_errors=True)
+            raise
 
     def _open_index(self) -> Index:
         """A local repository this process cannot write is read without the index's lock
@@ -356,9 +386,10 @@ class Repository:
             raise AmbiguousId(f"backup id prefix {ref!r} matches {len(matches)} backups; give more digits")
         return matches[0]
 
-    def write_session(self):
-        """The writer's context: takes the lock, adopts leftovers, commits on exit."""
-        return WriteSession(self)
+    def write_session(self, fallback=None):
+        """The writer's context: takes the lock, adopts leftovers, commits on exit
+        (fallback: see WriteSession; rebuild-index's old index)."""
+        return WriteSession(self, fallback)
 
 
 class BlobReader:

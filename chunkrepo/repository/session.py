@@ -19,10 +19,11 @@ from ..codec.hashing import hash_bytes
 from ..errors import IntegrityError, NotFound, StorageError
 from ..index import BlobEntry, PackInfo
 from ..index.lmdb_index import COMMITTING_META, GARBAGE_META, REGISTERING_BATCH_META, REGISTERING_META
-from ..model import BackupRecord, Node, Tree
+from ..model import BackupRecord, Node, Tree, decode_record
 from .crash_points import crash_point
 from .new_ids import NewIds
-from .packs import KIND_DATA, KIND_TREE, PackWriter, pack_id_from_name, read_trailer
+from .packs import (HEADER, KIND_DATA, KIND_TREE, PackEntry, PackWriter, pack_id_from_name, read_trailer,
+                    trailer_candidates)
 
 
 _MAX_PENDING_TREE_BYTES = 1 << 20
@@ -49,8 +50,13 @@ STEP_WRITE_TARGET = 1 << 20
 
 
 class WriteSession:
-    def __init__(self, repo):
+    def __init__(self, repo, fallback=None):
+        """fallback: where recovery may find what the store lost (rebuild-index passes
+        the index it replaces): .pack_entries(pack ids) -> {pack id: [PackEntry]} for
+        packs with a damaged trailer, .backup_record(backup id) -> bytes or None for a
+        damaged record file.  Whatever it gives is verified before it is used."""
         self.repo = repo
+        self._fallback = fallback
         self.storage = repo.storage
         self.level = repo.config.compression_level
         # blobs up to the chunker's minimum size (whole small files, file tails, most
@@ -138,9 +144,10 @@ class WriteSession:
                 entries = read_trailer(self.storage, name)
             except IntegrityError:
                 damaged.append(name)
-                continue   # a damaged pack is check's business, never adopted
+                continue
             self._commit_pack(pack_id_from_name(name), entries, self.storage.size(name))
             adopted_packs += 1
+        salvaged = self._adopt_verified(damaged)
         with self.index.read() as v:
             stale_marker = v.meta(COMMITTING_META) is not None    # its pack is gone: nothing to finish
             journal = v.meta(REGISTERING_META)
@@ -152,9 +159,11 @@ class WriteSession:
             adopted_backups += self._resume_registration(journal)
         with self.index.read() as v:
             missing = [n for n in self.storage.list("backups") if v.backup(n.rsplit("/", 1)[1]) is None]
-        unregistered = []
+        unregistered, from_fallback = [], []
         for name in missing:
-            rec = BackupRecord.from_dict(records.decode_json(self.storage.get(name)))
+            rec, fell_back = self._stored_record(name)
+            if fell_back:
+                from_fallback.append(rec.id)
             try:
                 self._register_backup(rec)
                 adopted_backups += 1
@@ -162,8 +171,57 @@ class WriteSession:
                 unregistered.append(rec.id)   # its records are not all in the store
                 continue
         self.recovered = {"packs": adopted_packs, "backups": adopted_backups,
-                          "damaged_packs": damaged, "unregistered_backups": unregistered}
+                          "damaged_packs": damaged, "salvaged_blobs": salvaged,
+                          "unregistered_backups": unregistered, "records_from_index": from_fallback}
         return self.recovered
+
+    def _adopt_verified(self, names: list) -> Dict[str, int]:
+        """Adopt the blobs of packs with a damaged trailer that verify (read, decoded,
+        hashing to their id): those the damaged trailer still lists, and those the
+        fallback knows.  A pack with any is listed, so check reports its trailer and
+        check --repair moves its blobs to a sound pack.  {name: blobs adopted}."""
+        known = self._fallback.pack_entries([pack_id_from_name(n) for n in names]) \
+            if self._fallback is not None and names else {}
+        out = {}
+        for name in names:
+            pid = pack_id_from_name(name)
+            try:
+                size = self.storage.size(name)
+                found = trailer_candidates(self.storage, name)
+            except NotFound:
+                continue
+            candidates = {(e.id, e.offset, e.length): e for e in found + known.get(pid, [])
+                          if e.kind in (KIND_DATA, KIND_TREE) and len(e.id) == 32
+                          and len(HEADER) <= e.offset and 0 < e.length and e.offset + e.length <= size}
+            good: Dict[bytes, PackEntry] = {}
+            for batch in _batches(sorted(candidates.values(), key=lambda e: e.offset)):
+                batch = [e for e in batch if e.id not in good]
+                got = self.repo.read_blobs([(e.id, BlobEntry(pid, e.offset, e.length, e.raw_length, 0))
+                                            for e in batch])
+                good.update((e.id, e) for e, data in zip(batch, got) if not isinstance(data, BaseException))
+            if good:
+                self._commit_pack(pid, list(good.values()), size)
+            out[name] = len(good)
+        return out
+
+    def _stored_record(self, name: str):
+        """(the backup record stored as name, whether the fallback's copy replaced a
+        damaged file).  A damaged record whose copy is unknown stops the recovery: skipping
+        it would leave its data unreferenced, for prune to delete."""
+        bid = name.rsplit("/", 1)[1]
+        try:
+            return decode_record(self.storage.get(name), bid), False
+        except ValueError as e:
+            why = e
+        copy = self._fallback.backup_record(bid) if self._fallback is not None else None
+        if copy is not None:
+            try:
+                return decode_record(copy, bid), True
+            except ValueError:
+                pass
+        raise IntegrityError(f"backup record {name} is damaged ({why}) and no copy of it is known: its "
+                             f"backup cannot be registered. Put the file back from a copy, or move it out of "
+                             f"backups/ to give that backup up (prune then frees its data)")
 
     # -- blobs ----------------------------------------------------------------
     def _writer(self) -> PackWriter:
@@ -514,7 +572,7 @@ class WriteSession:
         with self.index.read() as v:
             batch = v.meta(REGISTERING_BATCH_META) if rest else None
         try:
-            rec = BackupRecord.from_dict(records.decode_json(self.storage.get(f"backups/{bid}")))
+            rec = self._stored_record(f"backups/{bid}")[0]
         except NotFound:
             # its record went from the storage (by hand): the references it added only
             # keep blobs alive; check --repair recounts them
@@ -524,6 +582,19 @@ class WriteSession:
             return 0
         self._register_steps(rec, _ids(ids), _ids(batch or b""), pos)
         return 1
+
+
+def _batches(entries: list, limit: int = 16 << 20):
+    """entries in runs of at most about limit raw bytes (what one read_blobs holds)."""
+    batch, size = [], 0
+    for e in entries:
+        if batch and size + e.raw_length > limit:
+            yield batch
+            batch, size = [], 0
+        batch.append(e)
+        size += e.raw_length
+    if batch:
+        yield batch
 
 
 def _ids(joined: bytes) -> list:
