@@ -62,20 +62,29 @@ def parse_options(items: Iterable[str] = ()) -> dict:
 
 def parse_items(items: Iterable[str]) -> dict:
     """'key=value' strings as filesystem options: true/false/none (any case) are those
-    values, a value that reads as JSON (3, {...}) is that value, anything else the string."""
+    values, a value that reads as JSON (3, {...}) is that value, anything else the string.
+    A dotted key is a nested one: config_kwargs.connect_timeout=5 is
+    {"config_kwargs": {"connect_timeout": 5}} (merged with the other config_kwargs.* items)."""
     opts: dict = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or not key.strip():
+        path = [k.strip() for k in key.split(".")]
+        if not sep or not all(path):
             raise StorageError(f"bad storage option {item!r}: expected key=value")
         low = value.lower()
         if low in _WORDS:
-            opts[key.strip()] = _WORDS[low]
-            continue
-        try:
-            opts[key.strip()] = json.loads(value)
-        except ValueError:
-            opts[key.strip()] = value
+            parsed = _WORDS[low]
+        else:
+            try:
+                parsed = json.loads(value)
+            except ValueError:
+                parsed = value
+        into = opts
+        for k in path[:-1]:
+            into = into.setdefault(k, {})
+            if not isinstance(into, dict):
+                raise StorageError(f"bad storage option {item!r}: {k} is not a group of options")
+        into[path[-1]] = parsed
     return opts
 
 

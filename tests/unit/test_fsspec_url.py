@@ -33,5 +33,16 @@ def test_parse_items_converts_booleans_none_and_integers():
         parse_items(["novalue"])
 
 
+def test_parse_items_nests_dotted_keys():
+    assert parse_items(["config_kwargs.connect_timeout=5", "config_kwargs.read_timeout=7",
+                        "client_kwargs.region_name=eu-west-1", "anon=false"]) == {
+        "config_kwargs": {"connect_timeout": 5, "read_timeout": 7},
+        "client_kwargs": {"region_name": "eu-west-1"}, "anon": False}
+    with pytest.raises(ChunkrepoError, match="not a group of options"):
+        parse_items(["a=1", "a.b=2"])
+    with pytest.raises(ChunkrepoError, match="expected key=value"):
+        parse_items(["a..b=1"])
+
+
 def test_one_line_hides_credentials():
     assert one_line(OSError("bucket AKIA:s3cr%2Fet@bkt/x\nnot found")) == "bucket bkt/x not found"
