@@ -34,11 +34,17 @@ def command(repo_path, backup, path, output, tar_format, nonrecursive):
         try:
             with TarProgress(total) as progress:
                 # O_DIRECT only on a file of our own: stdout's flags are shared with the shell
-                repo.produce_tar(rec.id, out, path, recursive=not nonrecursive, tar_format=tar_format,
-                                 progress=progress if progress.enabled else None, direct=output != "-")
+                stats = repo.produce_tar(rec.id, out, path, recursive=not nonrecursive, tar_format=tar_format,
+                                         progress=progress if progress.enabled else None, direct=output != "-")
             out.flush()
             ok = True
         finally:
             out.close()
             if not ok and output != "-":
                 os.unlink(output)   # never leave a truncated archive that looks complete
+    # a damaged repository: the archive is whole (every other member), the damaged files named
+    for err in stats["errors"]:
+        click.echo(f"chunkrepo: {err}", err=True)
+    if stats["errors"]:
+        raise ChunkrepoError(f"the archive was written without the content of {len(stats['errors'])} "
+                             f"damaged file(s) (named above); 'chunkrepo check' tells more")

@@ -24,8 +24,9 @@ import struct
 import tarfile
 import time
 
-from ..errors import ChunkrepoError, IntegrityError
+from ..errors import ChunkrepoError, IntegrityError, NotFound, StorageError
 from ..model.nodes import BLK, CHR, DIR, FIFO, REG, SYMLINK
+from ..storage.retry import is_transient
 from .file_reader import ChunkFile, with_path
 from .prefetch import prefetch
 from .stream_out import StreamOut
@@ -36,6 +37,17 @@ RECORD = 20 * BLOCK                 # GNU tar's default blocking factor
 _ZEROS = memoryview(bytes(1 << 20))  # source of hole and padding zeros
 _FORMATS = {"pax": tarfile.PAX_FORMAT, "gnu": tarfile.GNU_FORMAT, "ustar": tarfile.USTAR_FORMAT}
 _PROGRESS_EVERY = 0.2              # seconds between progress calls
+
+
+def _damage(e: ChunkrepoError) -> bool:
+    """What a damaged repository raises for one file's content (a blob corrupt or lost, its
+    pack missing or cut short): that file is left out or zero-filled and the archive goes
+    on.  Anything else (the store unreachable after the retries, the index damaged) stops it."""
+    if isinstance(e, (IntegrityError, NotFound)):
+        return True
+    return isinstance(e, StorageError) and not is_transient(e)
+
+
 _PREFETCH_BUDGET = 8 << 20         # chunks read ahead (ops.prefetch); stream_out holds 4 MiB more
 _TYPES = {REG: tarfile.REGTYPE, DIR: tarfile.DIRTYPE, SYMLINK: tarfile.SYMTYPE,
           CHR: tarfile.CHRTYPE, BLK: tarfile.BLKTYPE, FIFO: tarfile.FIFOTYPE}
@@ -186,7 +198,7 @@ class _Writer:
         self.next_report = time.monotonic() + _PROGRESS_EVERY
         self.stats = {"entries": 0, "files": 0, "dirs": 0, "symlinks": 0, "hardlinks": 0,
                       "devices": 0, "fifos": 0, "sparse": 0, "skipped": 0, "xattrs_dropped": 0,
-                      "content_bytes": 0, "archive_bytes": 0, "warnings": []}
+                      "content_bytes": 0, "archive_bytes": 0, "warnings": [], "errors": []}
 
     def tick(self, pending: int = 0) -> None:
         """Call progress with the stats (plus pending content bytes of the current file), if due."""
@@ -275,6 +287,17 @@ class _Writer:
         st["entries"] += 1
 
         if sparse is None:
+            data = None
+            if typeflag == tarfile.REGTYPE and node.size:
+                try:
+                    data = self.whole_chunk(e, node)
+                except ChunkrepoError as exc:      # nothing written yet: the member is left out
+                    if not _damage(exc):
+                        raise
+                    st["files"] -= 1
+                    st["entries"] -= 1
+                    self.damaged(f"{with_path(exc, '/' + _fs(e.path))}: left out of the archive")
+                    return
             head = None
             if self.format == tarfile.PAX_FORMAT:
                 head = _pax_header_fast(name, node.mode, node.uid, node.gid, size, sec, typeflag, linkname,
@@ -284,7 +307,11 @@ class _Writer:
                 ti.pax_headers = pax
                 head = self.header(ti, "/" + _fs(e.path))
             self.write(head)
-            if typeflag == tarfile.REGTYPE and node.size:
+            if data is not None:
+                self.write(data)
+                self.stats["content_bytes"] += node.size
+                self.zeros(-node.size % BLOCK)
+            elif typeflag == tarfile.REGTYPE and node.size:
                 self.content(e, node, fill_holes=True)
             return
 
@@ -315,29 +342,39 @@ class _Writer:
             self.write(_gnu_sparse_blocks(self.header(ti, where), sparse, node.size))
         self.content(e, node, fill_holes=False)
 
+    def damaged(self, msg: str) -> None:
+        self.stats["errors"].append(msg)
+
+    def whole_chunk(self, e, node):
+        """The content of a file stored as one chunk (most files: no layout to follow),
+        read before its header is written; None for any other file (content() reads it)."""
+        pf = self.prefetched
+        if pf is None or node.sparse is not None or len(pf.sizes) != 1 or pf.sizes[0] is None:
+            return None
+        self.prefetched = None
+        where = _fs(e.path)
+        try:
+            data = next(pf.data())
+        except ChunkrepoError as exc:
+            raise with_path(exc, "/" + where) from None
+        if len(data) != node.size:
+            raise IntegrityError(f"/{where}: stored content is shorter than its size" if len(data) < node.size
+                                 else f"/{where}: stored data does not match the file's layout")
+        return data
+
     def content(self, e, node, fill_holes: bool) -> None:
-        """The file's bytes (holes as zeros if fill_holes, else only the data), then padding."""
+        """The file's bytes (holes as zeros if fill_holes, else only the data), then padding.
+        Its header is out already: content that cannot be read is replaced by zeros up to
+        the size the header gave (GNU tar's "padding with zeros"), reported in stats["errors"]."""
         where = _fs(e.path)
         pos = 0         # next file offset expected
         total = 0       # bytes written
+        want = node.size if fill_holes else sum(n for _, n in node.sparse)
         pf, self.prefetched = self.prefetched, None     # chunks read ahead for this entry
-        if pf is not None and node.sparse is None and len(pf.sizes) == 1 and pf.sizes[0] is not None:
-            # most files are one chunk: no layout to follow
-            try:
-                data = next(pf.data())
-            except ChunkrepoError as exc:
-                raise with_path(exc, "/" + where) from None
-            if len(data) != node.size:
-                raise IntegrityError(f"/{where}: stored content is shorter than its size" if len(data) < node.size
-                                     else f"/{where}: stored data does not match the file's layout")
-            self.write(data)
-            self.stats["content_bytes"] += node.size
-            self.zeros(-node.size % BLOCK)
-            return
         f = ChunkFile(self.repo, node, b"/" + e.path, self.view, pf.sizes if pf is not None else None)
         try:
             for off, view in f.iter_data(pf.data() if pf is not None else None):
-                if off < pos or off + len(view) > node.size:
+                if off < pos or off + len(view) > node.size or total + len(view) > want:
                     raise IntegrityError(f"/{where}: stored data does not match the file's layout")
                 if fill_holes and off > pos:
                     self.zeros(off - pos)
@@ -346,16 +383,20 @@ class _Writer:
                 total += len(view)
                 pos = off + len(view)
                 self.tick(total)
-        finally:
-            f.close()
-        if fill_holes:
-            if pos < node.size:
-                if node.sparse is None:
-                    raise IntegrityError(f"/{where}: stored content is shorter than its size")
+            if fill_holes and pos < node.size and node.sparse is not None:
                 self.zeros(node.size - pos)
                 total += node.size - pos
-        elif total != sum(n for _, n in node.sparse):
-            raise IntegrityError(f"/{where}: stored content is shorter than its data extents")
+            if total != want:
+                raise IntegrityError(f"/{where}: stored content is shorter than its "
+                                     + ("size" if fill_holes else "data extents"))
+        except ChunkrepoError as exc:
+            if not _damage(exc):
+                raise
+            self.damaged(f"{with_path(exc, '/' + where)}: bytes {total} to {want} are zeros in the archive")
+            self.zeros(want - total)
+            total = want
+        finally:
+            f.close()
         self.stats["content_bytes"] += total
         self.zeros(-total % BLOCK)
 
@@ -371,8 +412,13 @@ def write_tar(repo, root_tid, out, start="/", recursive=True, tar_format="pax", 
 
     Returns stats: entries, files, dirs, symlinks, hardlinks, devices, fifos,
     sparse, skipped (sockets), xattrs_dropped, content_bytes, archive_bytes,
-    warnings.  Raises IntegrityError (naming the path) for content that cannot be
-    read or fails its hash, TarFormatError for what the format cannot hold.
+    warnings, errors.  A file whose content a damaged repository cannot give (a
+    blob corrupt or lost, its pack missing) is named in errors and left out of
+    the archive when it is one chunk (read before its header), else zero-filled
+    from where the damage begins (its header gave the size already), as GNU tar
+    pads a file that shrank; the archive goes on either way.  Other failures
+    (the store unreachable, the index damaged) raise, as does TarFormatError for
+    what the format cannot hold.
     progress, if given, is called with (a copy of) the running stats about
     every 0.2 s and once at the end.  direct: out is a file of the caller's own (no
     other process shares its descriptor), to be written with O_DIRECT (ops.stream_out).

@@ -149,34 +149,63 @@ def test_prefetch_yields_every_intact_file(repo, one_pack):
     assert failed == _damaged(files, lambda e: e.offset + e.length > cut)
 
 
-def test_tar_of_a_truncated_pack_stops_at_the_first_damaged_file(repo, tmp_path, one_pack):
-    """tar stops at the first file it cannot read: the first one past the cut in tar order,
-    not an intact file read in the same ranged read."""
+def test_tar_of_a_truncated_pack_leaves_out_exactly_the_damaged_files(repo, tmp_path, one_pack):
+    """tar goes on past the files it cannot read (one chunk each: left out before their
+    header), names each of them, exits 1 and keeps an archive GNU tar and tarfile read,
+    in which every intact file (also those read in the same ranged read) is whole."""
     bid, src, files, pack, path = one_pack
     cut = _cut_inside(files, False)
     os.truncate(path, cut)
-    first = _damaged(files, lambda e: e.offset + e.length > cut)[0]
-    assert list(files).index(first) > 0
+    damaged = _damaged(files, lambda e: e.offset + e.length > cut)
+    assert 0 < len(damaged) < len(files)
     out = tmp_path / "x.tar"
     result = CliRunner().invoke(cli, ["tar", "--repo", str(repo.path), bid, src, "-o", str(out)])
-    assert result.exit_code == 1, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"chunkrepo: error: {first}: "), result.output
-    assert not out.exists()
-    # the intact files of the same ranged read are read whole by tar, and GNU tar takes them
-    intact = [p for p in files if p != first and os.path.dirname(p) == os.path.dirname(first)
-              and files[p][0].offset + files[p][0].length <= cut]
-    assert intact
-    for p in intact[-3:]:
-        archive = CliRunner().invoke(cli, ["tar", "--repo", str(repo.path), bid, p, "-o", str(out)])
-        assert archive.exit_code == 0, archive.output
-        x = tmp_path / "x"
-        x.mkdir(exist_ok=True)
-        subprocess.run(["tar", "xf", str(out), "-C", str(x)], check=True)
+    assert result.exit_code == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert [ln.split(": ")[1] for ln in lines[:-1]] == damaged, lines
+    assert all(ln.endswith(": left out of the archive") for ln in lines[:-1])
+    assert lines[-1].startswith(f"chunkrepo: error: the archive was written without the content of {len(damaged)} ")
+    x = tmp_path / "x"
+    x.mkdir()
+    subprocess.run(["tar", "xf", str(out), "-C", str(x)], check=True)
+    with tarfile.open(out) as t:
+        members = {"/" + m.name for m in t.getmembers() if m.isfile()}
+    assert members == set(files) - set(damaged)
+    for p in members:
         with open(p, "rb") as f:
-            assert (x / p.lstrip("/")).read_bytes() == f.read()
-        with tarfile.open(out) as t:
-            assert t.getnames() == [p.lstrip("/")]
+            assert (x / p.lstrip("/")).read_bytes() == f.read(), p
+
+
+def test_tar_zero_fills_a_multi_chunk_file_from_its_damaged_chunk(repo, tmp_path):
+    """A file of several chunks has its header out before its last chunk is read: a damaged
+    chunk there becomes zeros up to the size the header gave (as GNU tar pads a file that
+    shrank), the archive goes on with the next member, and the error says which bytes."""
+    src = tmp_path / "src"
+    src.mkdir()
+    big = write_random(src / "big.bin", 3 << 20, seed=7)
+    (src / "z.txt").write_bytes(b"after the damaged file\n")
+    bid = repo.backup([src]).id
+    files = _files(repo, bid)
+    entries = files[str(big)]
+    assert len(entries) >= 2
+    last = entries[-1]
+    with open(os.path.join(repo.repository.path, pack_name(last.pack)), "r+b") as f:
+        f.seek(last.offset + last.length // 2)
+        b = f.read(1)
+        f.seek(last.offset + last.length // 2)
+        f.write(bytes([b[0] ^ 0xFF]))
+    _reread(repo)
+    good = (3 << 20) - last.raw_length
+    out = tmp_path / "x.tar"
+    result = CliRunner().invoke(cli, ["tar", "--repo", str(repo.path), bid, str(src), "-o", str(out)])
+    assert result.exit_code == 1, result.stderr
+    assert f"{big}: " in result.stderr and f"bytes {good} to {3 << 20} are zeros in the archive" in result.stderr
+    x = tmp_path / "x"
+    x.mkdir()
+    subprocess.run(["tar", "xf", str(out), "-C", str(x)], check=True)
+    got = (x / str(big).lstrip("/")).read_bytes()
+    assert len(got) == 3 << 20 and got[:good] == big.read_bytes()[:good] and got[good:] == bytes(len(got) - good)
+    assert (x / str(src / "z.txt").lstrip("/")).read_bytes() == b"after the damaged file\n"
 
 
 def test_restore_with_a_flipped_byte_fails_the_files_of_that_blob(repo, tmp_path, one_pack):

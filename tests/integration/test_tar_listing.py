@@ -19,7 +19,7 @@ import time
 import pytest
 
 from chunkrepo import Repo
-from chunkrepo.errors import ChunkrepoError, IntegrityError
+from chunkrepo.errors import ChunkrepoError
 from chunkrepo.ops.listing import tf_lines, tvf_lines
 from chunkrepo.ops.tarout import TarFormatError
 from chunkrepo.repository.packs import KIND_DATA, read_trailer
@@ -416,7 +416,7 @@ def test_sockets_never_reach_the_tar_or_the_listing(tmp_path, repo):
 
 
 # -- damage -------------------------------------------------------------------
-def test_corrupt_chunk_raises_integrity_error_naming_the_path(tmp_path, repo):
+def test_corrupt_chunk_is_named_and_its_file_left_out_of_the_tar(tmp_path, repo):
     src = tmp_path / "c"
     src.mkdir()
     (src / "ok.txt").write_text("fine\n")
@@ -437,9 +437,12 @@ def test_corrupt_chunk_raises_integrity_error_naming_the_path(tmp_path, repo):
                     hit += 1
     assert hit == 1
     sink = io.BytesIO()
-    with pytest.raises(IntegrityError) as ei:
-        repo.produce_tar(res.id, sink, start=str(src))
-    assert "victim.bin" in str(ei.value)
+    stats = repo.produce_tar(res.id, sink, start=str(src))
+    assert len(stats["errors"]) == 1 and "victim.bin" in stats["errors"][0], stats["errors"]
+    assert stats["errors"][0].endswith(": left out of the archive")
+    sink.seek(0)
+    with tarfile.open(fileobj=sink) as t:
+        assert sorted(m.name.rsplit("/", 1)[-1] for m in t if m.isfile()) == ["ok.txt"]
     # the listing needs no content and still works
     assert any(line.endswith("/victim.bin") for line in tf_lines(repo.list_backup(res.id)))
 
