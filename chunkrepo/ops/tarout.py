@@ -194,6 +194,7 @@ class _Writer:
         self.written = 0
         self.view = None          # the index snapshot the walk reads
         self.prefetched = None    # chunk futures of the current entry (ops.prefetch)
+        self.left_out: set = set()   # paths of damaged files not in the archive (their hard links follow)
         self.progress = progress
         self.next_report = time.monotonic() + _PROGRESS_EVERY
         self.stats = {"entries": 0, "files": 0, "dirs": 0, "symlinks": 0, "hardlinks": 0,
@@ -263,6 +264,10 @@ class _Writer:
         linkname = ""
         sparse = None
         if e.hardlink_to is not None:
+            if e.hardlink_to in self.left_out:      # its first name was damaged: no member to link to
+                self.left_out.add(e.path)
+                self.damaged(f"/{name}: a hard link to /{_fs(e.hardlink_to)}, which was left out: left out too")
+                return
             typeflag = tarfile.LNKTYPE
             linkname = _fs(e.hardlink_to)
             st["hardlinks"] += 1
@@ -296,6 +301,7 @@ class _Writer:
                         raise
                     st["files"] -= 1
                     st["entries"] -= 1
+                    self.left_out.add(e.path)
                     self.damaged(f"{with_path(exc, '/' + _fs(e.path))}: left out of the archive")
                     return
             head = None

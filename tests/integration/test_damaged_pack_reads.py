@@ -302,3 +302,27 @@ def test_a_read_the_storage_gave_up_on_is_not_repeated_blob_by_blob(repo, tmp_pa
     assert sorted(_error_paths(res.errors)) == sorted(files)
     assert all("gave up after 2 attempts" in line for line in res.errors)
     assert 0 < seen[0].pack_reads <= 2 * 4       # 2 attempts of a few ranged reads, not of 60 blobs
+
+
+def test_tar_leaves_out_the_hard_links_of_a_left_out_file(repo, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_bytes(b"linked content\n" * 100)
+    os.link(src / "a.txt", src / "b.txt")
+    (src / "c.txt").write_bytes(b"intact\n")
+    bid = repo.backup([src]).id
+    entry = _files(repo, bid)[str(src / "a.txt")][0]
+    with open(os.path.join(repo.repository.path, pack_name(entry.pack)), "r+b") as f:   # a.txt's blob only
+        f.seek(entry.offset + entry.length // 2)
+        b = f.read(1)
+        f.seek(entry.offset + entry.length // 2)
+        f.write(bytes([b[0] ^ 0xFF]))
+    _reread(repo)
+    out = tmp_path / "x.tar"
+    result = CliRunner().invoke(cli, ["tar", "--repo", str(repo.path), bid, str(src), "-o", str(out)])
+    assert result.exit_code == 1, result.stderr
+    assert f"{src}/a.txt: " in result.stderr and f"{src}/b.txt: a hard link to {src}/a.txt" in result.stderr
+    x = tmp_path / "x"
+    x.mkdir()
+    subprocess.run(["tar", "xf", str(out), "-C", str(x)], check=True)     # no dangling link member
+    assert sorted(p.name for p in (x / str(src).lstrip("/")).iterdir()) == ["c.txt"]
