@@ -221,7 +221,7 @@ class RemoteWriterLock:
     def check(self) -> None:
         """LockLost unless the lock object is still this writer's and no other writer
         began since this one did (the store's generation is still this writer's): two
-        GETs before each durable step (docs/format.md, "Lock object")."""
+        GETs before each durable step (docs/format.md, "Checks before durable steps")."""
         self.lease.check()
         if self.repo.cache.store_generation() != self._began:
             raise LockLost("another writer began meanwhile: the store's generation changed")

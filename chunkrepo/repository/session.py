@@ -474,7 +474,8 @@ class WriteSession:
         self.flush()
         crash_point("backup-flushed")
         # the record makes durable what this writer saw (chunks the index said were stored):
-        # not if another writer may have changed the repository since (docs/format.md, "Lock object")
+        # not if another writer may have changed the repository since (docs/format.md, "Checks
+        # before durable steps")
         self._lock.check()
         crash_point("backup-checked")
         name = f"backups/{rec.id}"
@@ -488,18 +489,24 @@ class WriteSession:
                                    f"({e}); the next write session adopts it if it survived") from None
             raise
         crash_point("backup-stored")
-        self._check_after_record(rec.id)
+        lost = self._check_after_record(rec.id)
+        # registered here even so: if another writer began, this cache is refilled anyway
+        # (index_cache.end_write); if none did, it must list the record it stored
         self._register_backup(rec)
         crash_point("backup-committed")
+        if lost is not None:
+            raise lost
 
-    def _check_after_record(self, bid: str) -> None:
+    def _check_after_record(self, bid: str) -> Optional[LockLost]:
         """The lock again once the record is stored: a writer stopped between the check and
-        the PUT is told so (the record stays: another writer may have registered it already)."""
+        the PUT is told so.  The record stays: another writer may have registered it and
+        kept its data (check tells a sound backup from a damaged one)."""
         try:
             self._lock.check()
         except LockLost as e:
-            raise LockLost(e.why, f"backup {bid} was stored while it was lost, and another writer may have "
-                                  f"removed data it refers to: run 'chunkrepo check'") from None
+            return LockLost(e.why, f"backup {bid} was stored while it was lost, and another writer may have "
+                                   f"removed data it refers to: run 'chunkrepo check'")
+        return None
 
     def _register_backup(self, rec: BackupRecord) -> None:
         """Add the backup to the index with its references, in steps of about STEP updates.

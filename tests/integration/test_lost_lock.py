@@ -48,11 +48,11 @@ def _open(info, monkeypatch, cache):
     return Repo(f"{info['url']}/repo", storage_options=info["storage_options"])
 
 
-@pytest.fixture
-def setup(moto_s3, tmp_path, monkeypatch):
+@pytest.fixture(params=["moto", pytest.param("ceph", marks=pytest.mark.ceph)])
+def setup(request, tmp_path, monkeypatch):
     """(repository info, host A's cache, P1's id, the source dirs): P1 holds d3/u;
     d4/a0 is a copy of it, so a backup of d4 stores none of its chunks."""
-    info = moto_s3
+    info = request.getfixturevalue(f"{request.param}_s3")
     d3, d4, d5 = (tmp_path / n for n in ("d3", "d4", "d5"))
     for d in (d3, d4, d5):
         d.mkdir()
@@ -122,6 +122,25 @@ def test_a_writer_stopped_between_the_check_and_its_record_says_so(setup, tmp_pa
         assert [b.id for b in fresh.list_backups()] == [q] and fresh.check().pending_backups == 1
 
 
+def test_a_record_stored_after_a_mere_unlock_is_listed_by_the_writers_cache(setup, tmp_path, monkeypatch):
+    """Its lock was removed between the check and the PUT, and no other writer began:
+    the writer still says so, and its cache (kept, since the generation did not move)
+    lists the sound backup it stored."""
+    info, host_a, p1, (_, d4, _) = setup
+    writer = _cli(info, host_a, "backup", str(d4), stop_at="backup-checked")
+    with _open(info, monkeypatch, tmp_path / "hostB") as repo:
+        repo.repository.storage.delete("lock")
+    code, out, err = _resume(writer)
+    assert code == 1 and "was stored while it was lost" in err
+    with _open(info, monkeypatch, tmp_path / "fresh") as repo:
+        ids = [b.id for b in repo.list_backups()]
+        assert len(ids) == 2 and ids[0] == p1
+        report = repo.check(read_data=True)
+        assert report.ok, report.errors
+    with _open(info, monkeypatch, host_a) as repo:
+        assert [b.id for b in repo.list_backups()] == ids
+
+
 def test_a_writer_that_lost_its_lock_after_committing_leaves_its_cache_to_be_synced(setup, tmp_path,
                                                                                       monkeypatch):
     """Another writer ran between its commit and its end: its cache must not record the
@@ -138,6 +157,24 @@ def test_a_writer_that_lost_its_lock_after_committing_leaves_its_cache_to_be_syn
         assert report.ok, report.errors
     with _open(info, monkeypatch, host_a) as repo:
         assert [b.id for b in repo.list_backups()] == [bid, q]
+
+
+def test_a_prune_whose_lock_was_taken_deletes_no_pack(setup, tmp_path, monkeypatch):
+    """Host A's prune stops between dropping P1's packs from its index and deleting them;
+    host B unlocks and backs up d4, whose chunks it finds in those packs (its cache
+    adopted them as garbage, still stored): A must not delete them."""
+    info, host_a, p1, (_, d4, _) = setup
+    pruner = _cli(info, host_a, "forget", p1, "--prune", stop_at="prune-index-committed")
+    with _open(info, monkeypatch, tmp_path / "hostB") as repo:
+        repo.repository.storage.delete("lock")
+        res = repo.backup([d4])
+        assert res.bytes_new == 0
+    code, out, err = _resume(pruner)
+    assert code == 1 and err.startswith("chunkrepo: error: lost the repository lock (the lock object was removed)")
+    with _open(info, monkeypatch, tmp_path / "fresh") as repo:
+        assert [b.id for b in repo.list_backups()] == [res.id]
+        report = repo.check(read_data=True)
+        assert report.ok, report.errors
 
 
 @pytest.mark.parametrize("where", ["s3", "local"])
