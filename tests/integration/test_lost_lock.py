@@ -141,8 +141,7 @@ def test_a_record_stored_after_a_mere_unlock_is_listed_by_the_writers_cache(setu
         assert [b.id for b in repo.list_backups()] == ids
 
 
-def test_a_writer_that_lost_its_lock_after_committing_leaves_its_cache_to_be_synced(setup, tmp_path,
-                                                                                      monkeypatch):
+def test_a_writer_that_lost_its_lock_after_committing_leaves_its_cache_to_be_synced(setup, tmp_path, monkeypatch):
     """Another writer ran between its commit and its end: its cache must not record the
     store's new generation as one it reflects (it misses that writer's changes)."""
     info, host_a, p1, (_, d4, d5) = setup
