@@ -39,6 +39,14 @@ class RepoLocked(ChunkrepoError):
     """Another writer holds the repository lock."""
 
 
+class LockLost(RepoLocked):
+    """A writer's lock in an object store was removed or taken over while it worked."""
+
+    def __init__(self, why: str, consequence: str = "nothing more was committed"):
+        super().__init__(f"lost the repository lock ({why}); {consequence}")
+        self.why = why
+
+
 class ReadOnlyRepository(ChunkrepoError):
     """A write to a repository this process can only read (a read-only file system, no permission)."""
 

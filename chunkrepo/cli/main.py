@@ -2,6 +2,7 @@
 
 import errno
 import os
+import signal
 import sys
 
 import click
@@ -23,6 +24,8 @@ class _Group(click.Group):
             _fail(str(e), e.exit_code)
         except BrokenPipeError:
             _quiet_broken_pipe()
+        except Terminated:
+            _fail("terminated", 128 + signal.SIGTERM)
         except KeyboardInterrupt:
             _fail("interrupted", 130)
         except OSError as e:
@@ -36,6 +39,17 @@ class _Group(click.Group):
             if os.environ.get("CHUNKREPO_DEBUG"):
                 raise
             _fail(f"internal error: {type(e).__name__}: {e} (set CHUNKREPO_DEBUG=1 for details)", 70)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like SIGINT's KeyboardInterrupt: whatever the
+    command holds (a write session, its lock or lease, staged packs) is released on the
+    way out, and the command exits 143 (128 + SIGTERM)."""
+
+
+def _on_sigterm(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)    # a second SIGTERM ends the process at once
+    raise Terminated()
 
 
 def _fail(msg: str, code: int):
@@ -70,4 +84,5 @@ _SWITCH_INTERVAL = 0.0002
 
 def main():
     sys.setswitchinterval(_SWITCH_INTERVAL)
+    signal.signal(signal.SIGTERM, _on_sigterm)
     cli(prog_name="chunkrepo")

@@ -81,6 +81,7 @@ def remove_backups(repo, recs) -> None:
             decref_tree(w, bytes.fromhex(rec.root))
             w.delete_backup(rec.id)
     crash_point("forget-committed")
+    repo.check_lock()
     for rec in recs:
         try:
             repo.storage.delete(f"backups/{rec.id}")

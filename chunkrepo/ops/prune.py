@@ -247,6 +247,7 @@ def delete_pending_packs(repo) -> tuple:
         pending = list(v.pending())
     if not pending:
         return 0, 0
+    repo.check_lock()     # another writer may need these packs if it took the lock over
     oldest = repo.index.oldest_reader()
     done = []
     waiting = 0

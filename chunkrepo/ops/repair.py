@@ -255,6 +255,8 @@ def _fix_cached_records(repo, f, r: RepairReport) -> None:
 def _rewrite_records(repo, f, r: RepairReport) -> None:
     """Backup record files missing or damaged: written again from the index's copy,
     if that copy hashes to the backup's id."""
+    if f.bad_records:
+        repo.check_lock()
     for bid, raw in sorted(f.bad_records.items()):
         try:
             decode_record(raw, bid)

@@ -28,7 +28,7 @@ import os
 import shutil
 
 from .. import paths
-from ..errors import IndexDamaged, NotFound
+from ..errors import IndexDamaged, LockLost, NotFound
 from .lease import LeaseLock
 from .packs import pack_id_from_name
 from .session import WriteSession
@@ -168,8 +168,9 @@ class IndexCache:
             self.unlock()
 
     # -- a writer's session ---------------------------------------------------
-    def begin_write(self, repo) -> None:
-        """Under the store lock: sync, mark the cache dirty, bump the store's generation.
+    def begin_write(self, repo) -> bytes:
+        """Under the store lock: sync, mark the cache dirty, bump the store's generation;
+        returns the new token (another writer that begins replaces it: end_write).
 
         The sync reads `generation` after the lease is taken (a writer that finished
         meanwhile bumped it), so a read before the lease would be wasted: none is made."""
@@ -178,17 +179,25 @@ class IndexCache:
         try:
             self._sync_locked(repo)
             self._record(repo.index, b"")
-            self._new_generation()
+            token = self._new_generation()
             self._role(b"write")
         except BaseException:
             self.due = True
             self.unlock()
             raise
+        return token
 
-    def end_write(self, repo) -> None:
-        """The writer is done (committed or failed cleanly): a new generation, recorded here too."""
+    def end_write(self, repo, began: bytes) -> None:
+        """The writer is done (committed, failed, or lost its lock): a new generation, so
+        every cache looks at what it changed.  Recorded here only if the store's token is
+        still the one this writer wrote when it began: otherwise another writer began
+        meanwhile (this one's lock was removed, or expired while it was stopped), and this
+        cache misses what that one did; it stays dirty and the next open rebuilds it."""
         try:
-            self._record(repo.index, self._new_generation())
+            current = self.store_generation() == began
+            token = self._new_generation()
+            if current:
+                self._record(repo.index, token)
         finally:
             self.unlock()
 
@@ -199,23 +208,26 @@ class RemoteWriterLock:
     def __init__(self, repo):
         self.repo = repo
         self.lease = LeaseLock(repo.storage)
+        self._began = b""       # the generation this writer wrote when it began
 
     def acquire(self) -> None:
         self.lease.acquire()
         try:
-            self.repo.cache.begin_write(self.repo)
+            self._began = self.repo.cache.begin_write(self.repo)
         except BaseException:
             self.lease.release()
             raise
 
     def check(self) -> None:
+        """LockLost unless the lock object is still this writer's and no other writer
+        began since this one did (the store's generation is still this writer's): two
+        GETs before each durable step (docs/format.md, "Checks before durable steps")."""
         self.lease.check()
+        if self.repo.cache.store_generation() != self._began:
+            raise LockLost("another writer began meanwhile: the store's generation changed")
 
     def release(self) -> None:
         try:
-            if self.lease.lost:
-                self.repo.cache.unlock()      # the cache stays dirty: the next open rebuilds it
-            else:
-                self.repo.cache.end_write(self.repo)
+            self.repo.cache.end_write(self.repo, self._began)
         finally:
             self.lease.release()

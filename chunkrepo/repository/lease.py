@@ -8,8 +8,12 @@ works; a writer killed without releasing leaves a lock that expires `lease`
 seconds after its last refresh and is then taken over (with a warning).  An
 unexpired lock is reported with its holder and age; `chunkrepo unlock` removes
 it.  If the refresher finds the lock gone or someone else's (it expired while
-the writer was stalled, or was removed by unlock), the lock is lost and the
-session fails before it writes its backup record or generation marker.
+the writer was stalled, or was removed by unlock), the lock is lost.  The
+refresher runs only every `refresh` seconds, and a stopped process (SIGSTOP, a
+suspended VM) runs none of it: so check(), called before each step that makes
+something durable which depends on what the writer saw (its backup record,
+deleting packs or backup records), reads the lock object again (one GET) and
+fails if it is no longer this writer's.
 
 Expiry is judged by the local clock against the holder's: hosts whose clocks
 differ by more than a fraction of the lease are not supported.  Taking over
@@ -26,7 +30,7 @@ import threading
 import time
 from typing import Optional
 
-from ..errors import NotFound, RepoLocked
+from ..errors import LockLost, NotFound, RepoLocked
 from ..process import pid_alive
 from .lock import _age
 
@@ -91,9 +95,11 @@ class LeaseLock:
                 log.warning("chunkrepo: could not refresh the repository lock: %s", e)
 
     def check(self) -> None:
-        """RepoLocked if the lock was lost (the session must not commit)."""
+        """LockLost unless the lock object is still this writer's (read again: one GET)."""
+        if not self.lost:
+            self._verify()
         if self.lost:
-            raise RepoLocked(f"lost the repository lock ({self.lost}); nothing more was committed")
+            raise LockLost(self.lost)
 
     def release(self) -> None:
         self._stop.set()

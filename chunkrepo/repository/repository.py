@@ -110,6 +110,7 @@ class Repository:
                    and any(True for prefix in ("backups", "packs") for _ in self.storage.list(prefix)))
         self._index = self._open_index()
         self._closed = False
+        self.session_lock = None      # the lock of this process's write session, while one runs
         if self.cache is not None:
             self.cache.due = sync_index
         if rebuild:
@@ -181,6 +182,12 @@ class Repository:
         if self.remote:
             return RemoteWriterLock(self)
         return WriterLock(os.path.join(self.path, "lock"))
+
+    def check_lock(self) -> None:
+        """Inside a write session, before deleting what another writer could need: LockLost
+        if the session's lock in an object store is no longer its own (a flock cannot be lost)."""
+        if self.session_lock is not None:
+            self.session_lock.check()
 
     def close(self) -> None:
         if not self._closed:

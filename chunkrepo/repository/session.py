@@ -16,7 +16,7 @@ from typing import Dict, Optional
 
 from ..codec import compression, records
 from ..codec.hashing import hash_bytes
-from ..errors import IntegrityError, NotFound, StorageError
+from ..errors import IntegrityError, LockLost, NotFound, StorageError
 from ..index import BlobEntry, PackInfo
 from ..index.lmdb_index import COMMITTING_META, GARBAGE_META, REGISTERING_BATCH_META, REGISTERING_META
 from ..model import BackupRecord, Node, Tree, decode_record
@@ -94,6 +94,7 @@ class WriteSession:
     # -- lifecycle ------------------------------------------------------------
     def __enter__(self):
         self._lock.acquire()
+        self.repo.session_lock = self._lock
         self._resident = resident = self.index.resident
         self._reader_budget = resident.lookup_budget
         resident.lookup_budget = min(resident.lookup_budget, WRITER_LOOKUP_BUDGET)
@@ -103,6 +104,7 @@ class WriteSession:
                 self._new_ids = NewIds() if v.blob_count() == 0 else None
         except BaseException:
             resident.lookup_budget = self._reader_budget
+            self.repo.session_lock = None
             self._lock.release()
             raise
         return self
@@ -118,6 +120,7 @@ class WriteSession:
                 self._uploads.shutdown(wait=True)
                 self._uploads = None
             self._resident.lookup_budget = self._reader_budget
+            self.repo.session_lock = None
             self._lock.release()
 
     def recover(self) -> dict:
@@ -469,7 +472,12 @@ class WriteSession:
     def commit_backup(self, rec: BackupRecord) -> None:
         """Make a backup part of the repository: record in storage, then index."""
         self.flush()
+        crash_point("backup-flushed")
+        # the record makes durable what this writer saw (chunks the index said were stored):
+        # not if another writer may have changed the repository since (docs/format.md, "Checks
+        # before durable steps")
         self._lock.check()
+        crash_point("backup-checked")
         name = f"backups/{rec.id}"
         try:
             self.storage.put(name, records.encode_json(rec.to_dict()))
@@ -481,8 +489,24 @@ class WriteSession:
                                    f"({e}); the next write session adopts it if it survived") from None
             raise
         crash_point("backup-stored")
+        lost = self._check_after_record(rec.id)
+        # registered here even so: if another writer began, this cache is refilled anyway
+        # (index_cache.end_write); if none did, it must list the record it stored
         self._register_backup(rec)
         crash_point("backup-committed")
+        if lost is not None:
+            raise lost
+
+    def _check_after_record(self, bid: str) -> Optional[LockLost]:
+        """The lock again once the record is stored: a writer stopped between the check and
+        the PUT is told so.  The record stays: another writer may have registered it and
+        kept its data (check tells a sound backup from a damaged one)."""
+        try:
+            self._lock.check()
+        except LockLost as e:
+            return LockLost(e.why, f"backup {bid} was stored while it was lost, and another writer may have "
+                                   f"removed data it refers to: run 'chunkrepo check'")
+        return None
 
     def _register_backup(self, rec: BackupRecord) -> None:
         """Add the backup to the index with its references, in steps of about STEP updates.
