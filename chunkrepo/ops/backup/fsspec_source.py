@@ -202,6 +202,13 @@ def open_object(fs, key: str):
     return fs.open(key, "rb", block_size=_READ_BLOCK, cache_type="none")
 
 
+def _position(f) -> int:
+    try:
+        return int(f.tell())
+    except Exception:          # a file object that cannot say: nothing counted
+        return 0
+
+
 def read_chunks(fs, key: str, saver, size: int):
     """(chunk ids, bytes read) of the object at key, streamed through saver (a FileSaver)."""
     with open_object(fs, key) as f:
@@ -320,7 +327,7 @@ class UrlBackup(Backup):
                 chunks, nread = self.saver.read_stream(f, obj.st_size)
             except Exception:          # what was read before the failure counts as read
                 with self._lock:
-                    self.res.bytes_read += f.tell()
+                    self.res.bytes_read += _position(f)
                 raise
         if nread != obj.st_size or not same_version(self._fresh_info(key), obj):
             raise _Changed(nread)
