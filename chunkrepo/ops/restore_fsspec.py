@@ -11,10 +11,12 @@ The target
     the backup replace those of the same name and nothing else is touched.
     With mirror, the target is first backed up as it is into the same
     repository (a "safety" backup, an ordinary URL backup whose id the result
-    carries), then the backup is written and whatever the target held that
-    the backup does not have is deleted: restoring the safety backup with
+    carries, and on_safety gets as soon as it is committed), then the backup
+    is written and whatever the target held that the backup does not have,
+    and the safety backup does, is deleted: restoring the safety backup with
     mirror undoes a mistaken mirror.  A safety backup that could not store
-    every object stops the mirror before anything is written.
+    every object stops the mirror before anything is written.  A target that
+    holds the repository, or lies inside it (ops.url_place), is refused first.
 
 What is written
     Regular files, streamed: the chunks come from the prefetch stream
