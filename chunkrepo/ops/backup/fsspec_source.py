@@ -260,9 +260,9 @@ class UrlBackup(Backup):
                 self.error(key + "//", f"{LEFT_OUT[why]}: cannot list them: {one_line(e)}")
                 self.res.skipped += 1
                 return
-            for k in keys:
+            for k in keys:       # none: gone since the listing (or a store listing a directory in itself)
                 self.error(k, f"{LEFT_OUT[why]}: not stored")
-            self.res.skipped += len(keys) or 1     # none found: they went since the listing
+            self.res.skipped += len(keys)
 
     def scan_url_dir(self, key: str, name: bytes, info: dict, prev: Optional[Node]) -> PendingDir:
         prev_entries, prev_children = self.prev_listing(prev)
