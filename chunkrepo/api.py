@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Iterator, List, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, List, Optional, Sequence
 
 from .errors import ChunkrepoError, NotFound
 from .model import BackupRecord
@@ -125,17 +125,21 @@ class Repo:
                          progress=progress, direct=direct)
 
     def restore(self, backup_id: str, target, start="/", progress=None, target_options: Optional[dict] = None,
-                mirror: bool = False, overwrite: bool = False):
+                mirror: bool = False, overwrite: bool = False,
+                on_safety_backup: Optional[Callable[[str], None]] = None):
         """Recreate the backup (or start below it) inside the directory target, or at the
         fsspec URL target (whose filesystem gets target_options).  For a URL, overwrite
         replaces existing objects, and mirror also deletes what the backup does not have
-        after a safety backup of the target (result.safety_backup)."""
+        after a safety backup of the target (result.safety_backup; on_safety_backup(id)
+        is called as soon as it is committed, before the target changes).  A URL target
+        that holds the repository, or lies inside it, is refused."""
         from .ops.restore import restore_tree
         from .ops.restore_fsspec import restore_to_url
         rec = self._repo.resolve_backup(backup_id)
         if is_url(target):
             return restore_to_url(self._repo, bytes.fromhex(rec.root), target, start, target_options,
-                                  mirror=mirror, overwrite=overwrite, progress=progress)
+                                  mirror=mirror, overwrite=overwrite, progress=progress,
+                                  on_safety=on_safety_backup)
         if mirror or overwrite:
             raise ChunkrepoError("--mirror and --overwrite need a URL target "
                                  "(file:///path for a local directory)")

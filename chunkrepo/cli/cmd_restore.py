@@ -31,13 +31,14 @@ def command(repo_path, backup, path, target, target_options, overwrite, mirror, 
         # the whole backup's size is known from its stats; a part of it shows no ETA
         total = (rec.stats or {}).get("bytes_total") if not split_path(path) else None
         with RestoreProgress(total) as progress:
+            def safety_done(bid: str) -> None:      # before the target changes: an interrupt must not hide it
+                progress.echo(f"chunkrepo: safety backup of the target before the mirror: {bid} "
+                              f"(restore it with --mirror to undo)")
+
             res = repo.restore(rec.id, target, path, progress=progress if progress.enabled else None,
                                target_options=parse_items(target_options), mirror=mirror,
-                               overwrite=overwrite)
+                               overwrite=overwrite, on_safety_backup=safety_done)
     d = res.to_dict()
-    if d.get("safety_backup"):
-        click.echo(f"chunkrepo: safety backup of the target before the mirror: {d['safety_backup']} "
-                   f"(restore it with --mirror to undo)", err=True)
     if d.get("skipped_special"):
         click.echo(f"chunkrepo: {d['skipped_special']} symlinks, devices or FIFOs skipped: "
                    "the target holds files and directories only", err=True)

@@ -56,6 +56,14 @@ class Progress:
             self._bar.update(done - self._seen)
             self._seen = done
 
+    def echo(self, line: str) -> None:
+        """A line on stderr now, above the progress line if there is one."""
+        if self._bar is None:
+            print(line, file=sys.stderr, flush=True)
+            return
+        with self._lock:
+            self._bar.write(line, file=sys.stderr)
+
     def close(self) -> None:
         if self._bar is not None:
             self._bar.refresh()     # the last counts, even when they came within mininterval

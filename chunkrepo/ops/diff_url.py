@@ -34,7 +34,7 @@ from ..errors import ChunkrepoError
 from ..model import Node
 from ..model.nodes import REG
 from .backup.file_saver import FileSaver
-from .backup.fsspec_source import list_dir, listed_node, read_chunks, repo_below
+from .backup.fsspec_source import LEFT_OUT, list_dir, listed_node, read_chunks, repo_below
 from .diff import Diff, DiffStats, HashOnly, diff_side
 from .fsspec_url import fs_errors, is_url, one_line, open_url
 
@@ -44,7 +44,8 @@ _ENC = "utf-8", "surrogateescape"
 class _UrlSide:
     """The objects below key (the path `start` of the backup) on filesystem fs."""
 
-    def __init__(self, repo, stats: DiffStats, content: bool, fs, key: str, start: bytes, shown: str):
+    def __init__(self, repo, stats: DiffStats, content: bool, fs, key: str, start: bytes, shown: str,
+                 options: Optional[dict]):
         self.stats = stats
         self.content = content
         self.fs = fs
@@ -52,8 +53,8 @@ class _UrlSide:
         self.start = start
         self.shown = shown              # the URL of key, for messages
         self.saver = FileSaver(HashOnly(), repo.config.chunker)
-        self.skip = b""                 # a repository inside a file:// tree is not in its backups
-        below = repo_below(repo.path, fs, key.rstrip("/"))
+        self.skip = b""                 # a repository inside the URL is not in its backups
+        below = repo_below(repo, shown, options)
         if below != b"\0":
             self.skip = start.rstrip(b"/") + below
 
@@ -77,9 +78,9 @@ class _UrlSide:
         base = path.rstrip(b"/") + b"/"
         out = []
         for name, ckey, info in listing:
-            child = None if info.get("shadowed") else listed_node(name, info)
+            child = None if info.get("left_out") else listed_node(name, info)
             if child is None:
-                why = "an object and a prefix share this name" if info.get("shadowed") else \
+                why = LEFT_OUT[info["left_out"]] if info.get("left_out") else \
                     f"not a regular file or directory ({info.get('type')})"
                 self.stats.errors.append(f"{self._url(ckey)}: {why}: not compared")
             elif base + name != self.skip:
@@ -145,7 +146,7 @@ def diff_url(repo, left, url: str, path=None, content: bool = False, options: Op
         b = listed_node(os.path.basename(start), info)
         if b is None:
             raise ChunkrepoError(f"{where}: not a regular file or directory ({info.get('type')})")
-    side = _UrlSide(repo, stats, content, fs, key, start, where)
+    side = _UrlSide(repo, stats, content, fs, key, start, where, options)
     return diff_side(repo, left, start, side, b, stats,
                      f"{where}: neither in backup {left.id} (as {os.fsdecode(start)}) nor at the URL")
 

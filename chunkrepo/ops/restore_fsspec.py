@@ -11,10 +11,12 @@ The target
     the backup replace those of the same name and nothing else is touched.
     With mirror, the target is first backed up as it is into the same
     repository (a "safety" backup, an ordinary URL backup whose id the result
-    carries), then the backup is written and whatever the target held that
-    the backup does not have is deleted: restoring the safety backup with
+    carries, and on_safety gets as soon as it is committed), then the backup
+    is written and whatever the target held that the backup does not have,
+    and the safety backup does, is deleted: restoring the safety backup with
     mirror undoes a mistaken mirror.  A safety backup that could not store
-    every object stops the mirror before anything is written.
+    every object stops the mirror before anything is written.  A target that
+    holds the repository, or lies inside it (ops.url_place), is refused first.
 
 What is written
     Regular files, streamed: the chunks come from the prefetch stream
@@ -34,7 +36,7 @@ import dataclasses
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 from ..codec.hashing import ID_SIZE
 from ..errors import ChunkrepoError, TargetNotEmpty
@@ -46,6 +48,7 @@ from .fsspec_url import fs_errors, open_url
 from .prefetch import prefetch
 from .restore import RestoreResult, _safe_name
 from .traverse import find_node, split_path, walk
+from .url_place import below, place, repo_place, same_store
 
 _WRITE_BLOCK = 8 << 20        # the filesystem's write buffer (an S3 part), at least 5 MiB
 _ZEROS = bytes(1 << 20)
@@ -228,14 +231,22 @@ class _UrlRestorer:
         self.res.files += 1
         self.res.bytes_written += pos
 
-    def delete_extras(self, before: dict) -> None:
-        """Mirror: remove what the target held and the restore did not write (files first)."""
+    def delete_extras(self, before: dict, safe: set, shown: str) -> None:
+        """Mirror: remove what the target held and the restore did not write (files first),
+        if the safety backup holds it (paths relative to root); anything else is reported
+        and left (it appeared after the safety backup, or the backup could not hold it)."""
+        cut = len(self.root) + 1
         extras = [p for p in before if p not in self.written]
-        files = [p for p in extras if before[p].get("type") != "directory"]
-        dirs = sorted((p for p in extras if before[p].get("type") == "directory"), reverse=True)
+        files, dirs = [], []
+        for p in extras:
+            is_dir = before[p].get("type") == "directory"
+            if p[cut:] in safe:
+                (dirs if is_dir else files).append(p)
+            elif not is_dir:
+                self.res.errors.append(f"{shown}/{p[cut:]}: not in the safety backup: not deleted")
         if files:
             self.fs.rm(files)
-        for d in dirs:       # deepest first, never recursively: only what is empty now goes
+        for d in sorted(dirs, reverse=True):   # deepest first, never recursively: only what is empty goes
             try:
                 self.fs.rmdir(d)
             except Exception:    # gone with its files (object stores), or not empty
@@ -251,39 +262,66 @@ def _zeros(f, pos: int, upto: int) -> int:
     return pos
 
 
+def _refuse_own_repo(repo, url: str, options: dict, shown: str) -> None:
+    """A target holding the repository, or inside it, would have it overwritten or
+    (mirror) deleted with the safety backup in it: refused before anything is done."""
+    mine, there = repo_place(repo), place(url, options)
+    same = same_store(mine, there)
+    if same is False:
+        return
+    if below(mine.path, there.path) is not None or below(there.path, mine.path) is not None:
+        unsure = "" if same else " (their S3 endpoints could not be told apart)"
+        raise ChunkrepoError(f"restore target {shown} holds the repository {repo.path} or lies inside it"
+                             f"{unsure}: refused, nothing was written")
+
+
+def _safety_backup(repo, url: str, options: dict, fs, shown: str, on_safety) -> Tuple[str, set]:
+    """Back up the target as it is: (its id, the paths it holds relative to the target's
+    root: those alone a mirror may delete)."""
+    safety = run_url_backup(repo, url, BackupOptions(), options, fs=fs)
+    if on_safety is not None:
+        on_safety(safety.id)
+    if safety.skipped or safety.files_changed_during_backup:
+        raise ChunkrepoError(
+            f"the safety backup {safety.id} of {shown} could not store every object "
+            f"({safety.skipped + safety.files_changed_during_backup}): nothing was mirrored")
+    root_tid = bytes.fromhex(repo.resolve_backup(safety.id).root)
+    return safety.id, {path.decode("utf-8", "surrogateescape") for path, _, _ in walk(repo, root_tid, "/")}
+
+
 def restore_to_url(repo, root_tid: bytes, url: str, start="/", options: Optional[dict] = None,
                    mirror: bool = False, overwrite: bool = False, fs=None,
-                   progress: Optional[Callable[[RestoreResult], None]] = None) -> UrlRestoreResult:
+                   progress: Optional[Callable[[RestoreResult], None]] = None,
+                   on_safety: Optional[Callable[[str], None]] = None) -> UrlRestoreResult:
     """Write the backup whose root record is root_tid (or start below it) to the fsspec URL.
 
     See the module docstring.  Raises NotFound (start not in the backup),
-    TargetNotEmpty, and ChunkrepoError when the filesystem fails.  options go
-    to the filesystem; fs, if given, is used instead of opening one; progress
-    is called as ops.restore calls it.
+    TargetNotEmpty, and ChunkrepoError when the target holds the repository or
+    the filesystem fails.  options go to the filesystem; fs, if given, is used
+    instead of opening one; progress is called as ops.restore calls it;
+    on_safety(id) as soon as a mirror's safety backup is committed, before the
+    target is changed.
     """
     t0 = time.monotonic()
-    opened, root, shown = open_url(url, options or {})
+    options = options or {}
+    opened, root, shown = open_url(url, options)
+    _refuse_own_repo(repo, url, options, shown)
     fs = fs or opened
     find_node(repo, root_tid, start)          # NotFound before touching the target
     with fs_errors(shown):
         before = _existing(fs, root, shown)
-    safety = None
+    safety, safe = None, set()
     if before and mirror:
-        safety = run_url_backup(repo, url, BackupOptions(), options, fs=fs)
-        if safety.skipped or safety.files_changed_during_backup:
-            raise ChunkrepoError(
-                f"the safety backup {safety.id} of {shown} could not store every object "
-                f"({safety.skipped + safety.files_changed_during_backup}): nothing was mirrored")
+        safety, safe = _safety_backup(repo, url, options, fs, shown, on_safety)
     elif before and not overwrite:
         raise TargetNotEmpty(f"restore target {shown} is not empty (use --overwrite or --mirror)")
     job = _UrlRestorer(repo, root_tid, fs, root, start, before, progress)
-    job.res.safety_backup = safety.id if safety is not None else None
+    job.res.safety_backup = safety
     with fs_errors(shown):
         job.run()
         if mirror and before:
-            job.delete_extras(before)
+            job.delete_extras(before, safe, shown)
     job.res.elapsed = time.monotonic() - t0
     if progress is not None:
         progress(job.res)
     return job.res
-

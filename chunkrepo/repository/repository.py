@@ -12,7 +12,7 @@ from ..errors import LOST_WHY, AmbiguousId, ChunkrepoError, IntegrityError, NotA
 from ..index import Index, read_only_reason
 from ..model import BackupRecord, Tree
 from ..storage import LocalStorage
-from ..storage.open import is_url, local_path, open_remote
+from ..storage.open import is_url, local_path, open_remote, parse_options
 from ..storage.retry import is_transient
 from .config import CONFIG_NAME, Config
 from .index_cache import IndexCache, RemoteWriterLock
@@ -84,9 +84,12 @@ class Repository:
         remote repository's cache), or at once if a local index is absent (False:
         rebuild-index does that itself)."""
         self.remote = is_url(location)
+        # what says where a remote repository is (its endpoint): ops compare it with URLs
+        self.storage_options: dict = {}
         if self.remote:
             self.path = location.rstrip("/")
-            self.storage = open_remote(location, storage_options)
+            self.storage_options = parse_options() if storage_options is None else dict(storage_options)
+            self.storage = open_remote(location, self.storage_options)
         else:
             self.path = local_path(location)
             if not os.path.isdir(self.path):

@@ -268,6 +268,9 @@ class _TornFile:
             self.owner.rewrite()
         return n
 
+    def tell(self):
+        return self.f.tell()
+
     def __enter__(self):
         return self
 
@@ -291,6 +294,8 @@ def test_object_changing_during_read_is_retried_then_kept_from_the_previous_back
     always = _TornReads(fs, key, 2)      # changes in both reads: reported, previous version kept
     r2 = run_url_backup(repo.repository, url, BackupOptions(), opts, fs=always)
     assert r2.files_changed_during_backup == 1
+    assert r2.bytes_read >= 2 * 65536          # both torn reads happened: they count as read
+    assert (r2.files, r2.bytes_total) == (2, 300_001)     # the previous version is what it holds
     assert r2.errors == [f"{url}/moving: changed during the backup: kept the version of the previous backup"]
     with repo.open_file(r2.id, "/moving") as f:
         assert f.read() == b"\x01" * 300_000
@@ -299,6 +304,7 @@ def test_object_changing_during_read_is_retried_then_kept_from_the_previous_back
     fill(fs, root, {"new": rnd(300_000, 4)})
     r3 = run_url_backup(repo.repository, url, BackupOptions(), opts, fs=_TornReads(fs, f"{root}/new", 2))
     assert r3.errors == [f"{url}/new: changed during the backup: not stored"]
+    assert (r3.files, r3.bytes_total) == (1, 1)        # only what the backup holds
     assert [e.path for e in repo.list_backup(r3.id)] == [b"still"]
 
 

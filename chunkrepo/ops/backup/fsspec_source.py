@@ -37,7 +37,6 @@ Objects changing while read
 """
 
 import datetime
-import os
 import socket
 import stat
 import time
@@ -47,6 +46,7 @@ from ...errors import ChunkrepoError, NotFound
 from ...model import BackupRecord, Node
 from ...model.nodes import DIR, REG
 from ..fsspec_url import fs_errors, one_line, open_url
+from ..url_place import below, place, repo_place, same_store
 from .run import Backup, BackupOptions, BackupResult, commit_record, find_parent
 from .tree_saver import PendingDir
 
@@ -67,7 +67,12 @@ class ObjectInfo(NamedTuple):
 
 
 class _Changed(Exception):
-    """The object is not the one listed any more (or no longer readable as listed)."""
+    """The object is not the one listed any more (or no longer readable as listed).
+    nread: the bytes read before that was seen (they count as read)."""
+
+    def __init__(self, nread: int):
+        super().__init__()
+        self.nread = nread
 
 
 def mtime_ns(info: dict) -> int:
@@ -127,20 +132,36 @@ def _name(key: str) -> bytes:
     return key.rstrip("/").rpartition("/")[2].encode("utf-8", "surrogateescape")
 
 
+# what a backup (and a diff) leaves out of a listing, by info["left_out"]
+LEFT_OUT = {
+    "shadowed": "an object and a prefix share this name",
+    "marker": "a directory marker object holding data",
+    "empty_segment": "a name with an empty path segment ('//')",
+}
+
+
 def _entries(listing, key: str):
     """(name, info) of a directory listing sorted by name, without the directory's own
-    marker object ('data/').  An object store may list an object and a prefix of the
-    same name ('a' and 'a/b'): the prefix is kept, the object marked 'shadowed'."""
+    empty marker object ('data/').  What a backup cannot hold comes marked with
+    info["left_out"] (a LEFT_OUT key): an object listed with a prefix of the same name
+    ('a' and 'a/b': the prefix is kept), a marker object 'data/' holding data, and the
+    prefix 'data//' of names with an empty segment (the tree has no empty names)."""
     by_name: dict = {}
     for info in listing:
         name = _name(info["name"])
-        if not name or info["name"].rstrip("/") == key:
+        if info["name"].rstrip("/") == key:       # the directory's own name and a '/'
+            if info.get("type") == "directory":
+                by_name[b""] = dict(info, left_out="empty_segment")
+            elif info.get("size"):
+                by_name[b"\0"] = dict(info, left_out="marker")
+            continue
+        if not name:
             continue
         other = by_name.get(name)
         if other is not None:
             obj, prefix = (other, info) if info.get("type") == "directory" else (info, other)
             by_name[name] = prefix
-            by_name[name + b"\0"] = dict(obj, shadowed=True)   # reported just after it
+            by_name[name + b"\0"] = dict(obj, left_out="shadowed")   # reported just after it
             continue
         by_name[name] = info
     return sorted(by_name.items())
@@ -149,10 +170,20 @@ def _entries(listing, key: str):
 def list_dir(fs, key: str) -> list:
     """The directory at key as (name, key, info) sorted by name, from one fresh
     ``ls(detail=True)`` (never fsspec's listing cache: filesystem instances, and their
-    cached listings, live as long as the process).  An object shadowed by a prefix of
-    the same name comes just after the prefix with info["shadowed"]."""
+    cached listings, live as long as the process).  Entries a backup leaves out carry
+    info["left_out"] (see _entries); a shadowed object comes just after its prefix."""
     fs.invalidate_cache(key)
     return [(name, info["name"].rstrip("/"), info) for name, info in _entries(fs.ls(key, detail=True), key)]
+
+
+def empty_segment_keys(fs, key: str) -> list:
+    """The objects whose names continue key with '//', sorted."""
+    fs.invalidate_cache(key)
+    try:
+        found = fs.find(key, prefix="/")      # s3fs: only the names that start with key//
+    except TypeError:                         # a filesystem whose find has no prefix
+        found = fs.find(key)
+    return sorted(k for k in found if k.startswith(key + "//"))
 
 
 def listed_node(name: bytes, info: dict) -> Optional[Node]:
@@ -166,33 +197,45 @@ def listed_node(name: bytes, info: dict) -> Optional[Node]:
     return None
 
 
+def open_object(fs, key: str):
+    """The object at key to stream: ranged reads of _READ_BLOCK, no read cache."""
+    return fs.open(key, "rb", block_size=_READ_BLOCK, cache_type="none")
+
+
+def _position(f) -> int:
+    try:
+        return int(f.tell())
+    except Exception:          # a file object that cannot say: nothing counted
+        return 0
+
+
 def read_chunks(fs, key: str, saver, size: int):
     """(chunk ids, bytes read) of the object at key, streamed through saver (a FileSaver)."""
-    with fs.open(key, "rb", block_size=_READ_BLOCK, cache_type="none") as f:
+    with open_object(fs, key) as f:
         return saver.read_stream(f, size)
 
 
-def repo_below(repo_path: str, fs, root: str) -> bytes:
-    """The repository's path in the backup when a local source holds it (never backed up
-    into itself), else a path no entry has."""
-    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
-    path = os.path.abspath(repo_path)
-    if "file" in protocols and path.startswith(root + "/"):
-        return path[len(root):].encode("utf-8", "surrogateescape")
-    return b"\0"
+def repo_below(repo, url: str, options: Optional[dict]) -> bytes:
+    """The repository's path in a backup of url when url holds it (it is never backed up
+    into itself: a local directory, a file:// tree, an S3 prefix of the same endpoint),
+    else a path no entry has."""
+    mine = repo_place(repo)
+    there = place(url, options)
+    rel = below(mine.path, there.path) if same_store(mine, there) else None
+    return ("/" + rel).encode("utf-8", "surrogateescape") if rel else b"\0"
 
 
 class UrlBackup(Backup):
     """run.Backup walking a filesystem's listing; `shown` prefixes paths in messages."""
 
-    def __init__(self, repo, session, opts: BackupOptions, fs, root: str, shown: str):
+    def __init__(self, repo, session, opts: BackupOptions, fs, root: str, shown: str, own_repo: bytes):
         super().__init__(repo, session, opts)
         self.fs = fs
         self.root = root
         self.cut = len(root.rstrip("/"))      # key[cut:] is '/' + the path in the backup
         self.shown = shown
         self.cache_links.enabled = False      # no symlinks into the local cache here
-        self.own_repo = repo_below(repo.path, fs, root.rstrip("/"))
+        self.own_repo = own_repo              # left out: never backed up into itself
 
     def error(self, key: str, msg: str) -> None:
         """key: the object's path in the filesystem; messages name its URL."""
@@ -201,6 +244,25 @@ class UrlBackup(Backup):
 
     def _rel(self, key: str) -> bytes:
         return key[self.cut:].encode("utf-8", "surrogateescape") or b"/"
+
+    def leave_out(self, key: str, why: str) -> None:
+        """Report (and count as skipped) what the listing shows and the backup cannot hold."""
+        if why == "shadowed":
+            self.error(key, f"{LEFT_OUT[why]}: the object is not stored")
+            self.res.skipped += 1
+        elif why == "marker":
+            self.error(key + "/", f"{LEFT_OUT[why]}: not stored")
+            self.res.skipped += 1
+        else:
+            try:
+                keys = empty_segment_keys(self.fs, key)
+            except Exception as e:     # the library's own exceptions included
+                self.error(key + "//", f"{LEFT_OUT[why]}: cannot list them: {one_line(e)}")
+                self.res.skipped += 1
+                return
+            for k in keys:       # none: gone since the listing (or a store listing a directory in itself)
+                self.error(k, f"{LEFT_OUT[why]}: not stored")
+            self.res.skipped += len(keys)
 
     def scan_url_dir(self, key: str, name: bytes, info: dict, prev: Optional[Node]) -> PendingDir:
         prev_entries, prev_children = self.prev_listing(prev)
@@ -216,9 +278,8 @@ class UrlBackup(Backup):
         self._borrowed.append([])
         children: list = []
         for cname, ckey, cinfo in listing:
-            if cinfo.get("shadowed"):
-                self.error(ckey, "an object and a prefix share this name: the object is not stored")
-                self.res.skipped += 1
+            if cinfo.get("left_out"):
+                self.leave_out(ckey, cinfo["left_out"])
                 continue
             if self.excluded(self._rel(ckey), cname):
                 continue
@@ -261,9 +322,15 @@ class UrlBackup(Backup):
         return object_info(info)
 
     def _read_object(self, key: str, obj: ObjectInfo):
-        chunks, nread = read_chunks(self.fs, key, self.saver, obj.st_size)
+        with open_object(self.fs, key) as f:
+            try:
+                chunks, nread = self.saver.read_stream(f, obj.st_size)
+            except Exception:          # what was read before the failure counts as read
+                with self._lock:
+                    self.res.bytes_read += _position(f)
+                raise
         if nread != obj.st_size or not same_version(self._fresh_info(key), obj):
-            raise _Changed()
+            raise _Changed(nread)
         return chunks, nread
 
     def _moved_on(self, key: str, obj: ObjectInfo) -> bool:
@@ -274,6 +341,7 @@ class UrlBackup(Backup):
             return False
 
     def _read_one(self, key, name, obj, prev) -> Optional[Node]:
+        counted = obj.st_size          # what the walk added to bytes_total (run.Backup's rule)
         problem = ""
         for attempt in (1, 2):
             try:
@@ -282,10 +350,11 @@ class UrlBackup(Backup):
                 chunks, nread = self._read_object(key, obj)
             except FileNotFoundError:
                 self.error(key, "vanished before it could be read")
-                with self._lock:
-                    self.res.skipped += 1
+                self._not_stored(counted, skipped=True)
                 return None
-            except _Changed:
+            except _Changed as e:
+                with self._lock:
+                    self.res.bytes_read += e.nread
                 problem = "changed during the backup"
                 continue
             except Exception as e:     # the library's own exceptions included: s3fs raises
@@ -297,14 +366,18 @@ class UrlBackup(Backup):
             with self._lock:
                 self.res.bytes_read += nread
                 self.res.bytes_done += obj.st_size
+                self._size_delta += obj.st_size - counted
             self._progress()
             return file_node(name, obj, chunks)
         with self._lock:
             self.res.files_changed_during_backup += 1
         if prev is not None and prev.kind == REG:
             self.error(key, f"{problem}: kept the version of the previous backup")
+            with self._lock:
+                self._size_delta += prev.size - counted
             return prev
         self.error(key, f"{problem}: not stored")
+        self._not_stored(counted)
         return None
 
     def run_url(self, parent: Optional[BackupRecord], root_info: dict) -> Node:
@@ -314,6 +387,7 @@ class UrlBackup(Backup):
             self.trees.finish_all()
         finally:
             self.pool.shutdown(wait=True)
+        self.apply_corrections()
         return pd.result
 
 
@@ -333,7 +407,7 @@ def run_url_backup(repo, url: str, opts: BackupOptions, options: Optional[dict] 
     start_ns = opts.clock()
     with repo.write_session() as session:
         parent = find_parent(repo, host, subset)
-        job = UrlBackup(repo, session, opts, fs, root, shown)
+        job = UrlBackup(repo, session, opts, fs, root, shown, repo_below(repo, url, options))
         root_node = job.run_url(parent, info)
         commit_record(session, job.res, parent, BackupRecord(
             "", host, subset, [shown], start_ns, opts.clock(), root_node.subtree.hex()))

@@ -482,9 +482,13 @@ class Backup:
             self.trees.finish_all()
         finally:
             self.pool.shutdown(wait=True)
+        self.apply_corrections()
+        return pd.result
+
+    def apply_corrections(self) -> None:
+        """Once the readers are done: the counts of what the backup holds (see __init__)."""
         self.res.files -= self._files_dropped
         self.res.bytes_total += self._size_delta
-        return pd.result
 
 
 def find_parent(repo, host: str, subset: str) -> Optional[BackupRecord]:
