@@ -59,6 +59,28 @@ def _reread(repo) -> None:
     repo.repository.storage.close()     # drop cached descriptors of the pack we changed
 
 
+def _flip_blob(repo, e) -> None:
+    """Flip one byte in the middle of the stored blob of index entry e."""
+    with open(os.path.join(repo.repository.path, pack_name(e.pack)), "r+b") as f:
+        f.seek(e.offset + e.length // 2)
+        b = f.read(1)
+        f.seek(e.offset + e.length // 2)
+        f.write(bytes([b[0] ^ 0xFF]))
+    _reread(repo)
+
+
+def _tar_and_extract(repo, bid, src, tmp_path):
+    """`chunkrepo tar` of src (it must exit 1: damage) and GNU tar's extraction of the
+    archive; (the CLI's result, the directory extracted into)."""
+    out = tmp_path / "x.tar"
+    result = CliRunner().invoke(cli, ["tar", "--repo", str(repo.path), bid, str(src), "-o", str(out)])
+    assert result.exit_code == 1, result.stderr
+    x = tmp_path / "x"
+    x.mkdir()
+    subprocess.run(["tar", "xf", str(out), "-C", str(x)], check=True)
+    return result, x
+
+
 def _error_paths(errors) -> list:
     """The path each restore error names ('PATH: message')."""
     return [line.split(": ", 1)[0] for line in errors]
@@ -189,20 +211,10 @@ def test_tar_zero_fills_a_multi_chunk_file_from_its_damaged_chunk(repo, tmp_path
     entries = files[str(big)]
     assert len(entries) >= 2
     last = entries[-1]
-    with open(os.path.join(repo.repository.path, pack_name(last.pack)), "r+b") as f:
-        f.seek(last.offset + last.length // 2)
-        b = f.read(1)
-        f.seek(last.offset + last.length // 2)
-        f.write(bytes([b[0] ^ 0xFF]))
-    _reread(repo)
+    _flip_blob(repo, last)
     good = (3 << 20) - last.raw_length
-    out = tmp_path / "x.tar"
-    result = CliRunner().invoke(cli, ["tar", "--repo", str(repo.path), bid, str(src), "-o", str(out)])
-    assert result.exit_code == 1, result.stderr
+    result, x = _tar_and_extract(repo, bid, src, tmp_path)
     assert f"{big}: " in result.stderr and f"bytes {good} to {3 << 20} are zeros in the archive" in result.stderr
-    x = tmp_path / "x"
-    x.mkdir()
-    subprocess.run(["tar", "xf", str(out), "-C", str(x)], check=True)
     got = (x / str(big).lstrip("/")).read_bytes()
     assert len(got) == 3 << 20 and got[:good] == big.read_bytes()[:good] and got[good:] == bytes(len(got) - good)
     assert (x / str(src / "z.txt").lstrip("/")).read_bytes() == b"after the damaged file\n"
@@ -311,18 +323,7 @@ def test_tar_leaves_out_the_hard_links_of_a_left_out_file(repo, tmp_path):
     os.link(src / "a.txt", src / "b.txt")
     (src / "c.txt").write_bytes(b"intact\n")
     bid = repo.backup([src]).id
-    entry = _files(repo, bid)[str(src / "a.txt")][0]
-    with open(os.path.join(repo.repository.path, pack_name(entry.pack)), "r+b") as f:   # a.txt's blob only
-        f.seek(entry.offset + entry.length // 2)
-        b = f.read(1)
-        f.seek(entry.offset + entry.length // 2)
-        f.write(bytes([b[0] ^ 0xFF]))
-    _reread(repo)
-    out = tmp_path / "x.tar"
-    result = CliRunner().invoke(cli, ["tar", "--repo", str(repo.path), bid, str(src), "-o", str(out)])
-    assert result.exit_code == 1, result.stderr
+    _flip_blob(repo, _files(repo, bid)[str(src / "a.txt")][0])     # a.txt's blob only
+    result, x = _tar_and_extract(repo, bid, src, tmp_path)               # GNU tar: no dangling link member
     assert f"{src}/a.txt: " in result.stderr and f"{src}/b.txt: a hard link to {src}/a.txt" in result.stderr
-    x = tmp_path / "x"
-    x.mkdir()
-    subprocess.run(["tar", "xf", str(out), "-C", str(x)], check=True)     # no dangling link member
     assert sorted(p.name for p in (x / str(src).lstrip("/")).iterdir()) == ["c.txt"]
