@@ -6,7 +6,7 @@ import click
 
 from ..errors import RepoLocked
 from ..repository.lease import break_lock
-from ..repository.lock import inspect_lock
+from ..repository.lock import inspect_lock, read_only_error
 from .common import open_repo, repo_option
 
 
@@ -23,6 +23,8 @@ def command(repo_path):
             click.echo(f"removed the lock of {who}; make sure that writer is not running" if who
                        else "the repository is not locked", err=True)
             return
+        if repo.repository.read_only:      # no writer can run there, and nothing can be cleared
+            raise read_only_error(repo.path, repo.repository.read_only)
         held, who = inspect_lock(os.path.join(repo.path, "lock"))
     if held:
         raise RepoLocked(f"repository is locked by {who}, which is still running: not unlocked")

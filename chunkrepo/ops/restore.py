@@ -82,6 +82,7 @@ from ..errors import ChunkrepoError, StorageError, TargetNotEmpty
 from ..model.nodes import BLK, CHR, DIR, FIFO, REG, SOCK, SYMLINK
 from .file_reader import ChunkFile, chunk_entries
 from .traverse import find_node, split_path, walk
+from .url_place import below, place, repo_place
 
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_NOCTTY | _CLOEXEC
@@ -809,6 +810,12 @@ def restore_tree(repo, root_tid: bytes, target, start="/",
     errors are reported.  Raises NotFound (start not in the backup),
     TargetNotEmpty, and StorageError on a full disk.  progress, if given, is
     called from this thread about every 0.2 s and once at the end with a
-    RestoreResult of the running counts (files, bytes_written, ...).
+    RestoreResult of the running counts (files, bytes_written, ...).  A target inside
+    the repository (or holding it) is refused before anything is written.
     """
+    if not repo.remote:
+        mine, there = repo_place(repo), place(os.fsdecode(target))
+        if below(there.path, mine.path) is not None or below(mine.path, there.path) is not None:
+            raise ChunkrepoError(f"restore target {os.fsdecode(target)} lies inside the repository "
+                                 f"{repo.path} or holds it: refused, nothing was written")
     return _Restorer(repo, root_tid, target, start, progress).run()

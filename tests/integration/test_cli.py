@@ -155,3 +155,18 @@ def test_small_input_mistakes_get_precise_one_line_errors(tmp_path, src):
     assert p.stderr.decode() == f"chunkrepo: error: {src}/nope: not in the backup\n"
     p = run("restore", "--repo", repo, bid, "--target", "", check=False)
     assert p.returncode == 2 and "--target" in p.stderr.decode() and "empty path" in p.stderr.decode()
+
+
+def test_restore_into_the_repository_is_refused(tmp_path, src):
+    repo = tmp_path / "repo"
+    run("init", "--repo", str(repo))
+    bid = run("backup", "--repo", str(repo), str(src)).stdout.decode().split()[-1]
+    before = sorted(str(p.relative_to(repo)) for p in repo.rglob("*"))
+    for target in (repo / "restored", repo / "packs" / "x", tmp_path / "link" / "restored"):
+        if target.parent.name == "link":
+            (tmp_path / "link").symlink_to(repo)          # the same place by another name
+        p = run("restore", "--repo", str(repo), bid, "--target", str(target), check=False)
+        assert p.returncode == 1 and "lies inside the repository" in p.stderr.decode(), p.stderr
+        assert p.stderr.decode().count("\n") == 1
+    assert sorted(str(p.relative_to(repo)) for p in repo.rglob("*")) == before
+    assert run("check", "--repo", str(repo), "--read-data").returncode == 0

@@ -79,7 +79,7 @@ def _reads_and_refuses_writes(repo, src, out_dir, prefix=()):
     assert {os.path.relpath(p, restored): h for p, h in sha256_tree(restored).items()} == \
         {os.path.relpath(p, src): h for p, h in sha256_tree(src).items()}
     for args in (("backup", str(src)), ("forget", "latest"), ("prune",), ("check", "--repair"),
-                 ("rebuild-index",)):
+                 ("rebuild-index",), ("unlock",)):
         rc, out, err = run(*args, "--repo", r, prefix=prefix)
         assert rc == 1 and err.strip().splitlines()[-1].startswith(READ_ONLY_ERROR), (args, err)
         assert "Traceback" not in err
