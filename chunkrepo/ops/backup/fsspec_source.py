@@ -363,22 +363,9 @@ class UrlBackup(Backup):
                 problem = ("changed during the backup" if self._moved_on(key, obj)
                            else f"could not be read ({type(e).__name__}: {one_line(e)})")
                 continue
-            with self._lock:
-                self.res.bytes_read += nread
-                self.res.bytes_done += obj.st_size
-                self._size_delta += obj.st_size - counted
-            self._progress()
+            self._stored(nread, obj.st_size, counted)
             return file_node(name, obj, chunks)
-        with self._lock:
-            self.res.files_changed_during_backup += 1
-        if prev is not None and prev.kind == REG:
-            self.error(key, f"{problem}: kept the version of the previous backup")
-            with self._lock:
-                self._size_delta += prev.size - counted
-            return prev
-        self.error(key, f"{problem}: not stored")
-        self._not_stored(counted)
-        return None
+        return self._gave_up(key, problem, prev, counted)
 
     def run_url(self, parent: Optional[BackupRecord], root_info: dict) -> Node:
         prev_root = self.start(parent)

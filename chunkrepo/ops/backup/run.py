@@ -440,20 +440,29 @@ class Backup:
                 self.error(path, e.strerror or str(e))
                 self._not_stored(counted, skipped=True)
                 return None
-            with self._lock:
-                self.res.bytes_read += nread
-                self.res.bytes_done += fst.st_size
-                self._size_delta += fst.st_size - counted
-            self._progress()
+            self._stored(nread, fst.st_size, counted)
             return self.node(name, fst, xattrs=xattrs, chunks=chunks, sparse=sparse)
+        return self._gave_up(path, "changed during the backup", prev, counted)
+
+    def _stored(self, nread: int, size: int, counted: int) -> None:
+        """A queued file was read and stored with this size (counted: the walk's)."""
+        with self._lock:
+            self.res.bytes_read += nread
+            self.res.bytes_done += size
+            self._size_delta += size - counted
+        self._progress()
+
+    def _gave_up(self, path, problem: str, prev: Optional[Node], counted: int) -> Optional[Node]:
+        """A queued file that could not be read whole after a retry: the previous backup's
+        version if there is one, else nothing; reported, and out of the counts."""
         with self._lock:
             self.res.files_changed_during_backup += 1
         if prev is not None and prev.kind == REG:
-            self.error(path, "changed during the backup: kept the version of the previous backup")
+            self.error(path, f"{problem}: kept the version of the previous backup")
             with self._lock:
                 self._size_delta += prev.size - counted
             return prev
-        self.error(path, "changed during the backup: not stored")
+        self.error(path, f"{problem}: not stored")
         self._not_stored(counted)
         return None
 
