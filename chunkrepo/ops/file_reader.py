@@ -48,6 +48,12 @@ class ChunkFile(io.RawIOBase):
     def size(self) -> int:
         return self._node.size
 
+    @property
+    def data_length(self) -> int:
+        """The bytes of data the file holds: its size less its holes."""
+        sparse = self._node.sparse
+        return self._node.size if sparse is None else sum(e[1] for e in sparse)
+
     def _chunk(self, i: int) -> bytes:
         if self._cache[0] != i:
             try:

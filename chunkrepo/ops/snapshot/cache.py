@@ -1,23 +1,34 @@
 """The local, read-only, content-addressed cache of snapshot content.
 
     CACHE/objects/ab/<digest>   a file's whole content, named by its BLAKE3 (b3sum) digest, mode 0444
+    CACHE/stamps/ab/<digest>    msgpack [1, size, mtime_ns, ctime_ns, ino, nlink]: the object's lstat
+                                when it was last known to hold its digest's content
     CACHE/notes/ab/<digest>     msgpack [size, chunk ids, sparse]: how the repository stores that content
     CACHE/refs/ab/<key>         the digest of a stored file known by its chunk list (clones of backups)
     CACHE/dirs/<digest>/        restore_safe() of a directory snapshot: a tree of links into objects/
+    CACHE/changed/<digest>-<ns> an object found changed (written through a restored link), kept
     CACHE/links                 one absolute path per line: where restores and clones put links
     CACHE/tmp/                  work files (same filesystem as objects/, so rename is atomic)
 
 The cache location is resolved at call time (paths.cache_dir(): $CHUNKREPO_CACHE_DIR or the
-user's cache dir).  An object is written to tmp/, verified against its digest while written,
-fsync'ed, made read-only and renamed into place: a reader never sees a partial object, and an
-existing object is never rewritten.
+user's cache dir).  An object is written to tmp/ with its holes, verified against its digest
+while written, given an mtime 1 s in the past, fsync'ed, made read-only and renamed into place:
+a reader never sees a partial object.
+
+Mode 0444 does not stop root, nor a chmod through a restored link or hard link, so an object is
+trusted only while its lstat matches its stamp (see _settled); otherwise it is hashed again.  An
+object that no longer holds its digest's content is never handed out: it is set aside in
+changed/ (with a warning) when the content is fetched again, and a snapshot or backup of a link
+to it reads what the link shows.
 """
 
 import os
 import shutil
 import stat
 import tempfile
-from typing import Iterator, Optional
+import time
+import warnings
+from typing import Iterator, Optional, Tuple
 
 import msgpack
 
@@ -26,7 +37,13 @@ from ...codec.hashing import new_hasher
 from ...errors import IntegrityError
 
 _READ_BLOCK = 4 << 20
+_ZEROS = memoryview(bytes(1 << 20))
+_HOLE_BLOCK = 64 << 10
+_ZERO_BLOCK = bytes(_HOLE_BLOCK)
 HEX = frozenset("0123456789abcdef")
+STAMP_VERSION = 1
+SETTLE_NS = 1_000_000_000       # an object's mtime is set this far back: any later write differs
+_O_READ = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 
 
 def is_digest(s) -> bool:
@@ -41,9 +58,98 @@ def content_key(node) -> str:
     return h.hexdigest()
 
 
+# -- content with holes -------------------------------------------------------------
+def file_pieces(fd: int, size: int) -> Iterator[Tuple[int, bytes]]:
+    """(offset, bytes) of a file's data, its holes skipped (SEEK_DATA / SEEK_HOLE)."""
+    off = 0
+    while off < size:
+        try:
+            off = os.lseek(fd, off, os.SEEK_DATA)
+        except OSError:      # ENXIO: only a hole remains
+            return
+        end = min(os.lseek(fd, off, os.SEEK_HOLE), size)
+        while off < end:
+            data = os.pread(fd, min(_READ_BLOCK, end - off), off)
+            if not data:
+                return
+            yield off, data
+            off += len(data)
+
+
+def _hash_zeros(h, n: int) -> None:
+    while n > 0:
+        k = min(n, len(_ZEROS))
+        h.update(_ZEROS[:k])
+        n -= k
+
+
+def _pwrite_all(fd: int, view, off: int) -> None:
+    while view:
+        n = os.pwrite(fd, view, off)
+        view, off = view[n:], off + n
+
+
+def _is_zero(block) -> bool:
+    return block[0] == 0 and block[-1] == 0 and bytes(block) == (
+        _ZERO_BLOCK if len(block) == _HOLE_BLOCK else bytes(len(block)))
+
+
+def _write_data(fd: int, data, off: int) -> None:
+    """pwrite data at off, its all-zero blocks (_HOLE_BLOCK, aligned in the file) left as holes
+    (what `cp --sparse=always` does: a snapshot does not record holes, zeros are zeros)."""
+    view = memoryview(data)
+    i, start = 0, None
+    while i < len(view):
+        j = min(len(view), i + _HOLE_BLOCK - (off + i) % _HOLE_BLOCK)
+        zero = _is_zero(view[i:j])
+        if zero and start is not None:
+            _pwrite_all(fd, view[start:i], off + start)
+            start = None
+        elif not zero and start is None:
+            start = i
+        i = j
+    if start is not None:
+        _pwrite_all(fd, view[start:], off + start)
+
+
+def write_pieces(fd: Optional[int], pieces, size: int, h=None) -> int:
+    """Write (offset, bytes) pieces, in order, at their offsets (gaps and zero blocks stay holes) and make
+    the file size long; h, if given, hashes the whole content, the holes' zeros too (fd None:
+    only hash).  Returns the bytes of data."""
+    end = done = 0
+    for off, data in pieces:
+        if off < end or off + len(data) > size:
+            raise IntegrityError(f"content pieces out of order or past the size {size}")
+        if h is not None:
+            _hash_zeros(h, off - end)
+            h.update(data)
+        if fd is not None:
+            _write_data(fd, data, off)
+        end = off + len(data)
+        done += len(data)
+    if h is not None:
+        _hash_zeros(h, size - end)
+    if fd is not None:
+        os.ftruncate(fd, size)
+    return done
+
+
+def _stamp(st) -> list:
+    return [STAMP_VERSION, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_nlink]
+
+
+def _settled(stamp, st) -> bool:
+    """st is still the object the stamp recorded: same inode, size and mtime (which every
+    write changes: the object's mtime lies in the past), not writable, and the same ctime
+    unless the link count changed (a hard link made or removed: nothing else changed)."""
+    return (stamp[1:3] == [st.st_size, st.st_mtime_ns] and stamp[4] == st.st_ino
+            and not st.st_mode & 0o222 and (stamp[3] == st.st_ctime_ns or stamp[5] != st.st_nlink))
+
+
 class LocalCache:
     def __init__(self, root: Optional[str] = None):
         self.root = os.path.abspath(root) if root else paths.cache_dir()
+        self._verdicts: dict = {}       # digest -> (its stamp list, intact) seen by this instance
 
     # -- names ----------------------------------------------------------------
     @property
@@ -88,50 +194,159 @@ class LocalCache:
 
     # -- objects --------------------------------------------------------------
     def has(self, digest: str, size: Optional[int] = None) -> bool:
+        """The object is there and holds its digest's content."""
         try:
-            st = os.stat(self.object_path(digest))
+            st = os.lstat(self.object_path(digest))
         except OSError:
             return False
-        return stat.S_ISREG(st.st_mode) and (size is None or st.st_size == size)
+        return (size is None or st.st_size == size) and self._intact(digest, st)
 
-    def put_stream(self, digest: Optional[str], source: Iterator[bytes], size: int) -> str:
-        """Write the bytes of source as the object digest (None: named by what is read).
+    def changed(self, digest: str) -> bool:
+        """An object is there but does not hold its digest's content (anymore)."""
+        try:
+            st = os.lstat(self.object_path(digest))
+        except OSError:
+            return False
+        return not self._intact(digest, st)
 
-        Verified while written; returns the digest.  An existing object is kept."""
-        tmp = tempfile.NamedTemporaryFile(dir=self.tmpdir(), prefix="obj-", delete=False)
+    def _intact(self, digest: str, st) -> bool:
+        if not stat.S_ISREG(st.st_mode):
+            return False
+        now = _stamp(st)
+        seen = self._verdicts.get(digest)
+        if seen is not None and seen[0] == now:
+            return seen[1]
+        stamp = self._read_stamp(digest)
+        if stamp is not None and _settled(stamp, st):
+            if stamp != now:
+                self._write_stamp(digest, st)      # a hard link made or removed since
+            ok = True
+        else:
+            ok = self._verify(digest)
+        self._verdicts[digest] = (now, ok)
+        return ok
+
+    def _verify(self, digest: str) -> bool:
+        """Hash the object; an intact one gets a fresh stamp.  A writable one (a chmod through a
+        link) is replaced by a read-only copy when intact: whoever holds its inode keeps it."""
+        path = self.object_path(digest)
+        try:
+            fd = os.open(path, _O_READ)
+        except OSError:
+            return False
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                return False
+            if st.st_mode & 0o222:
+                return self._renew(digest, fd, st)
+            h = new_hasher()
+            write_pieces(None, file_pieces(fd, st.st_size), st.st_size, h)
+            ok = h.hexdigest() == digest and _stamp(os.fstat(fd)) == _stamp(st)
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
+        if ok and st.st_mtime_ns < time.time_ns() - SETTLE_NS:
+            self._write_stamp(digest, st)     # (a recent mtime: a write may follow within its tick)
+        return ok
+
+    def _renew(self, digest: str, fd: int, st) -> bool:
+        start = time.time_ns()
+        tfd, tmp = self._new_tmp()
         try:
             h = new_hasher()
-            n = 0
-            with tmp:
-                for data in source:
-                    h.update(data)
-                    tmp.write(data)
-                    n += len(data)
-                tmp.flush()
-                os.fsync(tmp.fileno())
-                os.fchmod(tmp.fileno(), 0o444)
+            try:
+                write_pieces(tfd, file_pieces(fd, st.st_size), st.st_size, h)
+            finally:
+                self._seal(tfd, start)
+            if h.hexdigest() != digest or _stamp(os.fstat(fd)) != _stamp(st):
+                return False
+            path = self.object_path(digest)
+            os.rename(tmp, path)
+            self._write_stamp(digest, os.lstat(path))
+            return True
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    def _new_tmp(self) -> Tuple[int, str]:
+        return tempfile.mkstemp(dir=self.tmpdir(), prefix="obj-")
+
+    @staticmethod
+    def _seal(fd: int, start_ns: int) -> None:
+        """Make a written object's file final: mtime in the past, read-only, on disk, closed."""
+        try:
+            past = start_ns - SETTLE_NS
+            os.utime(fd, ns=(past, past))
+            os.fchmod(fd, 0o444)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _read_stamp(self, digest: str) -> Optional[list]:
+        try:
+            with open(self._side("stamps", digest), "rb") as f:
+                stamp = msgpack.unpackb(f.read(), raw=False)
+        except (OSError, ValueError, msgpack.UnpackException):
+            return None
+        if isinstance(stamp, list) and len(stamp) == 6 and stamp[0] == STAMP_VERSION:
+            return stamp
+        return None
+
+    def _write_stamp(self, digest: str, st) -> None:
+        try:
+            self._put_small(self._side("stamps", digest), msgpack.packb(_stamp(st)))
+        except OSError:
+            pass        # (a read-only cache: its objects are hashed at each use)
+
+    def put_pieces(self, digest: Optional[str], pieces, size: int, data_length: Optional[int] = None) -> str:
+        """Write content given as (offset, bytes) pieces, holes between them, as the object
+        digest (None: named by its content).  Verified while written; returns the digest."""
+        start = time.time_ns()
+        fd, tmp = self._new_tmp()
+        try:
+            h = new_hasher()
+            try:
+                n = write_pieces(fd, pieces, size, h)
+            except BaseException:
+                os.close(fd)
+                raise
+            self._seal(fd, start)
             got = h.hexdigest()
-            if n != size or (digest is not None and got != digest):
+            if (data_length is not None and n != data_length) or (digest is not None and got != digest):
                 raise IntegrityError(f"content for {digest or got} does not match: "
-                                     f"{n} bytes with digest {got}")
-            dest = self.object_path(got)
-            if not self.has(got, size):
-                os.makedirs(os.path.dirname(dest), exist_ok=True)
-                os.rename(tmp.name, dest)   # no fsync of the directory: a lost rename is fetched again
+                                     f"{n} bytes of data with digest {got}")
+            self._install(tmp, got, size)
             return got
         finally:
-            if os.path.exists(tmp.name):
-                os.unlink(tmp.name)
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    def _install(self, tmp: str, digest: str, size: int) -> None:
+        dest = self.object_path(digest)
+        if self.has(digest, size):
+            return                         # an intact object is never rewritten
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        if os.path.lexists(dest):
+            self._set_aside(digest)
+        os.rename(tmp, dest)    # no fsync of the directory: a lost rename is fetched again
+        st = os.lstat(dest)
+        self._write_stamp(digest, st)
+        self._verdicts[digest] = (_stamp(st), True)
+
+    def _set_aside(self, digest: str) -> None:
+        """A changed object: moved to changed/ (what a restored link showed is kept), warned."""
+        keep = os.path.join(self.root, "changed", f"{digest}-{time.time_ns()}")
+        os.makedirs(os.path.dirname(keep), exist_ok=True)
+        os.rename(self.object_path(digest), keep)
+        warnings.warn(f"cache object {digest[:16]}... was changed after it was written (through a "
+                      f"restored link or hard link?); fetched it again, the changed content is in {keep}",
+                      stacklevel=2)
 
     def put_file(self, chunk_file, digest: Optional[str], size: int) -> str:
-        """Materialise a stored file (a ChunkFile) as an object."""
-        def blocks():
-            while True:
-                b = chunk_file.read(_READ_BLOCK)
-                if not b:
-                    return
-                yield b
-        return self.put_stream(digest, blocks(), size)
+        """Materialise a stored file (a ChunkFile) as an object, with its holes."""
+        return self.put_pieces(digest, chunk_file.iter_data(), size, chunk_file.data_length)
 
     # -- notes: digest -> how the repository stores it; refs: chunk list -> digest --
     def _put_small(self, path: str, data: bytes) -> None:

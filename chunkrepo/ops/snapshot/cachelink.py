@@ -2,7 +2,9 @@
 
 `chunkrepo backup DEST` of a clone stores a link into the cache as the regular file it stands
 for (mode 0644, the link's owner and times), with the chunk list the repository already has
-for that digest: nothing is read.  A link whose digest the repository does not know is left
+for that digest: nothing is read.  That holds only while the object still holds its digest's
+content (LocalCache.changed): a link to an object changed through a restored link is read as
+the file it shows (edited_object).  A link whose digest the repository does not know is left
 to the caller (stored as the symlink it is).
 """
 
@@ -26,7 +28,7 @@ class CacheLinks:
         if not self.enabled:
             return None
         d = self.cache.digest_of_link_target(path, link_node.target)
-        if d is None:
+        if d is None or self.cache.changed(d):
             return None
         info = store.stored_content(self.repo, d, self.cache)
         if info is None:
@@ -34,6 +36,16 @@ class CacheLinks:
         size, chunks, sparse = info
         return link_node._replace(mode=stat.S_IFREG | store.LINK_FILE_MODE, size=size, nlink=1, target=b"",
                                   chunks=chunks, sparse=sparse)
+
+    def edited_object(self, path: bytes, link_node: Node) -> Optional[bytes]:
+        """The cache object a symlink at path names when the object no longer holds the content
+        of its name (it was written through a link): to be read as an ordinary file."""
+        if not self.enabled:
+            return None
+        d = self.cache.digest_of_link_target(path, link_node.target)
+        if d is None or not self.cache.changed(d):
+            return None
+        return os.fsencode(self.cache.object_path(d))
 
 
 def link_target(path: bytes) -> Optional[bytes]:

@@ -7,10 +7,11 @@ destination is always either the old entry or the new one.
 import errno
 import fcntl
 import os
-import shutil
 import stat
 import sys
 from typing import Optional
+
+from .cache import file_pieces, write_pieces
 
 MODES = ("symlink", "hardlink", "reflink", "copy")
 FICLONE = 0x40049409      # _IOW(0x94, 9, int): share the source's extents (btrfs, XFS, ...)
@@ -57,8 +58,9 @@ def _copy(obj: str, tmp: str, file_mode: int, reflink: bool) -> None:
             except OSError as e:
                 _note_once(f"reflink is not supported here ({os.strerror(e.errno or errno.EOPNOTSUPP)}); "
                            f"copying instead")
-        if not done:
-            shutil.copyfileobj(src, dst, 4 << 20)
+        if not done:    # holes stay holes
+            size = os.fstat(src.fileno()).st_size
+            write_pieces(dst.fileno(), file_pieces(src.fileno(), size), size)
         os.fchmod(dst.fileno(), file_mode)
 
 
