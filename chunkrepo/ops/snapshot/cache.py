@@ -26,6 +26,7 @@ import os
 import shutil
 import stat
 import tempfile
+import threading
 import time
 import warnings
 from typing import Iterator, Optional, Tuple
@@ -130,7 +131,7 @@ def write_pieces(fd: Optional[int], pieces, size: int, h=None) -> int:
     if h is not None:
         _hash_zeros(h, size - end)
     if fd is not None:
-        os.ftruncate(fd, size)
+        os.ftruncate(fd, size)     # (zero blocks at the end were not written)
     return done
 
 
@@ -285,9 +286,12 @@ class LocalCache:
             os.close(fd)
 
     def _read_stamp(self, digest: str) -> Optional[list]:
-        try:
-            with open(self._side("stamps", digest), "rb") as f:
-                stamp = msgpack.unpackb(f.read(), raw=False)
+        try:     # (os.read, not open(): this runs once per link a snapshot meets)
+            fd = os.open(self._side("stamps", digest), os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            try:
+                stamp = msgpack.unpackb(os.read(fd, 256))
+            finally:
+                os.close(fd)
         except (OSError, ValueError, msgpack.UnpackException):
             return None
         if isinstance(stamp, list) and len(stamp) == 6 and stamp[0] == STAMP_VERSION:
@@ -295,8 +299,21 @@ class LocalCache:
         return None
 
     def _write_stamp(self, digest: str, st) -> None:
+        """Replace the stamp (tmp name, rename; a lost or stale stamp only means a hash)."""
+        path = self._side("stamps", digest)
+        tmp = f"{path}.{os.getpid()}-{threading.get_ident()}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
         try:
-            self._put_small(self._side("stamps", digest), msgpack.packb(_stamp(st)))
+            try:
+                fd = os.open(tmp, flags, 0o644)
+            except FileNotFoundError:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                fd = os.open(tmp, flags, 0o644)
+            try:
+                os.write(fd, msgpack.packb(_stamp(st)))
+            finally:
+                os.close(fd)
+            os.rename(tmp, path)
         except OSError:
             pass        # (a read-only cache: its objects are hashed at each use)
 
