@@ -41,8 +41,11 @@ def _restore(repo, digest: str, out_path: str, overwrite, mode: str) -> str:
               help="With --restore: replace existing files silently / refuse (default: replace with a warning).")
 @click.option("--workspace", type=click.Path(file_okay=False),
               help="Record the path relative to this directory (default: pyproject.toml or git root).")
+@click.option("--wait", type=click.FloatRange(min=0), default=0, metavar="SECONDS",
+              help="While another process writes the repository, keep trying for up to SECONDS "
+                   "(default: fail at once).")
 @json_option
-def command(repo_path, path, digest, mode, overwrite, workspace, as_json):
+def command(repo_path, path, digest, mode, overwrite, workspace, wait, as_json):
     """Snapshot the file or directory PATH and print its BLAKE3 digest; with --restore DIGEST,
     restore that snapshot at PATH."""
     with warnings.catch_warnings(record=True) as caught:
@@ -57,7 +60,7 @@ def command(repo_path, path, digest, mode, overwrite, workspace, as_json):
                 click.echo(out)
             return
         with open_repo(repo_path, create_default=True) as repo:
-            res = repo.snapshot(path, workspace)
+            res = repo.snapshot(path, workspace, wait=wait)
         _echo_warnings(caught)
     if as_json:
         print_json({"id": res.id, "digest": res.digest, "type": res.type, "name": res.name,

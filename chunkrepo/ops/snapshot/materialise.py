@@ -181,8 +181,10 @@ def place_tree(repo, cache: LocalCache, plan: List[Planned], target, mode: str =
     if conflicts:
         shown = ", ".join(os.fsdecode(c) for c in conflicts[:3])
         more = f" and {len(conflicts) - 3} more" if len(conflicts) > 3 else ""
-        raise FileExistsError(17, f"not replacing what is already there: {shown}{more}"
-                                  f"{'' if clone else ' (pass overwrite=True)'}", os.fsdecode(btarget))
+        why = "" if clone else (" (a file where the snapshot has a directory, or the reverse: "
+                                "overwrite never replaces those; remove them first)")
+        raise FileExistsError(17, f"not replacing what is already there: {shown}{more}{why}",
+                              os.fsdecode(btarget))
     if replace and overwrite is False:
         raise FileExistsError(17, f"{len(replace)} paths already exist, e.g. {os.fsdecode(replace[0])} "
                                   f"(pass overwrite=True to replace them)", os.fsdecode(btarget))
