@@ -6,6 +6,8 @@ thread's own pack.  A sealed pack's entries wait in a queue until the owner
 thread calls checkpoint(), which commits them to the index in transactions of at
 most STEP entries; a backup is registered in steps likewise (docs/format.md, Write
 order: what a kill between two steps leaves, and how recovery finishes it).
+Threads of one process take turns: a session waits while another thread's session of the
+same repository runs (another process's gets RepoLocked from the writer lock).
 """
 
 import concurrent.futures

@@ -5,6 +5,9 @@ snapshotted path (with their real metadata) down to the file or directory itself
 snapshot's root record also holds a regular file ".chunkrepo-manifest": the canonical manifest
 (ops.snapshot.manifest) whose BLAKE3 is the directory's digest, kept alive by the reference
 counts like any file.  The record's `snapshot` field says what was taken (docs/snapshots.md).
+A directory snapshot leaves out the repository and the local cache wherever it meets them; a
+path that vanishes or changes while it is read fails the whole snapshot ("changed ... try
+again"): a digest names one state of the tree, never one with holes.
 
 The LMDB db `digests` maps a content digest to msgpack [type, backup id, path in the tree]
 ("f" for every file of every snapshot, "d" for a directory snapshot), plus a marker key
@@ -24,7 +27,7 @@ import time
 import warnings
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from typing import Dict, List, NamedTuple, Optional, Set, Tuple
+from typing import Dict, FrozenSet, List, NamedTuple, Optional, Tuple
 
 import msgpack
 
@@ -182,7 +185,7 @@ def stored_content(repo, digest: str, cache: Optional[LocalCache] = None):
 # -- taking a snapshot --------------------------------------------------------------
 class _Snapshotter:
     def __init__(self, repo, session, cache: LocalCache, prev: Optional[dict], trust_before: int,
-                 left_out: Set[Tuple[int, int]] = frozenset()):
+                 left_out: FrozenSet[Tuple[int, int]] = frozenset()):
         self.repo = repo
         self.left_out = left_out         # (st_dev, st_ino) of directories never snapshotted
         self.session = session
@@ -375,7 +378,7 @@ def _prev_map(repo, rec: BackupRecord) -> dict:
     return out
 
 
-def _left_out(repo, cache: LocalCache) -> Set[Tuple[int, int]]:
+def _left_out(repo, cache: LocalCache) -> FrozenSet[Tuple[int, int]]:
     """The directories a snapshot leaves out wherever it meets them: the repository (as a
     backup does; it changes while it is written) and the local cache."""
     out = set()
@@ -385,7 +388,7 @@ def _left_out(repo, cache: LocalCache) -> Set[Tuple[int, int]]:
         except OSError:
             continue
         out.add((st.st_dev, st.st_ino))
-    return out
+    return frozenset(out)
 
 
 @contextmanager
@@ -407,7 +410,7 @@ def _write_session(repo, wait: float):
         yield session
 
 
-def check_wait(wait) -> float:
+def _check_wait(wait) -> float:
     if isinstance(wait, bool) or not isinstance(wait, (int, float)):
         raise TypeError(f"wait is a number of seconds, not {wait!r}")
     if not wait >= 0:
@@ -420,7 +423,7 @@ def take_snapshot(repo, path, workspace_dir=None, cache: Optional[LocalCache] = 
     """Store the file or directory at path as a snapshot; returns its digest and record id.
 
     wait: seconds to keep trying while another process holds the writer lock."""
-    wait = check_wait(wait)
+    wait = _check_wait(wait)
     cache = cache or LocalCache()
     apath = os.path.abspath(os.fspath(path))
     bpath = os.fsencode(apath)
