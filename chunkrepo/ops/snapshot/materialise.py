@@ -62,6 +62,7 @@ def file_dest(path, name: str) -> Tuple[str, bool]:
     """Where restore_at(path) puts a file snapshot called name, and whether path names the
     file itself (so its extension is checked): an existing directory, or a path ending in a
     separator (made if missing, as for cp), gets name appended."""
+    _checked([(os.fsencode(name), mf.FILE)], f"file snapshot {name!r}")
     raw = os.fspath(path)
     dest = os.path.abspath(raw)
     if raw.endswith((os.sep, "/")):
@@ -227,12 +228,29 @@ def place_tree(repo, cache: LocalCache, plan: List[Planned], target, mode: str =
         res.objects_written, res.bytes_written = materialise_many(
             repo, cache, [(p.digest, p.node) for p in plan if p.type == mf.FILE])
     os.makedirs(btarget, exist_ok=True)
-    created_dirs, used = [], set()
+    dir_modes: list = []
+    try:
+        used = _place_entries(cache, plan, btarget, mode, download, kept, res, dir_modes)
+    finally:       # the snapshot's modes on the directories it made, their own on those it opened
+        for d, m in reversed(dir_modes):
+            os.chmod(d, m)                     # children first: a 0555 parent is fine
+    if used:
+        res.mode = "+".join(sorted(used))      # what was done: a refused reflink is a copy
+    cache.log_links(btarget)
+    return res
+
+
+def _place_entries(cache, plan, btarget: bytes, mode: str, download: bool, kept: set, res: PlaceResult,
+                   dir_modes: list) -> set:
+    """Place every entry of plan below btarget, in plan order (parents first); returns the
+    modes used.  dir_modes gets (directory, mode to give it once everything is in place)."""
+    used = set()
     for p in plan:
         dest = os.path.join(btarget, p.rel)
         if p.type == mf.DIR:
-            if _make_dir(dest):
-                created_dirs.append((dest, p.mode))
+            made, mode_was = _make_dir(dest)
+            if made or mode_was is not None:
+                dir_modes.append((dest, p.mode if made else mode_was))
             res.dirs += 1
         elif p.rel in kept:
             res.files += p.type == mf.FILE
@@ -241,29 +259,29 @@ def place_tree(repo, cache: LocalCache, plan: List[Planned], target, mode: str =
             place_symlink(p.target, dest)
             res.symlinks += 1
         else:
-            obj = cache.object_path(p.digest)
-            used.add(place(obj, dest, mode, p.mode if mode in ("copy", "reflink") else 0o644))
+            used.add(place(cache.object_path(p.digest), dest, mode,
+                           p.mode if mode in ("copy", "reflink") else 0o644))
             res.files += 1
             if not download and not cache.has(p.digest):
                 res.dangling += 1
-    if used:
-        res.mode = "+".join(sorted(used))       # what was done: a refused reflink is a copy
-    for d, m in reversed(created_dirs):
-        os.chmod(d, m)                          # the snapshot's modes (children first: 0555 is fine)
-    cache.log_links(btarget)
-    return res
+    return used
 
 
-def _make_dir(path: bytes) -> bool:
-    """A real directory at path (never through or onto a symlink); True if it was made."""
+def _make_dir(path: bytes) -> Tuple[bool, Optional[int]]:
+    """A real directory at path (never through or onto a symlink), writable for us while the
+    tree is placed: (made now, the mode to give back to one that was there and was not)."""
     try:
         st = os.lstat(path)
     except FileNotFoundError:
         os.mkdir(path, 0o700)
-        return True
+        return True, None
     if not stat.S_ISDIR(st.st_mode):
         raise FileExistsError(17, "not replacing what is already there with a directory", os.fsdecode(path))
-    return False
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o700 == 0o700 or st.st_uid != os.geteuid():
+        return False, None
+    os.chmod(path, mode | 0o700)          # e.g. a 0555 directory of an earlier restore
+    return False, mode
 
 
 # -- restore_safe of a directory: CACHE/dirs/<digest> -------------------------------
