@@ -392,8 +392,9 @@ class _Checker:
             return          # a missing or damaged blob: reported where the trees are walked
         why = mf.unsafe_path((e.path, e.type) for e in entries)
         if why is not None:
-            self.error("snapshot manifest", f"snapshot {bid} (digest {rec.snapshot.get('digest', '?')[:12]}): its manifest "
-                                            f"has an unsafe path {why}; restores refuse it")
+            digest = (rec.snapshot or {}).get("digest", "?")
+            self.error("snapshot manifest", f"snapshot {bid} (digest {digest[:12]}): its manifest has an "
+                                            f"unsafe path {why}; restores refuse it")
 
     def _pending_record(self, name: str) -> None:
         """A record file the index does not list yet must be one recovery can register."""

@@ -25,6 +25,7 @@ from ...codec.hashing import hash_bytes
 MAGIC = "chunkrepo-dir-manifest"
 VERSION = 1
 DIR, FILE, LINK = "d", "f", "l"
+_ROW_TYPES = [bytes, str, int, int, bytes]
 
 
 class MEntry(NamedTuple):
@@ -55,7 +56,12 @@ def decode(data: bytes) -> List[MEntry]:
         raise ValueError(f"not a directory manifest: {e}") from None
     if magic != MAGIC or version != VERSION:
         raise ValueError(f"not a version {VERSION} directory manifest")
-    return [MEntry(*r) for r in rows]
+    out = []
+    for r in rows:
+        if not (isinstance(r, list) and len(r) == 5 and [type(x) for x in r] == _ROW_TYPES):
+            raise ValueError(f"a directory manifest with a malformed entry {r!r:.80}")
+        out.append(MEntry(*r))
+    return out
 
 
 def digest_of(data: bytes) -> str:

@@ -22,7 +22,7 @@ from ..file_reader import ChunkFile
 from ..traverse import split_path, walk
 from . import manifest as mf
 from .cache import LocalCache, is_digest
-from .place import check_mode, is_placed, place, place_symlink, same_content
+from .place import check_mode, hash_stream, is_placed, place, place_symlink, same_content
 from .store import Located, dir_listing, locate
 
 _WORKERS = 3
@@ -97,6 +97,7 @@ def restore_file_at(repo, cache: LocalCache, loc: Located, dest: str, overwrite=
     return dest
 
 
+# -- a directory ------------------------------------------------------------------
 @dataclass
 class Planned:
     rel: bytes
@@ -296,17 +297,18 @@ def _survey(root: bytes, plan: List[Planned], cache: LocalCache):
     loose: List[bytes] = []
     matches = True
     found = 0
-    stack = [root]
+    stack = [(root, b"")]
     while stack:
-        d = stack.pop()
+        d, rel = stack.pop()
         if stat.S_IMODE(os.lstat(d).st_mode) != READ_ONLY_DIR:
             loose.append(d)
         with os.scandir(d) as it:
             entries = list(it)
         for e in entries:
-            p = want.get(os.path.relpath(e.path, root))
+            crel = rel + b"/" + e.name if rel else e.name
+            p = want.get(crel)
             if p is not None and p.type == mf.DIR and e.is_dir(follow_symlinks=False):
-                stack.append(e.path)
+                stack.append((e.path, crel))
             elif p is not None and e.is_symlink():      # ours (or a symlink: no data to lose)
                 matches = matches and _is_our_link(e.path, p, cache)
             else:
@@ -408,21 +410,11 @@ def _plan_backup(repo, cache: LocalCache, rec, start, download: bool) -> Tuple[L
                     d = cache.put_file(cf, None, n.size)
                     fetched, fetched_bytes = fetched + 1, fetched_bytes + n.size
                 else:
-                    d = _hash_stream(cf)
+                    d = hash_stream(cf)
                 cache.put_note(d, n)
             out.append(Planned(rel, mf.FILE, n.mode & 0o7777, n.size, d, n))
     _checked(((p.rel, p.type) for p in out), f"backup {rec.id}")
     return out, fetched, fetched_bytes
-
-
-def _hash_stream(f) -> str:
-    from ...codec.hashing import new_hasher
-    h = new_hasher()
-    while True:
-        b = f.read(4 << 20)
-        if not b:
-            return h.hexdigest()
-        h.update(b)
 
 
 def clone(repo, source: str, dest, path=None, mode: str = "symlink", download: bool = True,

@@ -12,6 +12,8 @@ import stat
 import sys
 from typing import Optional
 
+from ...codec.hashing import new_hasher
+
 MODES = ("symlink", "hardlink", "reflink", "copy")
 FICLONE = 0x40049409      # _IOW(0x94, 9, int): share the source's extents (btrfs, XFS, ...)
 
@@ -116,18 +118,21 @@ def place_symlink(target, dest: str) -> None:
 
 def same_content(path: str, digest: str, size: Optional[int]) -> bool:
     """A real file at path that already holds exactly this content."""
-    from ...codec.hashing import new_hasher
     try:
         st = os.lstat(path)
         if not stat.S_ISREG(st.st_mode) or (size is not None and st.st_size != size):
             return False
-        h = new_hasher()
         with open(path, "rb") as f:
-            while True:
-                b = f.read(4 << 20)
-                if not b:
-                    break
-                h.update(b)
-        return h.hexdigest() == digest
+            return hash_stream(f) == digest
     except OSError:
         return False
+
+
+def hash_stream(f) -> str:
+    """The BLAKE3 (b3sum) digest of what f.read() gives until it is exhausted."""
+    h = new_hasher()
+    while True:
+        b = f.read(4 << 20)
+        if not b:
+            return h.hexdigest()
+        h.update(b)
