@@ -124,6 +124,19 @@ def test_crafted_manifest_is_refused_before_anything_is_written(env, attack):
     assert not rep.ok and any("unsafe path" in e and digest[:12] in e for e in rep.errors), rep.errors
 
 
+def test_clone_of_a_crafted_backup_is_refused(env):
+    from tests.integration.test_restore import _commit_crafted, _dir, _file
+    v = _victim(env)
+    before = _tree(v)
+    with Repo(env["repo"]) as r:
+        bids = [_commit_crafted(r, lambda s: [_dir(s, b"a", [_dir(s, b"..", [_file(s, b"x", b"escaped")])])]),
+                _commit_crafted(r, lambda s: [_file(s, b"a/../../victim/x", b"escaped")])]
+        for bid in bids:
+            with pytest.raises(UnsafePath, match=f"backup {bid}: unsafe path"):
+                r.clone(bid, v / "target")
+    assert _tree(v) == before
+
+
 def test_unsafe_path_rules():
     ok = [(b"a", "d"), (b"a/b", "f"), (b"a/c", "l"), (b"d", "l")]
     assert mf.unsafe_path(ok) is None
