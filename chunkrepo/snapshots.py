@@ -179,17 +179,16 @@ class FileSnapshot:
     # -- restoring ------------------------------------------------------------
     def restore_at(self, path: Union[Path, str], overwrite: Optional[bool] = None,
                    mode: str = "symlink") -> Path:
-        """Restore at path (a directory gets the file's name appended).
+        """Restore at path (a directory, or a path ending in '/', gets the file's name appended).
 
         A different extension than the snapshot's is a ValueError.  An existing file:
         overwrite=None warns and replaces, False raises FileExistsError, True replaces.
         The result is a symlink to the read-only cache object (mode='hardlink', 'reflink' or
         'copy' where a symlink does not suit)."""
         mat.check_overwrite(overwrite)
-        p = Path(os.path.abspath(os.fspath(path)))
-        if p.is_dir():
-            p = p / self.name
-        elif p.suffix != self.suffix:
+        dest, named = mat.file_dest(path, self.name)
+        p = Path(dest)
+        if named and p.suffix != self.suffix:
             raise ValueError(f"{p} has extension {p.suffix!r} but the snapshot {self.name} has "
                              f"{self.suffix!r}; restoring it there is likely a mistake")
         with _open(self._repo) as r:

@@ -42,6 +42,7 @@ from ..traverse import find_node, walk
 from ..url_place import below
 from . import manifest as mf
 from .cache import LocalCache, is_digest
+from .place import is_hardlink_to
 
 MANIFEST_NAME = b".chunkrepo-manifest"
 SUBSET_PREFIX = "snapshot:"
@@ -272,11 +273,14 @@ class _Snapshotter:
         key = (st.st_dev, st.st_ino) if st.st_nlink > 1 else None
         if key is not None and key in self.hardlinks:
             node, d = self.hardlinks[key]
-            return self.node(name, st, chunks=node.chunks, sparse=node.sparse), d
-        got = self.borrow(rel, name, st) or self.read_file(path, name, st, follow=False)
-        if key is not None:
-            self.hardlinks[key] = got
-        return got
+            node = self.node(name, st, chunks=node.chunks, sparse=node.sparse)
+        else:
+            node, d = self.borrow(rel, name, st) or self.read_file(path, name, st, follow=False)
+            if key is not None:
+                self.hardlinks[key] = node, d
+        if key is not None and is_hardlink_to(st, self.cache.object_path(d)):
+            node = node._replace(mode=stat.S_IFREG | LINK_FILE_MODE)   # a hard link into the cache
+        return node, d
 
     def add_file(self, rel: bytes, node: Node, digest: str) -> None:
         self.stats["files"] += 1
