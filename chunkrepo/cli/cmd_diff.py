@@ -55,10 +55,10 @@ def command(repo_path, a, b, path, content, source_options, as_json):
     any other backup, the root. SUBPATH limits a diff of two backups, or of a
     backup and a URL, to that path in them.
 
-    One line per change, in tree order, names escaped as `ls` prints them: '+' added, '-' removed, 'M' content
-    modified (file data, symlink target, device number), 'U' metadata only
-    (mode, owner, mtime, xattrs, link count), 'T' type changed; then a summary
-    on stderr. --json prints one object per change ("path", "change", "type",
+    One line per change, in tree order, names escaped as `ls` prints them:
+    '+' added, '-' removed, 'M' content modified (file data, symlink target,
+    device number), 'U' metadata only (mode, owner, mtime, xattrs, link
+    count), 'T' type changed; then a summary on stderr. --json prints one object per change ("path", "change", "type",
     "fields" for M and U) and then {"summary": {...}} with the counts, also as
     equal/different/only_left/only_right.  Directories identical in both
     backups are not descended (they count once as equal).

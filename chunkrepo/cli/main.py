@@ -14,7 +14,7 @@ from . import cmd_cache, cmd_clone, cmd_rebuild_index, cmd_snapshot, cmd_unlock
 from . import cmd_copy, cmd_diff
 
 
-EXIT_USAGE = 2     # a command line click or a command refused (click's own status for it)
+EXIT_USAGE = 2     # a command line refused before anything was done (click's own status for it)
 
 
 class _Group(click.Group):

@@ -276,7 +276,7 @@ class _Restorer:
     def create_error(self, shown: str, d: _Dir, name: bytes, e: OSError) -> None:
         """An entry the target refused: the message names where it was to go, which is
         where the problem is, next to its path in the backup."""
-        where = os.fsdecode(os.path.join(self.target, d.rel, name) if d.rel else os.path.join(self.target, name))
+        where = os.fsdecode(os.path.join(self.target, d.rel, name))      # (rel b"": target/name)
         self.error(shown, f"cannot restore to {where}: {e.strerror or e}")
 
     def fail(self, exc: BaseException) -> None:

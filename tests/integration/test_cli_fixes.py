@@ -115,6 +115,14 @@ def test_exclude_rules_beyond_tars(repo, tmp_path):
     assert "ab/c/h" in kept and "src/a/b" not in kept
 
 
+def test_a_url_backup_excludes_by_the_same_rules(repo, url_mem):
+    fs, root = url_mem
+    for rel in ("src/a/b/f", "x/a/b/g", "ab/c/h", "top.log"):
+        fs.pipe(f"{root}/{rel}", rel.encode())
+    res = repo.backup([f"memory:/{root}"], excludes=["a/b", "/ab", "*.log"])
+    assert {e.path for e in repo.list_backup(res.id)} == {b"src", b"src/a", b"x", b"x/a"}
+
+
 def test_exclude_on_the_command_line(tmp_path):
     root = _tree(tmp_path / "t")
     repo = str(tmp_path / "repo")
