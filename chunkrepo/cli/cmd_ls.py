@@ -34,7 +34,7 @@ def command(repo_path, backup, path, simple, nonrecursive, as_json):
     """List BACKUP (or PATH in it) as `tar tvf` lists the archive `chunkrepo tar` makes.
     A PATH ending in / must be a directory."""
     if not path:
-        raise click.BadParameter("an empty path (/ lists the whole backup)", param_hint="PATH")
+        raise click.BadParameter("an empty path; / is the whole backup", param_hint="PATH")
     with open_repo(repo_path) as repo:
         entries = directory_checked(repo.list_backup(backup, path, recursive=not nonrecursive), path)
         if as_json:
