@@ -48,6 +48,7 @@ class Repo:
             wrap_storage = faults_from_env()
         self._repo = Repository(os.fspath(path), wrap_storage, storage_options)
         self.path = self._repo.path
+        self._closed = False
 
     @classmethod
     def init(cls, path, config: Optional[Config] = None, storage_options: Optional[dict] = None) -> "Repo":
@@ -66,7 +67,17 @@ class Repo:
     def repository(self) -> Repository:
         return self._repo
 
+    @property
+    def storage_options(self) -> dict:
+        """The options a remote repository's filesystem was opened with ({} for a local one)."""
+        return dict(self._repo.storage_options)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def close(self) -> None:
+        self._closed = True
         self._repo.close()
 
     def __enter__(self) -> "Repo":
@@ -167,7 +178,8 @@ class Repo:
     def forget(self, backup_ids: Sequence[str] = (), policy: Optional[Policy] = None,
                dry_run: bool = False, prune: bool = False,
                repack_threshold: float = DEFAULT_REPACK_THRESHOLD) -> ForgetResult:
-        """Remove backups by id (full or unique prefix) or by a retention policy; prune after if asked."""
+        """Remove backups by id (full or unique prefix), snapshots also by their full digest (every
+        snapshot record of it), or by a retention policy; prune after if asked."""
         from .ops.forget import forget
         return forget(self._repo, backup_ids, policy, dry_run=dry_run, prune=prune,
                       repack_threshold=repack_threshold)
@@ -178,10 +190,13 @@ class Repo:
         return prune_repository(self._repo, repack_threshold, dry_run=dry_run)
 
     # -- snapshots (docs/snapshots.md) -------------------------------------------------
-    def snapshot(self, path, workspace_dir=None) -> SnapshotResult:
-        """Store a file or directory as a snapshot; result.digest is its BLAKE3 content digest."""
+    def snapshot(self, path, workspace_dir=None, wait: float = 0) -> SnapshotResult:
+        """Store a file or directory as a snapshot; result.digest is its BLAKE3 content digest.
+
+        Threads of this process writing the repository take turns; while another process
+        writes it, RepoLocked, unless that process finishes within wait seconds."""
         from .ops.snapshot.store import take_snapshot
-        return take_snapshot(self._repo, path, workspace_dir)
+        return take_snapshot(self._repo, path, workspace_dir, wait=wait)
 
     def clone(self, source: str, dest, path=None, mode: str = "symlink", download: bool = True):
         """Materialise a backup (or path inside it) or a snapshot digest at dest as links into

@@ -9,8 +9,10 @@
     DirectorySnapshot.from_digest(ds.digest).restore_safe()  # anywhere with the same repository
 
 The repository is the `repo` argument (a path or an open Repo), else $CHUNKREPO_REPO, else the
-default repository (created on the first snap()).  The local cache is $CHUNKREPO_CACHE_DIR,
-else ~/.cache/chunkrepo, resolved at each call.  Semantics: docs/snapshots.md.
+default repository (created on the first snap()).  A snapshot object made with a repo argument
+keeps using that repository: the open Repo while it is open, else its path and storage options.
+The local cache is $CHUNKREPO_CACHE_DIR, else ~/.cache/chunkrepo, resolved at each call.
+Semantics: docs/snapshots.md.
 """
 
 import datetime
@@ -29,26 +31,55 @@ from .ops.snapshot.cache import LocalCache
 __all__ = ["FileSnapshot", "DirectorySnapshot", "restore"]
 
 
+class _RepoRef:
+    """The repository a snapshot object was made with: the open Repo it was given, used while
+    that is open, else reopened by path with the same storage options (a copy or a pickle of
+    the object keeps only those)."""
+
+    def __init__(self, repo: Repo, given_open: bool):
+        self.path = repo.path
+        self.options = repo.storage_options
+        self.live = repo if given_open else None
+
+    def __getstate__(self) -> dict:
+        return dict(self.__dict__, live=None)
+
+    def __repr__(self) -> str:
+        return f"_RepoRef({self.path!r})"
+
+
+def _ref(r: Repo, repo) -> Optional[_RepoRef]:
+    """What a snapshot object made through r (opened for the argument repo) keeps."""
+    if repo is None:
+        return None        # $CHUNKREPO_REPO or the default, resolved at each call
+    return _RepoRef(r, isinstance(repo, Repo))
+
+
 @contextmanager
 def _open(repo=None, create: bool = False):
+    if isinstance(repo, _RepoRef) and repo.live is not None and not repo.live.closed:
+        repo = repo.live
     if isinstance(repo, Repo):
         yield repo
         return
-    path = paths.repo_path(repo)
-    if (create and repo is None and not os.environ.get(paths.REPO_ENV)
-            and not os.path.exists(os.path.join(path, "config"))):
-        Repo.init(path).close()     # the default repository, made on first use (as `chunkrepo backup` does)
-    r = Repo(path)
+    if isinstance(repo, _RepoRef):
+        r = Repo(repo.path, storage_options=repo.options)
+    else:
+        path = paths.repo_path(repo)
+        if (create and repo is None and not os.environ.get(paths.REPO_ENV)
+                and not os.path.exists(os.path.join(path, "config"))):
+            Repo.init(path).close()     # the default repository, made on first use (as `chunkrepo backup` does)
+        r = Repo(path)
     try:
         yield r
     finally:
         r.close()
 
 
-def _repo_ref(repo) -> Optional[str]:
-    if repo is None:
-        return None
-    return repo.path if isinstance(repo, Repo) else os.path.abspath(os.fspath(repo))
+def _existing(path) -> None:
+    """FileNotFoundError naming path as given, before anything is opened or created."""
+    if not os.path.lexists(path):
+        raise FileNotFoundError(2, "No such file or directory", os.fsdecode(os.fspath(path)))
 
 
 def _locate(repo, digest: str, want: Optional[str] = None):
@@ -73,29 +104,33 @@ class FileSnapshot:
     digest: str
     time: datetime.datetime
     content_length: int
-    _repo: Optional[str] = field(default=None, repr=False, compare=False)
+    _repo: Optional[_RepoRef] = field(default=None, repr=False, compare=False)
 
     # -- making and finding ---------------------------------------------------
     @classmethod
-    def snap(cls, path: Union[Path, str], workspace_dir=None, repo=None) -> "FileSnapshot":
+    def snap(cls, path: Union[Path, str], workspace_dir=None, repo=None, wait: float = 0) -> "FileSnapshot":
         """Store the file at path in the repository (chunked, deduplicated) and record its digest.
 
         relpath is path relative to workspace_dir, else to the nearest directory with a
-        pyproject.toml, else to the git root; None outside it."""
+        pyproject.toml, else to the git root; None outside it.  Threads of this process take
+        turns; while another process writes the repository, RepoLocked unless it is done
+        within wait seconds."""
+        _existing(path)
         if os.path.isdir(path) and not os.path.islink(path):
             raise IsADirectoryError(21, "is a directory (use DirectorySnapshot.snap)", os.fspath(path))
         with _open(repo, create=True) as r:
-            res = store.take_snapshot(r.repository, path, workspace_dir)
-            ref = r.path
+            res = store.take_snapshot(r.repository, path, workspace_dir, wait=wait)
+            ref = _ref(r, repo)
         return cls(Path(res.relpath) if res.relpath is not None else None, res.name, res.digest,
-                   _time(res.time_ns), res.content_length, _repo=ref if repo is not None else None)
+                   _time(res.time_ns), res.content_length, _repo=ref)
 
     @classmethod
     def from_digest(cls, digest: str, repo=None) -> "FileSnapshot":
         """The snapshot with this digest (any file of any snapshot); FileNotFoundError if unknown."""
         with _open(repo) as r:
             loc = _locate(r, digest, "file")
-        return cls._from_located(loc, _repo_ref(repo))
+            ref = _ref(r, repo)
+        return cls._from_located(loc, ref)
 
     @classmethod
     def _from_located(cls, loc, repo_ref) -> "FileSnapshot":
@@ -144,17 +179,16 @@ class FileSnapshot:
     # -- restoring ------------------------------------------------------------
     def restore_at(self, path: Union[Path, str], overwrite: Optional[bool] = None,
                    mode: str = "symlink") -> Path:
-        """Restore at path (a directory gets the file's name appended).
+        """Restore at path (a directory, or a path ending in '/', gets the file's name appended).
 
         A different extension than the snapshot's is a ValueError.  An existing file:
         overwrite=None warns and replaces, False raises FileExistsError, True replaces.
         The result is a symlink to the read-only cache object (mode='hardlink', 'reflink' or
         'copy' where a symlink does not suit)."""
         mat.check_overwrite(overwrite)
-        p = Path(os.path.abspath(os.fspath(path)))
-        if p.is_dir():
-            p = p / self.name
-        elif p.suffix != self.suffix:
+        dest, named = mat.file_dest(path, self.name)
+        p = Path(dest)
+        if named and p.suffix != self.suffix:
             raise ValueError(f"{p} has extension {p.suffix!r} but the snapshot {self.name} has "
                              f"{self.suffix!r}; restoring it there is likely a mistake")
         with _open(self._repo) as r:
@@ -183,15 +217,19 @@ class DirectorySnapshot:
     relpath: Optional[Path]
     files: List[FileSnapshot]
     digest: str
-    _repo: Optional[str] = field(default=None, repr=False, compare=False)
+    _repo: Optional[_RepoRef] = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def snap(cls, path: Union[Path, str], workspace_dir=None, repo=None) -> "DirectorySnapshot":
+    def snap(cls, path: Union[Path, str], workspace_dir=None, repo=None,
+             wait: float = 0) -> "DirectorySnapshot":
+        """Store the directory at path (without the repository or the local cache, should it
+        hold them); wait as for FileSnapshot.snap."""
+        _existing(path)
         if not os.path.isdir(path):
             raise NotADirectoryError(20, "not a directory (use FileSnapshot.snap)", os.fspath(path))
         with _open(repo, create=True) as r:
-            res = store.take_snapshot(r.repository, path, workspace_dir)
-        ref = _repo_ref(repo)
+            res = store.take_snapshot(r.repository, path, workspace_dir, wait=wait)
+            ref = _ref(r, repo)
         t = _time(res.time_ns)
         files = [FileSnapshot(Path(res.relpath) / rel if res.relpath is not None else None,
                               os.path.basename(rel), d, t, size, _repo=ref) for rel, d, size in res.files]
@@ -203,9 +241,9 @@ class DirectorySnapshot:
         with _open(repo) as r:
             loc = _locate(r, digest, "dir")
             listing = store.dir_listing(r.repository, loc)
+            ref = _ref(r, repo)
         info = loc.record.snapshot or {}
         rel = info.get("relpath")
-        ref = _repo_ref(repo)
         t = _time(info.get("time_ns", loc.record.start_ns))
         files = [FileSnapshot(Path(rel) / os.fsdecode(e.path) if rel is not None else None,
                               os.fsdecode(os.path.basename(e.path)), e.digest, t, e.size, _repo=ref)

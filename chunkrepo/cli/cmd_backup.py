@@ -41,7 +41,11 @@ def _estimate(repo, host, subset):
 @click.option("--subset", help="Name of this set of paths (default: the paths themselves).")
 @click.option("--host", help="Host name to record (default: this host's name).")
 @click.option("--exclude", "excludes", multiple=True, metavar="PATTERN",
-              help="Skip paths or names matching this glob (repeatable).")
+              help="Leave out what matches this glob, and all below it (repeatable). A pattern "
+                   "starting with / matches the whole path (/home/me/.cache); any other matches the "
+                   "name or a run of trailing components at any depth ('.git', '*.tmp', 'a/b' leaves "
+                   "out /x/a/b). * matches any characters, / too (as in GNU tar); ? one; [...] a set; "
+                   "**/ zero or more directories (a/**/f matches a/f too); a trailing / is ignored.")
 @click.option("--one-file-system", "-x", is_flag=True, help="Do not cross into other filesystems.")
 @click.option("--files-from", metavar="FILE|-", help="Back up exactly the paths listed in FILE (- for stdin).")
 @click.option("-0", "--null", is_flag=True, help="--files-from names are NUL-separated (find -print0).")

@@ -1,18 +1,19 @@
 """chunkrepo diff: what changed between two backups, or between a backup and a live tree."""
 
 import os
-
 import sys
 
 import click
 
 from ..model.nodes import DIR
+from ..ops.listing import quote_name, tar_locale_is_utf8
 from ..storage.open import parse_items
 from .common import human_bytes, json_lines_option, open_repo, print_json, repo_option, write_lines
 
 
-def _shown(c) -> str:
-    p = os.fsdecode(c.path)
+def _shown(c, utf8: bool) -> str:
+    """The path as `ls` (and tar tvf) prints names: one line whatever bytes it holds."""
+    p = quote_name(c.path, utf8)
     return p + "/" if c.kind == DIR and p != "/" else p
 
 
@@ -54,10 +55,10 @@ def command(repo_path, a, b, path, content, source_options, as_json):
     any other backup, the root. SUBPATH limits a diff of two backups, or of a
     backup and a URL, to that path in them.
 
-    One line per change, in tree order: '+' added, '-' removed, 'M' content
-    modified (file data, symlink target, device number), 'U' metadata only
-    (mode, owner, mtime, xattrs, link count), 'T' type changed; then a summary
-    on stderr. --json prints one object per change ("path", "change", "type",
+    One line per change, in tree order, names escaped as `ls` prints them:
+    '+' added, '-' removed, 'M' content modified (file data, symlink target,
+    device number), 'U' metadata only (mode, owner, mtime, xattrs, link
+    count), 'T' type changed; then a summary on stderr. --json prints one object per change ("path", "change", "type",
     "fields" for M and U) and then {"summary": {...}} with the counts, also as
     equal/different/only_left/only_right.  Directories identical in both
     backups are not descended (they count once as equal).
@@ -71,7 +72,8 @@ def command(repo_path, a, b, path, content, source_options, as_json):
                 print_json(_change_json(c))
             print_json({"summary": diff.stats.to_dict()})
         else:
-            write_lines(f"{c.change}    {_shown(c)}" for c in diff)
+            utf8 = tar_locale_is_utf8()
+            write_lines(f"{c.change}    {_shown(c, utf8)}" for c in diff)
         for err in diff.stats.errors:
             click.echo(f"chunkrepo: {err}", err=True)
         if not as_json:

@@ -18,7 +18,8 @@ def _when(ns):
 @click.option("--last", "last_n", type=click.IntRange(min=1), help="Only the last N backups.")
 @json_option
 def command(repo_path, last_n, as_json):
-    """List the backups (and snapshots), oldest first: id, kind, host, subset, start, finish, files, bytes."""
+    """List the backups (and snapshots), oldest first: id, kind, host, subset, start, finish, files, bytes
+    (and a snapshot's digest)."""
     with open_repo(repo_path) as repo:
         recs = repo.list_backups(last_n)
         damaged = repo.damaged_backups()
@@ -34,5 +35,7 @@ def command(repo_path, last_n, as_json):
     for r in recs:
         st = r.stats
         mark = f"  DAMAGED ({damaged[r.id]['paths_count']} paths)" if r.id in damaged else ""
+        if r.kind == "snapshot" and r.snapshot:
+            mark = f"  digest {r.snapshot.get('digest')}{mark}"
         click.echo(f"{r.id}  {r.kind:8}  {r.host}  {r.subset}  {_when(r.start_ns)}  {_when(r.end_ns)}  "
                    f"{st.get('files', 0)} files  {st.get('bytes_total', 0)} bytes{mark}")

@@ -4,7 +4,7 @@ import os
 
 import click
 
-from ..ops.listing import tf_lines, tvf_lines
+from ..ops.listing import directory_checked, tf_lines, tvf_lines
 from .common import json_lines_option, open_repo, print_json, repo_option, write_lines
 
 
@@ -31,9 +31,12 @@ def _entry_json(e) -> dict:
 @click.option("--nonrecursive", is_flag=True, help="Only PATH and its direct entries.")
 @json_lines_option
 def command(repo_path, backup, path, simple, nonrecursive, as_json):
-    """List BACKUP (or PATH in it) as `tar tvf` lists the archive `chunkrepo tar` makes."""
+    """List BACKUP (or PATH in it) as `tar tvf` lists the archive `chunkrepo tar` makes.
+    A PATH ending in / must be a directory."""
+    if not path:
+        raise click.BadParameter("an empty path; / is the whole backup", param_hint="PATH")
     with open_repo(repo_path) as repo:
-        entries = repo.list_backup(backup, path, recursive=not nonrecursive)
+        entries = directory_checked(repo.list_backup(backup, path, recursive=not nonrecursive), path)
         if as_json:
             for e in entries:
                 print_json(_entry_json(e))

@@ -12,7 +12,7 @@ from .common import human_bytes, json_option, open_repo, print_json, repo_option
 
 
 def _restore(repo, digest: str, out_path: str, overwrite, mode: str) -> str:
-    from ..ops.snapshot.materialise import _plan_snapshot_dir, place_tree, restore_file_at
+    from ..ops.snapshot.materialise import _plan_snapshot_dir, file_dest, place_tree, restore_file_at
     from ..ops.snapshot.store import locate
     loc = locate(repo.repository, digest)
     cache = LocalCache()
@@ -21,10 +21,8 @@ def _restore(repo, digest: str, out_path: str, overwrite, mode: str) -> str:
         place_tree(repo.repository, cache, plan, out_path, mode, True, overwrite)
         return os.path.abspath(out_path)
     name = os.path.basename(os.fsdecode(loc.path))
-    dest = os.path.abspath(out_path)
-    if os.path.isdir(dest):
-        dest = os.path.join(dest, name)
-    elif os.path.splitext(dest)[1] != os.path.splitext(name)[1]:
+    dest, named = file_dest(out_path, name)
+    if named and os.path.splitext(dest)[1] != os.path.splitext(name)[1]:
         raise ChunkrepoError(f"{dest} has a different extension than the snapshot's {name}; "
                              f"give a directory or a name ending in {os.path.splitext(name)[1] or 'no extension'}")
     return restore_file_at(repo.repository, cache, loc, dest, overwrite, mode)
@@ -41,8 +39,11 @@ def _restore(repo, digest: str, out_path: str, overwrite, mode: str) -> str:
               help="With --restore: replace existing files silently / refuse (default: replace with a warning).")
 @click.option("--workspace", type=click.Path(file_okay=False),
               help="Record the path relative to this directory (default: pyproject.toml or git root).")
+@click.option("--wait", type=click.FloatRange(min=0), default=0, metavar="SECONDS",
+              help="While another process writes the repository, keep trying for up to SECONDS "
+                   "(default: fail at once).")
 @json_option
-def command(repo_path, path, digest, mode, overwrite, workspace, as_json):
+def command(repo_path, path, digest, mode, overwrite, workspace, wait, as_json):
     """Snapshot the file or directory PATH and print its BLAKE3 digest; with --restore DIGEST,
     restore that snapshot at PATH."""
     with warnings.catch_warnings(record=True) as caught:
@@ -57,7 +58,7 @@ def command(repo_path, path, digest, mode, overwrite, workspace, as_json):
                 click.echo(out)
             return
         with open_repo(repo_path, create_default=True) as repo:
-            res = repo.snapshot(path, workspace)
+            res = repo.snapshot(path, workspace, wait=wait)
         _echo_warnings(caught)
     if as_json:
         print_json({"id": res.id, "digest": res.digest, "type": res.type, "name": res.name,

@@ -14,12 +14,23 @@ from . import cmd_cache, cmd_clone, cmd_rebuild_index, cmd_snapshot, cmd_unlock
 from . import cmd_copy, cmd_diff
 
 
+EXIT_USAGE = 2     # a command line refused before anything was done (click's own status for it)
+
+
 class _Group(click.Group):
     """Turns every expected failure into one line on stderr and an exit status."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:     # the group's own options (`chunkrepo --bogus`)
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as e:
+            _usage_fail(e, None)
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except click.UsageError as e:      # an unknown command, a subcommand's bad option or argument
+            _usage_fail(e, ctx)
         except ChunkrepoError as e:
             _fail(str(e), e.exit_code)
         except BrokenPipeError:
@@ -33,7 +44,9 @@ class _Group(click.Group):
                 _quiet_broken_pipe()
             where = f"{os.fsdecode(e.filename)}: " if e.filename else ""
             _fail(f"{where}{e.strerror or e}", 1)
-        except (click.exceptions.Exit, click.ClickException, SystemExit):
+        except click.ClickException as e:
+            _fail(e.format_message(), e.exit_code)
+        except (click.exceptions.Exit, SystemExit):
             raise
         except Exception as e:   # a bug: still one line, the traceback on request
             if os.environ.get("CHUNKREPO_DEBUG"):
@@ -55,6 +68,20 @@ def _on_sigterm(signum, frame):
 def _fail(msg: str, code: int):
     click.echo(f"chunkrepo: error: {msg}", err=True)
     sys.exit(code)
+
+
+def _usage_fail(e: click.UsageError, group_ctx) -> None:
+    """One line, as every other error, naming the help to read; `chunkrepo` alone
+    (click's NoArgsIsHelpError) still prints the help."""
+    if isinstance(e, getattr(click.exceptions, "NoArgsIsHelpError", ())):
+        raise e
+    if e.ctx is not None:
+        where = e.ctx.command_path
+    else:     # raised by a command's own code: the group's context names it
+        where = " ".join(filter(None, (group_ctx.command_path if group_ctx else "chunkrepo",
+                                       group_ctx.invoked_subcommand if group_ctx else None)))
+    msg = " ".join(e.format_message().split()).rstrip(".")
+    _fail(f"{msg[:1].lower()}{msg[1:]} (see '{where} --help')", EXIT_USAGE)
 
 
 def _quiet_broken_pipe():

@@ -9,6 +9,8 @@ records cached in the index):
     index's copy for a listed backup, one recovery can register otherwise;
   * every backup's root and every directory record below it resolves and
     hashes to its id; every chunk a file names is in the index;
+  * every directory snapshot's manifest (read: its one small file) names
+    only paths a restore can place safely (ops/snapshot/manifest.unsafe_path);
   * every reference count equals a recount from scratch, as the cascade of a
     backup's registration (session.py) defines it: a root gets one per backup,
     and each directory record reachable from a backup adds one to each child
@@ -45,6 +47,8 @@ from ..index.lmdb_index import COMMITTING_META, GARBAGE_META, REGISTERING_META
 from ..model import BackupRecord, Tree, decode_record
 from ..model.nodes import DIR
 from ..repository.packs import KIND_DATA, KIND_TREE, pack_id_from_name, pack_name, read_trailer
+from .snapshot import manifest as mf
+from .snapshot.store import read_manifest
 
 _MAX_PER_KIND = 50     # individual messages per kind of error; the rest are summarized
 
@@ -344,6 +348,8 @@ class _Checker:
             self.roots[bid] = root
             self.tree_refs[root] += 1
             self._record_file(bid, raw)
+            if rec.kind == "snapshot" and (rec.snapshot or {}).get("type") == "dir":
+                self._snapshot_manifest(bid, rec)
         try:
             names = list(self.storage.list("backups"))
         except OSError:
@@ -376,6 +382,19 @@ class _Checker:
             self.error("backup record", f"backup {bid}: its record file {name} is {why} "
                                         f"(check --repair writes it again from the index)")
             self.found.bad_records[bid] = raw
+
+    def _snapshot_manifest(self, bid: str, rec: BackupRecord) -> None:
+        """A directory snapshot's manifest names only paths a restore can place safely
+        (restores refuse it otherwise); one small read per directory snapshot."""
+        try:
+            entries = mf.decode(read_manifest(self.repo, rec))
+        except (ChunkrepoError, ValueError, OSError):
+            return          # a missing or damaged blob: reported where the trees are walked
+        why = mf.unsafe_path((e.path, e.type) for e in entries)
+        if why is not None:
+            digest = (rec.snapshot or {}).get("digest", "?")
+            self.error("snapshot manifest", f"snapshot {bid} (digest {digest[:12]}): its manifest has an "
+                                            f"unsafe path {why}; restores refuse it")
 
     def _pending_record(self, name: str) -> None:
         """A record file the index does not list yet must be one recovery can register."""

@@ -17,6 +17,7 @@ from ..repository.crash_points import crash_point
 from ..repository.session import decref_tree
 from . import retention
 from .prune import DEFAULT_REPACK_THRESHOLD, PruneReport, run_prune
+from .snapshot.cache import is_digest
 
 
 @dataclass
@@ -41,6 +42,23 @@ def _item(rec, reasons=None) -> dict:
     return d
 
 
+def _named(repo, recs, ref: str) -> list:
+    """The records ref names: a backup id (full or unique prefix), or a snapshot's full digest
+    (64 hex digits, longer than any id), which names every snapshot record of that digest."""
+    if not is_digest(ref.lower()):
+        try:
+            return [repo.resolve_backup(ref)]       # NotFound / AmbiguousId: one line
+        except NotFound as e:
+            if any(r.kind == "snapshot" for r in recs):
+                raise NotFound(f"{e} (a snapshot goes by its id, or by its whole 64-digit digest)") from None
+            raise
+    hits = [r for r in recs if r.kind == "snapshot" and (r.snapshot or {}).get("digest") == ref.lower()]
+    if not hits:
+        raise NotFound(f"no snapshot with digest {ref} (a file inside a directory snapshot goes with "
+                       f"that snapshot's digest or id)")
+    return hits
+
+
 def _decide(repo, ids: Sequence[str], policy: Optional[retention.Policy], localtime):
     """(groups as dicts, records to remove, ids kept) for the repository as it is now."""
     recs = repo.list_backups()
@@ -49,8 +67,8 @@ def _decide(repo, ids: Sequence[str], policy: Optional[retention.Policy], localt
         for ref in ids:
             if ref == "latest":
                 raise ChunkrepoError("forget takes backup ids, not 'latest'")
-            rec = repo.resolve_backup(ref)       # NotFound / AmbiguousId: one line
-            chosen[rec.id] = rec
+            for rec in _named(repo, recs, ref):
+                chosen[rec.id] = rec
         remove = [r for r in recs if r.id in chosen]
         by_key: dict = {}
         for r in remove:

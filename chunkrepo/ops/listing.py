@@ -30,7 +30,11 @@ import os
 import re
 import time
 import unicodedata
-from typing import Iterator, Optional
+from typing import Iterable, Iterator, Optional
+
+from ..errors import NotFound
+from ..model.nodes import DIR
+from .traverse import Entry, split_path
 
 
 _PLAIN = re.compile(rb"[^\x20-\x5b\x5d-\x7e]")      # bytes that need a look
@@ -232,6 +236,22 @@ def tvf_lines(entries, utf8: Optional[bool] = None) -> Iterator[str]:
         else:
             tail = ""
         yield f"{head[0]}{size.rjust(ugswidth - head[1] - 1)} {date} {name}{tail}"
+
+
+def directory_checked(entries: Iterable[Entry], path) -> Iterator[Entry]:
+    """The entries of a listing that starts at path, whose first one is path itself
+    (traverse.walk): a path ending in '/' must be a directory, as a file system's path
+    lookup wants (GNU tar lists a file given as 'file/'), or NotFound is raised
+    before any entry is yielded."""
+    it = iter(entries)
+    p = os.fsencode(path)
+    if p.endswith(b"/") and split_path(p):
+        first = next(it, None)
+        if first is not None and first.node.kind != DIR:
+            raise NotFound(f"{os.fsdecode(p)}: not a directory in the backup")
+        if first is not None:
+            yield first
+    yield from it
 
 
 def tf_lines(entries, utf8: Optional[bool] = None) -> Iterator[str]:

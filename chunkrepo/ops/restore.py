@@ -28,7 +28,8 @@ Errors
     Per-entry problems (a missing or corrupt chunk, a name the filesystem
     refuses, an xattr the filesystem does not take, a device node without
     root, ...) are recorded in result.errors as "PATH: message" with PATH the
-    path in the backup, and the restore goes on.  A regular file whose content
+    path in the backup (and, when the target refused the entry, "cannot restore
+    to TARGET/...: reason"), and the restore goes on.  A regular file whose content
     cannot be read completely is removed, never left zero-filled.  A full
     disk (ENOSPC/EDQUOT) stops the restore with StorageError.
 
@@ -271,6 +272,12 @@ class _Restorer:
     # -- helpers --------------------------------------------------------------
     def error(self, shown: str, msg: str) -> None:
         self.res.errors.append(f"{shown}: {msg}")    # list.append: safe from any thread
+
+    def create_error(self, shown: str, d: _Dir, name: bytes, e: OSError) -> None:
+        """An entry the target refused: the message names where it was to go, which is
+        where the problem is, next to its path in the backup."""
+        where = os.fsdecode(os.path.join(self.target, d.rel, name))      # (rel b"": target/name)
+        self.error(shown, f"cannot restore to {where}: {e.strerror or e}")
 
     def fail(self, exc: BaseException) -> None:
         """Stop the restore (from a worker): the main thread raises exc."""
@@ -525,7 +532,7 @@ class _Restorer:
             if e.errno == errno.EEXIST:
                 self.error(shown, "name already restored (duplicate name in the backup's record): skipped")
             else:
-                self.error(shown, e.strerror or str(e))
+                self.create_error(shown, parent, name, e)
             self.res.skipped += 1
 
     # -- regular files: the main thread's side --------------------------------
@@ -702,7 +709,7 @@ class _Restorer:
             elif e.errno == errno.EEXIST:
                 self.error(shown, "name already restored (duplicate name in the backup's record): skipped")
             else:
-                self.error(shown, e.strerror or str(e))
+                self.create_error(shown, d, name, e)
             return False
 
     def fill(self, fd: int, job: _Job, data: _BatchData, first: int, counts: _Counts) -> None:

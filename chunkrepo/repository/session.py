@@ -6,10 +6,13 @@ thread's own pack.  A sealed pack's entries wait in a queue until the owner
 thread calls checkpoint(), which commits them to the index in transactions of at
 most STEP entries; a backup is registered in steps likewise (docs/format.md, Write
 order: what a kill between two steps leaves, and how recovery finishes it).
+Threads of one process take turns: a session waits while another thread's session of the
+same repository runs (another process's gets RepoLocked from the writer lock).
 """
 
 import concurrent.futures
 import operator
+import os
 import queue
 import threading
 from typing import Dict, Optional
@@ -47,6 +50,18 @@ WRITER_LOOKUP_BUDGET = 2 << 20
 # (their ids: ~1.3 MiB of Python objects), in steps that write about STEP_WRITE_TARGET
 REGISTER_BATCH = 1 << 14
 STEP_WRITE_TARGET = 1 << 20
+
+# One write session per repository per process at a time: a session of another thread of this
+# process waits for it (the writer lock, a flock or a lease, refuses a second holder even in
+# the same process).  Reentrant: a nested session in the same thread still meets RepoLocked.
+_in_process: Dict[str, threading.RLock] = {}
+_in_process_lock = threading.Lock()
+
+
+def _process_writer(repo) -> threading.RLock:
+    key = repo.path if repo.remote else os.path.realpath(repo.path)
+    with _in_process_lock:
+        return _in_process.setdefault(key, threading.RLock())
 
 
 class WriteSession:
@@ -93,7 +108,13 @@ class WriteSession:
 
     # -- lifecycle ------------------------------------------------------------
     def __enter__(self):
-        self._lock.acquire()
+        self._in_process = _process_writer(self.repo)
+        self._in_process.acquire()
+        try:
+            self._lock.acquire()
+        except BaseException:
+            self._in_process.release()
+            raise
         self.repo.session_lock = self._lock
         self._resident = resident = self.index.resident
         self._reader_budget = resident.lookup_budget
@@ -106,6 +127,7 @@ class WriteSession:
             resident.lookup_budget = self._reader_budget
             self.repo.session_lock = None
             self._lock.release()
+            self._in_process.release()
             raise
         return self
 
@@ -121,7 +143,10 @@ class WriteSession:
                 self._uploads = None
             self._resident.lookup_budget = self._reader_budget
             self.repo.session_lock = None
-            self._lock.release()
+            try:
+                self._lock.release()
+            finally:
+                self._in_process.release()
 
     def recover(self) -> dict:
         """Adopt what a killed writer left: sealed packs and stored backup records."""

@@ -2,7 +2,7 @@
 
 import concurrent.futures
 import errno
-import fnmatch
+import functools
 import grp
 import operator
 import os
@@ -19,6 +19,7 @@ from ...codec.hashing import hash_bytes
 from ...errors import ChunkrepoError, IntegrityError
 from ...model import BackupRecord, Node, Tree, node_from_stat
 from ...model.nodes import DIR, REG
+from .exclude import Excludes
 from .file_saver import FileChanged, FileSaver, read_xattrs
 from .tree_saver import Batch, PendingDir, PendingFile, TreeSaver
 from ..snapshot.cachelink import CacheLinks     # snapshots: links into chunkrepo's cache
@@ -179,9 +180,11 @@ class Backup:
             return True      # never back up the repository into itself
         if not self.excludes:
             return False
-        p, n = os.fsdecode(path), os.fsdecode(name)
-        return any(fnmatch.fnmatchcase(p, pat) or ("/" not in pat and fnmatch.fnmatchcase(n, pat))
-                   for pat in self.excludes)
+        return self.exclude_rules.matches(path, name)
+
+    @functools.cached_property
+    def exclude_rules(self) -> Excludes:
+        return Excludes(self.excludes)
 
     def node(self, name: bytes, st, **kw) -> Node:
         return node_from_stat(name, st, self.names.user(st.st_uid), self.names.group(st.st_gid), **kw)

@@ -408,7 +408,7 @@ class LocalCache:
             f.write(os.path.abspath(os.fsdecode(path)) + "\n")
 
     def count_links(self) -> int:
-        """Symlinks into this cache found at the places restores and clones wrote to."""
+        """Live symlinks into this cache found at the places restores and clones wrote to."""
         try:
             with open(os.path.join(self.root, "links"), encoding="utf-8", errors="surrogateescape") as f:
                 places = sorted(set(line.rstrip("\n") for line in f if line.strip()))
@@ -423,7 +423,8 @@ class LocalCache:
                 return
             seen.add(p)
             try:
-                if os.path.islink(p) and self.digest_of_link_target(p, os.readlink(p)):
+                if (os.path.islink(p) and os.path.exists(p)          # dangling already: not counted
+                        and self.digest_of_link_target(p, os.readlink(p))):
                     n += 1
             except OSError:
                 pass
@@ -460,6 +461,7 @@ class LocalCache:
                 if os.path.isdir(p) and not os.path.islink(p):
                     for d, _dirs, files in os.walk(p):
                         removed += sum(1 for f in files if os.path.dirname(d) == self.objects)
+                        os.chmod(d, 0o755)      # dirs/ trees are read-only (0555)
                     shutil.rmtree(p)
                 else:
                     os.unlink(p)

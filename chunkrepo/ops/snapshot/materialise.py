@@ -1,4 +1,11 @@
-"""From the repository to the cache, and from the cache to user paths (restore, clone)."""
+"""From the repository to the cache, and from the cache to user paths (restore, clone).
+
+Every plan (a snapshot's manifest, a backup's tree) is checked before anything is written:
+relative paths of safe components, each parent a directory of the same plan
+(manifest.unsafe_path), else UnsafePath.  Directories are made with lstat checks, so a
+placement never goes through a symlink, neither one the restore made nor one found in place
+(a found symlink where the plan has a directory is a conflict).
+"""
 
 import concurrent.futures
 import os
@@ -7,15 +14,15 @@ import stat
 import tempfile
 import warnings
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
-from ...errors import ChunkrepoError, NotFound
+from ...errors import ChunkrepoError, NotFound, TargetNotEmpty, UnsafePath
 from ...model.nodes import DIR, REG, SYMLINK
 from ..file_reader import ChunkFile
 from ..traverse import split_path, walk
 from . import manifest as mf
 from .cache import LocalCache, is_digest
-from .place import is_placed, place, place_symlink, same_content
+from .place import check_mode, hash_stream, is_placed, place, place_symlink, same_content
 from .store import Located, dir_listing, locate
 
 _WORKERS = 3
@@ -51,9 +58,26 @@ def check_overwrite(overwrite) -> None:
 
 
 # -- one file ---------------------------------------------------------------------
+def file_dest(path, name: str) -> Tuple[str, bool]:
+    """Where restore_at(path) puts a file snapshot called name, and whether path names the
+    file itself (so its extension is checked): an existing directory, or a path ending in a
+    separator (made if missing, as for cp), gets name appended."""
+    _checked([(os.fsencode(name), mf.FILE)], f"file snapshot {name!r}")
+    raw = os.fspath(path)
+    dest = os.path.abspath(raw)
+    if raw.endswith((os.sep, "/")):
+        if os.path.lexists(dest) and not os.path.isdir(dest):
+            raise NotADirectoryError(20, "not a directory (the path ends in a separator)", raw)
+        return os.path.join(dest, name), False
+    if os.path.isdir(dest):
+        return os.path.join(dest, name), False
+    return dest, True
+
+
 def restore_file_at(repo, cache: LocalCache, loc: Located, dest: str, overwrite=None,
                     mode: str = "symlink", file_mode: int = 0o644) -> str:
-    """The seed's FileSnapshot.restore_at semantics, dest already resolved (name appended)."""
+    """The seed's FileSnapshot.restore_at semantics, dest already resolved (file_dest)."""
+    check_mode(mode)
     obj = cache.object_path(loc.digest)
     if is_placed(dest, obj, mode):
         return dest                       # restoring onto its own link: nothing to do
@@ -85,11 +109,19 @@ class Planned:
     target: bytes = b""
 
 
+def _checked(entries, what: str) -> None:
+    why = mf.unsafe_path(entries)
+    if why is not None:
+        raise UnsafePath(f"{what}: unsafe path {why}; nothing was restored")
+
+
 def _plan_snapshot_dir(repo, loc: Located, sub: Optional[bytes] = None) -> List[Planned]:
     out = []
     parts = split_path(sub) if sub else []
     prefix = b"/".join(parts)
-    for e, node in dir_listing(repo, loc):
+    listing = dir_listing(repo, loc)
+    _checked(((e.path, e.type) for e, _ in listing), f"snapshot {loc.digest[:12]}")
+    for e, node in listing:
         rel = e.path
         if prefix:
             if rel == prefix:
@@ -167,8 +199,11 @@ class PlaceResult:
 
 def place_tree(repo, cache: LocalCache, plan: List[Planned], target, mode: str = "symlink",
                download: bool = True, overwrite=True, clone: bool = False) -> PlaceResult:
-    """Merge a planned tree into target: extra files there are left alone."""
+    """Merge a planned (and checked) tree into target: extra files there are left alone.
+
+    Directories it makes get the plan's modes once everything is in place."""
     check_overwrite(overwrite)
+    check_mode(mode)
     btarget = os.fsencode(os.path.abspath(os.fspath(target)))
     if os.path.lexists(btarget) and not os.path.isdir(btarget):
         raise FileExistsError(17, "exists and is not a directory", os.fsdecode(btarget))
@@ -181,8 +216,10 @@ def place_tree(repo, cache: LocalCache, plan: List[Planned], target, mode: str =
     if conflicts:
         shown = ", ".join(os.fsdecode(c) for c in conflicts[:3])
         more = f" and {len(conflicts) - 3} more" if len(conflicts) > 3 else ""
-        raise FileExistsError(17, f"not replacing what is already there: {shown}{more}"
-                                  f"{'' if clone else ' (pass overwrite=True)'}", os.fsdecode(btarget))
+        why = "" if clone else (" (a file where the snapshot has a directory, or the reverse: "
+                                "overwrite never replaces those; remove them first)")
+        raise FileExistsError(17, f"not replacing what is already there: {shown}{more}{why}",
+                              os.fsdecode(btarget))
     if replace and overwrite is False:
         raise FileExistsError(17, f"{len(replace)} paths already exist, e.g. {os.fsdecode(replace[0])} "
                                   f"(pass overwrite=True to replace them)", os.fsdecode(btarget))
@@ -194,98 +231,168 @@ def place_tree(repo, cache: LocalCache, plan: List[Planned], target, mode: str =
         res.objects_written, res.bytes_written = materialise_many(
             repo, cache, [(p.digest, p.node) for p in plan if p.type == mf.FILE])
     os.makedirs(btarget, exist_ok=True)
-    created_dirs = []
-    for p in plan:
-        dest = os.path.join(btarget, p.rel)
-        if p.type == mf.DIR:
-            if not os.path.isdir(dest):
-                os.makedirs(dest)
-                created_dirs.append((dest, p.mode))
-            res.dirs += 1
-            continue
-        parent = os.path.dirname(dest)
-        if not os.path.isdir(parent):
-            os.makedirs(parent)
-        if p.rel in kept:
-            res.files += p.type == mf.FILE
-            res.symlinks += p.type == mf.LINK
-            continue
-        if p.type == mf.LINK:
-            place_symlink(p.target, dest)
-            res.symlinks += 1
-            continue
-        obj = cache.object_path(p.digest)
-        res.mode = place(obj, dest, mode, p.mode if mode in ("copy", "reflink") else 0o644)
-        res.files += 1
-        if not download and not cache.has(p.digest):
-            res.dangling += 1
-    for d, m in reversed(created_dirs):
-        os.chmod(d, m | 0o700)        # keep them writable for the owner: a clone is edited
+    dir_modes: list = []
+    try:
+        used = _place_entries(cache, plan, btarget, mode, download, kept, res, dir_modes)
+    finally:       # the snapshot's modes on the directories it made, their own on those it opened
+        for d, m in reversed(dir_modes):
+            os.chmod(d, m)                     # children first: a 0555 parent is fine
+    if used:
+        res.mode = "+".join(sorted(used))      # what was done: a refused reflink is a copy
     cache.log_links(btarget)
     return res
 
 
-# -- restore_safe of a directory: CACHE/dirs/<digest> -------------------------------
-def _tree_matches(root: str, plan: List[Planned], cache: LocalCache) -> bool:
-    want = {}
+def _place_entries(cache, plan, btarget: bytes, mode: str, download: bool, kept: set, res: PlaceResult,
+                   dir_modes: list) -> set:
+    """Place every entry of plan below btarget, in plan order (parents first); returns the
+    modes used.  dir_modes gets (directory, mode to give it once everything is in place)."""
+    used = set()
     for p in plan:
-        if p.type == mf.FILE:
-            want[os.fsdecode(p.rel)] = ("l", cache.object_path(p.digest), p.digest, p.size)
+        dest = os.path.join(btarget, p.rel)
+        if p.type == mf.DIR:
+            made, mode_was = _make_dir(dest)
+            if made or mode_was is not None:
+                dir_modes.append((dest, p.mode if made else mode_was))
+            res.dirs += 1
+        elif p.rel in kept:
+            res.files += p.type == mf.FILE
+            res.symlinks += p.type == mf.LINK
         elif p.type == mf.LINK:
-            want[os.fsdecode(p.rel)] = ("l", os.fsdecode(p.target), None, None)
+            place_symlink(p.target, dest)
+            res.symlinks += 1
         else:
-            want[os.fsdecode(p.rel)] = ("d", None, None, None)
-    have = {}
-    for d, dirs, files in os.walk(root):
-        for name in dirs + files:
-            full = os.path.join(d, name)
-            rel = os.path.relpath(full, root)
-            if os.path.islink(full):
-                have[rel] = ("l", os.readlink(full))
-            elif os.path.isdir(full):
-                have[rel] = ("d", None)
+            used.add(place(cache.object_path(p.digest), dest, mode,
+                           p.mode if mode in ("copy", "reflink") else 0o644))
+            res.files += 1
+            if not download and not cache.has(p.digest):
+                res.dangling += 1
+    return used
+
+
+def _make_dir(path: bytes) -> Tuple[bool, Optional[int]]:
+    """A real directory at path (never through or onto a symlink), writable for us while the
+    tree is placed: (made now, the mode to give back to one that was there and was not)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        os.mkdir(path, 0o700)
+        return True, None
+    if not stat.S_ISDIR(st.st_mode):
+        raise FileExistsError(17, "not replacing what is already there with a directory", os.fsdecode(path))
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o700 == 0o700 or st.st_uid != os.geteuid():
+        return False, None
+    os.chmod(path, mode | 0o700)          # e.g. a 0555 directory of an earlier restore
+    return False, mode
+
+
+# -- restore_safe of a directory: CACHE/dirs/<digest> -------------------------------
+READ_ONLY_DIR = 0o555
+
+
+def _survey(root: bytes, plan: List[Planned], cache: LocalCache):
+    """What the tree at root is against what restore_safe builds for plan: (exactly that,
+    the paths in it restore_safe did not put there, its directories not 0555)."""
+    want = {p.rel: p for p in plan}
+    foreign: List[bytes] = []
+    loose: List[bytes] = []
+    matches = True
+    found = 0
+    stack = [(root, b"")]
+    while stack:
+        d, rel = stack.pop()
+        if stat.S_IMODE(os.lstat(d).st_mode) != READ_ONLY_DIR:
+            loose.append(d)
+        with os.scandir(d) as it:
+            entries = list(it)
+        for e in entries:
+            crel = rel + b"/" + e.name if rel else e.name
+            p = want.get(crel)
+            if p is not None and p.type == mf.DIR and e.is_dir(follow_symlinks=False):
+                stack.append((e.path, crel))
+            elif p is not None and e.is_symlink():      # ours (or a symlink: no data to lose)
+                matches = matches and _is_our_link(e.path, p, cache)
             else:
-                return False
-    if set(have) != set(want):
-        return False
-    for rel, (t, target, digest, size) in want.items():
-        if have[rel] != (t, target):
-            return False
-        if digest is not None and not cache.has(digest, size):
-            return False
-    return True
+                foreign.append(e.path)     # not in the snapshot, or a real file where a link was
+                continue
+            found += 1
+    return matches and found == len(want), foreign, loose
+
+
+def _is_our_link(path: bytes, p: Planned, cache: LocalCache) -> bool:
+    if p.type == mf.LINK:
+        return os.readlink(path) == p.target
+    return (p.type == mf.FILE and os.readlink(path) == os.fsencode(cache.object_path(p.digest))
+            and cache.has(p.digest, p.size))
+
+
+def _writable_dirs(root: bytes) -> None:
+    """Give the directories of a tree restore_safe built back u+w (to move or delete it)."""
+    stack = [root]
+    while stack:
+        d = stack.pop()
+        os.chmod(d, 0o755)
+        with os.scandir(d) as it:
+            stack.extend(e.path for e in it if e.is_dir(follow_symlinks=False))
 
 
 def restore_dir_safe(repo, cache: LocalCache, loc: Located) -> str:
+    """CACHE/dirs/<digest>: a read-only tree (directories 0555) of links into objects/.
+
+    Checked against the manifest each time and rebuilt when it differs; a path in it that
+    restore_safe did not put there (a file a pipeline wrote as root, or after a chmod) is
+    never deleted: TargetNotEmpty names it, and nothing changes until it is moved away."""
     plan = _plan_snapshot_dir(repo, loc)
-    dest = cache.dir_path(loc.digest)
+    dest = os.fsencode(cache.dir_path(loc.digest))
     materialise_many(repo, cache, [(p.digest, p.node) for p in plan if p.type == mf.FILE])
-    if os.path.isdir(dest) and _tree_matches(dest, plan, cache):
-        return dest
-    work = tempfile.mkdtemp(dir=cache.tmpdir(), prefix="dir-")
+    if os.path.lexists(dest):
+        if not os.path.isdir(dest) or os.path.islink(dest):
+            matches, foreign, loose = False, [dest], []
+        else:
+            matches, foreign, loose = _survey(dest, plan, cache)
+        if foreign:
+            more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+            raise TargetNotEmpty(f"{os.fsdecode(dest)} holds what restore_safe() did not put there: "
+                                 f"{', '.join(os.fsdecode(f) for f in foreign[:3])}{more}; not deleting it "
+                                 f"(move it out of the read-only cache tree, which is then rebuilt)")
+        if matches:
+            for d in loose:
+                os.chmod(d, READ_ONLY_DIR)
+            return os.fsdecode(dest)
+    work = os.fsencode(tempfile.mkdtemp(dir=cache.tmpdir(), prefix="dir-"))
     try:
-        built = os.path.join(work, "tree")
+        built = os.path.join(work, b"tree")
         os.mkdir(built)
         for p in plan:
-            path = os.path.join(os.fsencode(built), p.rel)
+            path = os.path.join(built, p.rel)
             if p.type == mf.DIR:
-                os.makedirs(path, exist_ok=True)
-                continue
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            os.symlink(cache.object_path(p.digest) if p.type == mf.FILE else p.target, path)
+                os.mkdir(path)
+            else:
+                os.symlink(cache.object_path(p.digest) if p.type == mf.FILE else p.target, path)
+        for p in reversed(plan):
+            if p.type == mf.DIR:
+                os.chmod(os.path.join(built, p.rel), READ_ONLY_DIR)
         os.makedirs(os.path.dirname(dest), exist_ok=True)
-        if os.path.lexists(dest):
-            os.rename(dest, os.path.join(work, "old"))      # an incomplete or tampered copy
+        if os.path.lexists(dest):                  # an incomplete or stale copy, only our links
+            _writable_dirs(dest)
+            os.rename(dest, os.path.join(work, b"old"))
         os.rename(built, dest)
+        os.chmod(dest, READ_ONLY_DIR)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return dest
+        if os.path.isdir(work):
+            _writable_dirs(work)
+            shutil.rmtree(work, ignore_errors=True)
+    return os.fsdecode(dest)
 
 
 # -- clone --------------------------------------------------------------------------
-def _plan_backup(repo, cache: LocalCache, rec, start, download: bool) -> List[Planned]:
+def _plan_backup(repo, cache: LocalCache, rec, start, download: bool) -> Tuple[List[Planned], int, int]:
+    """The plan of a backup (or start inside it), and the objects (count, bytes) fetched into
+    the cache to learn file digests the cache did not know."""
     parts = split_path(start or "/")
     out = []
+    fetched = fetched_bytes = 0
     for e in walk(repo, bytes.fromhex(rec.root), start or "/", include_start=bool(parts)):
         if parts:
             rest = e.path.split(b"/")[len(parts):]
@@ -303,23 +410,19 @@ def _plan_backup(repo, cache: LocalCache, rec, start, download: bool) -> List[Pl
                 cf = ChunkFile(repo, n, e.path)
                 if download:
                     d = cache.put_file(cf, None, n.size)
+                    fetched, fetched_bytes = fetched + 1, fetched_bytes + n.size
                 else:
-                    from ...codec.hashing import new_hasher
-                    h = new_hasher()
-                    while True:
-                        b = cf.read(4 << 20)
-                        if not b:
-                            break
-                        h.update(b)
-                    d = h.hexdigest()
+                    d = hash_stream(cf)
                 cache.put_note(d, n)
             out.append(Planned(rel, mf.FILE, n.mode & 0o7777, n.size, d, n))
-    return out
+    _checked(((p.rel, p.type) for p in out), f"backup {rec.id}")
+    return out, fetched, fetched_bytes
 
 
 def clone(repo, source: str, dest, path=None, mode: str = "symlink", download: bool = True,
           cache: Optional[LocalCache] = None) -> PlaceResult:
     """Materialise a backup (or PATH inside it) or a snapshot as links into the cache at dest."""
+    check_mode(mode)
     cache = cache or LocalCache()
     rec = None
     loc = None
@@ -342,10 +445,13 @@ def clone(repo, source: str, dest, path=None, mode: str = "symlink", download: b
             if path:
                 raise ChunkrepoError(f"{source} is a file snapshot: no PATH inside it")
             plan = [Planned(os.path.basename(loc.path), mf.FILE, 0o644, loc.node.size, loc.digest, loc.node)]
+            _checked([(plan[0].rel, mf.FILE)], f"snapshot {loc.digest[:12]}")
         res = place_tree(repo, cache, plan, dest, mode, download, overwrite=True, clone=True)
         res.digest, res.source = loc.digest, f"snapshot {loc.record.id}"
     else:
-        plan = _plan_backup(repo, cache, rec, path, download)
+        plan, fetched, fetched_bytes = _plan_backup(repo, cache, rec, path, download)
         res = place_tree(repo, cache, plan, dest, mode, download, overwrite=True, clone=True)
+        res.objects_written += fetched
+        res.bytes_written += fetched_bytes
         res.source = f"backup {rec.id}"
     return res

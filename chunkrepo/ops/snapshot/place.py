@@ -11,6 +11,7 @@ import stat
 import sys
 from typing import Optional
 
+from ...codec.hashing import new_hasher
 from .cache import file_pieces, write_pieces
 
 MODES = ("symlink", "hardlink", "reflink", "copy")
@@ -39,16 +40,27 @@ def is_placed(dest: str, obj: str, mode: str) -> bool:
         return False
     if stat.S_ISLNK(lst.st_mode):
         return mode == "symlink" and os.readlink(dest) == obj
-    if mode == "hardlink" and stat.S_ISREG(lst.st_mode):
-        try:
-            ost = os.stat(obj)
-        except OSError:
-            return False
-        return (ost.st_dev, ost.st_ino) == (lst.st_dev, lst.st_ino)
-    return False
+    return mode == "hardlink" and is_hardlink_to(lst, obj)
 
 
-def _copy(obj: str, tmp: str, file_mode: int, reflink: bool) -> None:
+def check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+
+
+def is_hardlink_to(st, obj) -> bool:
+    """st (an lstat result) is the cache object obj itself: a file placed as a hard link."""
+    if st.st_nlink < 2 or not stat.S_ISREG(st.st_mode):
+        return False
+    try:
+        ost = os.stat(obj)
+    except OSError:
+        return False
+    return (ost.st_dev, ost.st_ino) == (st.st_dev, st.st_ino)
+
+
+def _copy(obj: str, tmp: str, file_mode: int, reflink: bool) -> bool:
+    """Copy obj to tmp (sharing its extents when reflink and the filesystem can); True if it did."""
     with open(obj, "rb") as src, open(tmp, "xb") as dst:
         done = False
         if reflink:
@@ -62,12 +74,13 @@ def _copy(obj: str, tmp: str, file_mode: int, reflink: bool) -> None:
             size = os.fstat(src.fileno()).st_size
             write_pieces(dst.fileno(), file_pieces(src.fileno(), size), size)
         os.fchmod(dst.fileno(), file_mode)
+    return done
 
 
 def place(obj: str, dest: str, mode: str = "symlink", file_mode: int = 0o644) -> str:
-    """Make dest the content of the cache object obj; returns the mode actually used."""
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    """Make dest the content of the cache object obj; returns the mode actually used (a
+    hardlink or reflink the filesystem refuses falls back to "copy")."""
+    check_mode(mode)
     obj, dest = os.fsencode(obj), os.fsencode(dest)
     tmp = _tmp_name(dest)
     if os.path.lexists(tmp):
@@ -85,8 +98,8 @@ def place(obj: str, dest: str, mode: str = "symlink", file_mode: int = 0o644) ->
                 _note_once(f"hard links into the cache are not possible here ({e.strerror}); copying instead")
                 _copy(obj, tmp, file_mode, reflink=False)
                 used = "copy"
-        else:
-            _copy(obj, tmp, file_mode, reflink=mode == "reflink")
+        elif not _copy(obj, tmp, file_mode, reflink=mode == "reflink"):
+            used = "copy"
         os.rename(tmp, dest)
     except BaseException:
         if os.path.lexists(tmp):
@@ -106,18 +119,21 @@ def place_symlink(target, dest: str) -> None:
 
 def same_content(path: str, digest: str, size: Optional[int]) -> bool:
     """A real file at path that already holds exactly this content."""
-    from ...codec.hashing import new_hasher
     try:
         st = os.lstat(path)
         if not stat.S_ISREG(st.st_mode) or (size is not None and st.st_size != size):
             return False
-        h = new_hasher()
         with open(path, "rb") as f:
-            while True:
-                b = f.read(4 << 20)
-                if not b:
-                    break
-                h.update(b)
-        return h.hexdigest() == digest
+            return hash_stream(f) == digest
     except OSError:
         return False
+
+
+def hash_stream(f) -> str:
+    """The BLAKE3 (b3sum) digest of what f.read() gives until it is exhausted."""
+    h = new_hasher()
+    while True:
+        b = f.read(4 << 20)
+        if not b:
+            return h.hexdigest()
+        h.update(b)

@@ -5,6 +5,9 @@ snapshotted path (with their real metadata) down to the file or directory itself
 snapshot's root record also holds a regular file ".chunkrepo-manifest": the canonical manifest
 (ops.snapshot.manifest) whose BLAKE3 is the directory's digest, kept alive by the reference
 counts like any file.  The record's `snapshot` field says what was taken (docs/snapshots.md).
+A directory snapshot leaves out the repository and the local cache wherever it meets them; a
+path that vanishes or changes while it is read fails the whole snapshot ("changed ... try
+again"): a digest names one state of the tree, never one with holes.
 
 The LMDB db `digests` maps a content digest to msgpack [type, backup id, path in the tree]
 ("f" for every file of every snapshot, "d" for a directory snapshot), plus a marker key
@@ -14,6 +17,7 @@ snapshot write session indexes the stored snapshot records that lack their marke
 """
 
 import datetime
+import errno
 import grp
 import os
 import pwd
@@ -21,21 +25,24 @@ import socket
 import stat
 import time
 import warnings
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import Dict, FrozenSet, List, NamedTuple, Optional, Tuple
 
 import msgpack
 
 from ...codec import records
 from ...codec.hashing import hash_bytes, new_hasher
-from ...errors import AmbiguousId, ChunkrepoError, IntegrityError, NotFound
+from ...errors import AmbiguousId, ChunkrepoError, IntegrityError, NotFound, RepoLocked
 from ...model import BackupRecord, Node, Tree, node_from_stat
 from ...model.nodes import DIR, REG
 from ..backup.file_saver import FileSaver, same_object
 from ..file_reader import ChunkFile
 from ..traverse import find_node, walk
+from ..url_place import below
 from . import manifest as mf
 from .cache import LocalCache, is_digest
+from .place import is_hardlink_to
 
 MANIFEST_NAME = b".chunkrepo-manifest"
 SUBSET_PREFIX = "snapshot:"
@@ -43,6 +50,20 @@ TRUST_GRANULARITY_NS = 1_000_000_000
 LINK_FILE_MODE = 0o644          # a link into the cache stands for a file with this mode
 _MARK = b"snapshot:"
 _O_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0)
+LOCK_POLL_S = 0.25             # how often snap(wait=...) tries the writer lock again
+
+
+# -- errors about the snapshotted tree ----------------------------------------------
+def _changed(path: bytes) -> ChunkrepoError:
+    return ChunkrepoError(f"{os.fsdecode(path)}: changed while it was being snapshotted; try again")
+
+
+def _source_error(e: OSError, path: bytes) -> Exception:
+    """An OSError met on the snapshotted tree: a path that vanished or changed type since it
+    was listed is "changed" (pipelines retry on that); any other names the path as text."""
+    if isinstance(e, (FileNotFoundError, NotADirectoryError)) or e.errno == errno.ELOOP:
+        return _changed(path)
+    return type(e)(e.errno, e.strerror, os.fsdecode(path))
 
 
 # -- workspace ------------------------------------------------------------------
@@ -164,8 +185,10 @@ def stored_content(repo, digest: str, cache: Optional[LocalCache] = None):
 
 # -- taking a snapshot --------------------------------------------------------------
 class _Snapshotter:
-    def __init__(self, repo, session, cache: LocalCache, prev: Optional[dict], trust_before: int):
+    def __init__(self, repo, session, cache: LocalCache, prev: Optional[dict], trust_before: int,
+                 left_out: FrozenSet[Tuple[int, int]] = frozenset()):
         self.repo = repo
+        self.left_out = left_out         # (st_dev, st_ino) of directories never snapshotted
         self.session = session
         self.cache = cache
         self.saver = FileSaver(session, repo.config.chunker)
@@ -184,13 +207,16 @@ class _Snapshotter:
 
     def read_file(self, path: bytes, name: bytes, lst, follow: bool) -> Tuple[Node, str]:
         for _attempt in (1, 2):
-            fd = os.open(path, _O_FLAGS | (0 if follow else os.O_NOFOLLOW))
+            try:
+                fd = os.open(path, _O_FLAGS | (0 if follow else os.O_NOFOLLOW))
+            except OSError as e:
+                raise _source_error(e, path) from None
             try:
                 fst = os.fstat(fd)
-                if not stat.S_ISREG(fst.st_mode):
-                    raise ChunkrepoError(f"{os.fsdecode(path)}: not a regular file")
                 if not follow and not same_object(lst, fst):
                     continue
+                if not stat.S_ISREG(fst.st_mode):
+                    raise ChunkrepoError(f"{os.fsdecode(path)}: not a regular file")
                 reader = _HashingReader(fd)
                 chunks = self.saver._store_stream(reader, fst.st_size)
                 after = os.fstat(fd)
@@ -200,7 +226,7 @@ class _Snapshotter:
                     and after.st_mtime_ns == fst.st_mtime_ns and after.st_ctime_ns == fst.st_ctime_ns):
                 self.stats["bytes_read"] += reader.total
                 return self.node(name, fst, chunks=chunks), reader.h.hexdigest()
-        raise ChunkrepoError(f"{os.fsdecode(path)}: changed while it was being snapshotted; try again")
+        raise _changed(path)
 
     def cache_link(self, path: bytes, name: bytes, lst) -> Optional[Tuple[Node, str]]:
         """A symlink into chunkrepo's cache: the content it names, without reading it."""
@@ -246,11 +272,14 @@ class _Snapshotter:
         key = (st.st_dev, st.st_ino) if st.st_nlink > 1 else None
         if key is not None and key in self.hardlinks:
             node, d = self.hardlinks[key]
-            return self.node(name, st, chunks=node.chunks, sparse=node.sparse), d
-        got = self.borrow(rel, name, st) or self.read_file(path, name, st, follow=False)
-        if key is not None:
-            self.hardlinks[key] = got
-        return got
+            node = self.node(name, st, chunks=node.chunks, sparse=node.sparse)
+        else:
+            node, d = self.borrow(rel, name, st) or self.read_file(path, name, st, follow=False)
+            if key is not None:
+                self.hardlinks[key] = node, d
+        if key is not None and is_hardlink_to(st, self.cache.object_path(d)):
+            node = node._replace(mode=stat.S_IFREG | LINK_FILE_MODE)   # a hard link into the cache
+        return node, d
 
     def add_file(self, rel: bytes, node: Node, digest: str) -> None:
         self.stats["files"] += 1
@@ -260,14 +289,22 @@ class _Snapshotter:
 
     def scan_dir(self, path: bytes, rel: bytes, name: bytes, st) -> Node:
         self.stats["dirs"] += 1
-        with os.scandir(path) as it:
-            listing = sorted((e.name, e) for e in it)
+        try:
+            with os.scandir(path) as it:
+                listing = sorted((e.name, e) for e in it)
+        except OSError as e:
+            raise _source_error(e, path) from None
         children = []
         for cname, entry in listing:
             cpath = path + b"/" + cname
             crel = rel + b"/" + cname if rel else cname
-            cst = entry.stat(follow_symlinks=False)
+            try:
+                cst = entry.stat(follow_symlinks=False)
+            except OSError as e:
+                raise _source_error(e, cpath) from None
             mode = cst.st_mode
+            if stat.S_ISDIR(mode) and (cst.st_dev, cst.st_ino) in self.left_out:
+                continue        # the repository itself, or the local cache
             if stat.S_ISDIR(mode):
                 children.append(self.scan_dir(cpath, crel, cname, cst))
                 self.entries.append((crel, mf.DIR, mode & 0o7777, 0, b""))
@@ -281,7 +318,10 @@ class _Snapshotter:
                     children.append(got[0])
                     self.add_file(crel, *got)
                 else:
-                    target = os.readlink(cpath)
+                    try:
+                        target = os.readlink(cpath)
+                    except OSError as e:
+                        raise _source_error(e, cpath) from None
                     children.append(self.node(cname, cst, target=target))
                     self.entries.append((crel, mf.LINK, 0, 0, target))
                     self.stats["files"] += 1
@@ -341,18 +381,63 @@ def _prev_map(repo, rec: BackupRecord) -> dict:
     return out
 
 
+def _left_out(repo, cache: LocalCache) -> FrozenSet[Tuple[int, int]]:
+    """The directories a snapshot leaves out wherever it meets them: the repository (as a
+    backup does; it changes while it is written) and the local cache."""
+    out = set()
+    for d in ([] if repo.remote else [repo.path]) + [cache.root]:
+        try:
+            st = os.stat(d)
+        except OSError:
+            continue
+        out.add((st.st_dev, st.st_ino))
+    return frozenset(out)
+
+
+@contextmanager
+def _write_session(repo, wait: float):
+    """repo's write session; while another process holds the writer lock, the lock is
+    tried again every LOCK_POLL_S for up to wait seconds before RepoLocked.  (Threads of
+    this process wait for each other's sessions in any case: repository.session.)"""
+    deadline = time.monotonic() + wait
+    with ExitStack() as stack:
+        while True:
+            try:
+                session = stack.enter_context(repo.write_session())
+                break
+            except RepoLocked:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise
+                time.sleep(min(LOCK_POLL_S, left))
+        yield session
+
+
+def _check_wait(wait) -> float:
+    if isinstance(wait, bool) or not isinstance(wait, (int, float)):
+        raise TypeError(f"wait is a number of seconds, not {wait!r}")
+    if not wait >= 0:
+        raise ValueError(f"wait is a number of seconds >= 0, not {wait!r}")
+    return float(wait)
+
+
 def take_snapshot(repo, path, workspace_dir=None, cache: Optional[LocalCache] = None,
-                  host: Optional[str] = None, clock=time.time_ns) -> SnapshotResult:
-    """Store the file or directory at path as a snapshot; returns its digest and record id."""
+                  host: Optional[str] = None, clock=time.time_ns, wait: float = 0) -> SnapshotResult:
+    """Store the file or directory at path as a snapshot; returns its digest and record id.
+
+    wait: seconds to keep trying while another process holds the writer lock."""
+    wait = _check_wait(wait)
     cache = cache or LocalCache()
     apath = os.path.abspath(os.fspath(path))
     bpath = os.fsencode(apath)
     if apath == "/":
         raise ChunkrepoError("cannot snapshot / itself; name a directory below it")
-    lst = os.lstat(bpath)
+    if not repo.remote and below(os.path.realpath(apath), os.path.realpath(repo.path)) is not None:
+        raise ChunkrepoError(f"{apath} is the repository {repo.path} or lies inside it: not snapshotting it")
+    lst = os.lstat(apath)                   # (str paths: an OSError names the path as text)
     name = os.path.basename(bpath)
     link_digest = cache.digest_of_link_target(bpath, os.readlink(bpath)) if stat.S_ISLNK(lst.st_mode) else None
-    st = lst if link_digest else os.stat(bpath)
+    st = lst if link_digest else os.stat(apath)
     if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode) or link_digest):
         raise ChunkrepoError(f"{apath}: not a regular file or directory")
     is_dir = stat.S_ISDIR(st.st_mode) and not link_digest
@@ -364,14 +449,14 @@ def take_snapshot(repo, path, workspace_dir=None, cache: Optional[LocalCache] = 
     host = host or socket.gethostname()
     subset = SUBSET_PREFIX + apath
     start_ns = clock()
-    with repo.write_session() as session:
+    with _write_session(repo, wait) as session:
         index_missing(repo)
         parent = _previous(repo, host, subset)
         prev, trust = None, 0
         if parent is not None and (parent.snapshot or {}).get("type") == ("dir" if is_dir else "file"):
             prev = _prev_map(repo, parent)
             trust = parent.start_ns - TRUST_GRANULARITY_NS
-        snap = _Snapshotter(repo, session, cache, prev, trust)
+        snap = _Snapshotter(repo, session, cache, prev, trust, _left_out(repo, cache) if is_dir else frozenset())
         extra: List[Node] = []
         if is_dir:
             item = snap.scan_dir(bpath, b"", name, st)
@@ -479,8 +564,11 @@ def _locate_indexed(repo, digest: str) -> Optional[Located]:
 def locate(repo, digest: str) -> Located:
     """Where a file or directory digest (or a unique prefix of a snapshot's digest) is stored.
 
-    Raises FileNotFoundError when the repository knows no such digest."""
-    d = str(digest).strip().lower()
+    Raises FileNotFoundError when the repository knows no such digest, TypeError when
+    digest is not a str."""
+    if not isinstance(digest, str):
+        raise TypeError(f"a snapshot digest is a str of hex digits, not {type(digest).__name__} {digest!r}")
+    d = digest.strip().lower()
     if not d or any(c not in "0123456789abcdef" for c in d):
         raise FileNotFoundError(2, f"not a snapshot digest: {digest!r}")
     if is_digest(d):
