@@ -156,6 +156,25 @@ def test_a_hard_link_made_writable_no_longer_shares_the_cache_object(env):
     assert b3(obj) == env["a"] and f.open().read() == read(env["ds"] / "a.bin")
 
 
+def test_making_or_removing_a_hard_link_does_not_make_the_object_be_hashed_again(env):
+    """A hard link changes the object's ctime and link count, nothing else: no hash (seen as
+    its atime, which a read moves under relatime; skipped where reads do not move it)."""
+    f = FileSnapshot.from_digest(env["a"], repo=env["repo"])
+    obj = f.download()
+    stamp = env["cache"] / "stamps" / env["a"][:2] / env["a"]
+    stamp.unlink()
+    atime = os.stat(obj).st_atime_ns
+    assert f.has_local_cache                                  # no stamp: hashed
+    if os.stat(obj).st_atime_ns == atime:
+        pytest.skip("reads do not change atime here (noatime)")
+    for _ in range(2):
+        dest = f.restore_at(env["tmp"] / "r.bin", mode="hardlink", overwrite=True)
+        atime = os.stat(obj).st_atime_ns
+        assert f.has_local_cache and os.stat(obj).st_atime_ns == atime
+        os.unlink(dest)
+        assert f.has_local_cache and os.stat(obj).st_atime_ns == atime
+
+
 def test_an_edit_through_a_hard_link_is_kept_with_the_user_and_fetched_again(env):
     f = FileSnapshot.from_digest(env["a"], repo=env["repo"])
     dest = f.restore_at(env["tmp"] / "r.bin", mode="hardlink")

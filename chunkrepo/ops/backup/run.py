@@ -315,12 +315,11 @@ class Backup:
         stored as the regular file it stands for, with the chunks the repository already has."""
         as_file = self.cache_links.file_node(path, node)
         if as_file is None:
-            edited = self.cache_links.edited_object(path, node)
+            edited = self.cache_links.edited_object(path, node)   # written through: read it
             if edited is None:
                 return node
-            st = os.lstat(edited)       # written through a link: what the link shows is read
-            self.res.bytes_total += st.st_size
-            return self.queue_read(edited, node.name, st, None)
+            self.res.bytes_total += edited[1].st_size
+            return self.queue_read(edited[0], node.name, edited[1], None)
         self.res.files_borrowed += 1
         self.res.bytes_total += as_file.size
         self.res.bytes_done += as_file.size

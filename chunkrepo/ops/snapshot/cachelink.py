@@ -10,7 +10,7 @@ to the caller (stored as the symlink it is).
 
 import os
 import stat
-from typing import Optional
+from typing import Optional, Tuple
 
 from ...model import Node
 from .cache import LocalCache
@@ -37,15 +37,20 @@ class CacheLinks:
         return link_node._replace(mode=stat.S_IFREG | store.LINK_FILE_MODE, size=size, nlink=1, target=b"",
                                   chunks=chunks, sparse=sparse)
 
-    def edited_object(self, path: bytes, link_node: Node) -> Optional[bytes]:
-        """The cache object a symlink at path names when the object no longer holds the content
-        of its name (it was written through a link): to be read as an ordinary file."""
+    def edited_object(self, path: bytes, link_node: Node) -> Optional[Tuple[bytes, os.stat_result]]:
+        """(path, lstat) of the cache object a symlink at path names when the object no longer
+        holds the content of its name (it was written through a link): to be read as a file."""
         if not self.enabled:
             return None
         d = self.cache.digest_of_link_target(path, link_node.target)
         if d is None or not self.cache.changed(d):
             return None
-        return os.fsencode(self.cache.object_path(d))
+        obj = os.fsencode(self.cache.object_path(d))
+        try:
+            st = os.lstat(obj)
+        except OSError:
+            return None
+        return (obj, st) if stat.S_ISREG(st.st_mode) else None
 
 
 def link_target(path: bytes) -> Optional[bytes]:
