@@ -42,6 +42,10 @@ def read(path) -> bytes:
         return f.read()
 
 
+def stamp_files(env, digest):
+    return list((env["cache"] / "stamps" / digest[:2]).glob(digest + ".*"))
+
+
 def edit_in_place(path, data=b"XXXX"):
     """What a pipeline step does to its input: chmod (through a link: the target) and write in
     place, keeping the size."""
@@ -131,8 +135,8 @@ def test_an_object_without_its_stamp_is_hashed_not_trusted(env):
         if p.is_file():
             p.unlink()
     assert f.has_local_cache                                   # intact: hashed, stamped again
-    assert (stamps / env["a"][:2] / env["a"]).is_file()
-    (stamps / env["a"][:2] / env["a"]).unlink()
+    assert len(stamp_files(env, env["a"])) == 1
+    stamp_files(env, env["a"])[0].unlink()
     before = os.stat(obj)
     edit_in_place(obj)
     os.chmod(obj, 0o444)
@@ -161,8 +165,8 @@ def test_making_or_removing_a_hard_link_does_not_make_the_object_be_hashed_again
     its atime, which a read moves under relatime; skipped where reads do not move it)."""
     f = FileSnapshot.from_digest(env["a"], repo=env["repo"])
     obj = f.download()
-    stamp = env["cache"] / "stamps" / env["a"][:2] / env["a"]
-    stamp.unlink()
+    for stamp in stamp_files(env, env["a"]):
+        stamp.unlink()
     atime = os.stat(obj).st_atime_ns
     assert f.has_local_cache                                  # no stamp: hashed
     if os.stat(obj).st_atime_ns == atime:

@@ -1,8 +1,9 @@
 """The local, read-only, content-addressed cache of snapshot content.
 
     CACHE/objects/ab/<digest>   a file's whole content, named by its BLAKE3 (b3sum) digest, mode 0444
-    CACHE/stamps/ab/<digest>    msgpack [1, size, mtime_ns, ctime_ns, ino, nlink]: the object's lstat
-                                when it was last known to hold its digest's content
+    CACHE/stamps/ab/<digest>.1.<size>.<mtime_ns>.<ctime_ns>.<ino>.<nlink>
+                                an empty file named by the object's lstat when it was last
+                                known to hold its digest's content
     CACHE/notes/ab/<digest>     msgpack [size, chunk ids, sparse]: how the repository stores that content
     CACHE/refs/ab/<key>         the digest of a stored file known by its chunk list (clones of backups)
     CACHE/dirs/<digest>/        restore_safe() of a directory snapshot: a tree of links into objects/
@@ -26,7 +27,6 @@ import os
 import shutil
 import stat
 import tempfile
-import threading
 import time
 import warnings
 from typing import Iterator, Optional, Tuple
@@ -43,6 +43,7 @@ _HOLE_BLOCK = 64 << 10
 _ZERO_BLOCK = bytes(_HOLE_BLOCK)
 HEX = frozenset("0123456789abcdef")
 STAMP_VERSION = 1
+_STAMP_SEP = f".{STAMP_VERSION}."      # stamps/ab/<digest>.1.<stamp>
 SETTLE_NS = 1_000_000_000       # an object's mtime is set this far back: any later write differs
 _O_READ = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 
@@ -135,22 +136,28 @@ def write_pieces(fd: Optional[int], pieces, size: int, h=None) -> int:
     return done
 
 
-def _stamp(st) -> list:
-    return [STAMP_VERSION, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_nlink]
+def _stamp(st) -> str:
+    """An lstat as a stamp: "size.mtime_ns.ctime_ns.ino.nlink"."""
+    return f"{st.st_size}.{st.st_mtime_ns}.{st.st_ctime_ns}.{st.st_ino}.{st.st_nlink}"
 
 
-def _settled(stamp, st) -> bool:
-    """st is still the object the stamp recorded: same inode, size and mtime (which every
-    write changes: the object's mtime lies in the past), not writable, and the same ctime
-    unless the link count changed (a hard link made or removed: nothing else changed)."""
-    return (stamp[1:3] == [st.st_size, st.st_mtime_ns] and stamp[4] == st.st_ino
-            and not st.st_mode & 0o222 and (stamp[3] == st.st_ctime_ns or stamp[5] != st.st_nlink))
+def _settled(stamp: str, st) -> bool:
+    """st is still the object the stamp recorded: same size, mtime (which every write changes:
+    the object's mtime lies in the past) and inode, not writable, and the same ctime unless the
+    link count changed (a hard link made or removed: nothing else changed)."""
+    try:
+        size, mtime, ctime, ino, nlink = map(int, stamp.split("."))
+    except ValueError:
+        return False
+    return (size == st.st_size and mtime == st.st_mtime_ns and ino == st.st_ino
+            and not st.st_mode & 0o222 and (ctime == st.st_ctime_ns or nlink != st.st_nlink))
 
 
 class LocalCache:
     def __init__(self, root: Optional[str] = None):
         self.root = os.path.abspath(root) if root else paths.cache_dir()
-        self._verdicts: dict = {}       # digest -> (its stamp list, intact) seen by this instance
+        self._verdicts: dict = {}       # digest -> (its lstat stamp, intact) seen by this instance
+        self._stamp_dirs: dict = {}     # "ab" -> {digest: [stamps]}: stamps/ab listed once
 
     # -- names ----------------------------------------------------------------
     @property
@@ -158,13 +165,13 @@ class LocalCache:
         return os.path.join(self.root, "objects")
 
     def object_path(self, digest: str) -> str:
-        return os.path.join(self.root, "objects", digest[:2], digest)
+        return f"{self.root}/objects/{digest[:2]}/{digest}"       # (a format, not join: per link)
 
     def dir_path(self, digest: str) -> str:
         return os.path.join(self.root, "dirs", digest)
 
     def _side(self, kind: str, key: str) -> str:
-        return os.path.join(self.root, kind, key[:2], key)
+        return f"{self.root}/{kind}/{key[:2]}/{key}"
 
     def tmpdir(self) -> str:
         d = os.path.join(self.root, "tmp")
@@ -217,10 +224,11 @@ class LocalCache:
         seen = self._verdicts.get(digest)
         if seen is not None and seen[0] == now:
             return seen[1]
-        stamp = self._read_stamp(digest)
-        if stamp is not None and _settled(stamp, st):
-            if stamp != now:
-                self._write_stamp(digest, st)      # a hard link made or removed since
+        stamps = self._stamps(digest)
+        if now in stamps and not st.st_mode & 0o222:
+            ok = True
+        elif any(_settled(s, st) for s in stamps):
+            self._write_stamp(digest, st)          # a hard link made or removed since
             ok = True
         else:
             ok = self._verify(digest)
@@ -285,37 +293,44 @@ class LocalCache:
         finally:
             os.close(fd)
 
-    def _read_stamp(self, digest: str) -> Optional[list]:
-        try:     # (os.read, not open(): this runs once per link a snapshot meets)
-            fd = os.open(self._side("stamps", digest), os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    def _stamps(self, digest: str) -> list:
+        """The stamps recorded for digest.  A stamp is an empty file whose name holds it, so the
+        stamps of a whole prefix come from one listing (a snapshot meets thousands of links)."""
+        pre = digest[:2]
+        table = self._stamp_dirs.get(pre)
+        if table is None:
+            table = self._stamp_dirs[pre] = {}
             try:
-                stamp = msgpack.unpackb(os.read(fd, 256))
-            finally:
-                os.close(fd)
-        except (OSError, ValueError, msgpack.UnpackException):
-            return None
-        if isinstance(stamp, list) and len(stamp) == 6 and stamp[0] == STAMP_VERSION:
-            return stamp
-        return None
+                with os.scandir(f"{self.root}/stamps/{pre}") as it:
+                    for e in it:
+                        digest_, _, rest = e.name.partition(_STAMP_SEP)
+                        if rest:
+                            table.setdefault(digest_, []).append(rest)
+            except OSError:
+                pass
+        return table.get(digest, [])
 
     def _write_stamp(self, digest: str, st) -> None:
-        """Replace the stamp (tmp name, rename; a lost or stale stamp only means a hash)."""
-        path = self._side("stamps", digest)
-        tmp = f"{path}.{os.getpid()}-{threading.get_ident()}"
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
+        """Record st as digest's stamp and drop its others (a stale stamp that survives a race
+        is harmless: it describes a state the object was verified in)."""
+        d = f"{self.root}/stamps/{digest[:2]}"
+        new = _stamp(st)
+        old = [s for s in self._stamps(digest) if s != new]
+        flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
         try:
             try:
-                fd = os.open(tmp, flags, 0o644)
+                os.close(os.open(f"{d}/{digest}{_STAMP_SEP}{new}", flags, 0o444))
             except FileNotFoundError:
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                fd = os.open(tmp, flags, 0o644)
-            try:
-                os.write(fd, msgpack.packb(_stamp(st)))
-            finally:
-                os.close(fd)
-            os.rename(tmp, path)
+                os.makedirs(d, exist_ok=True)
+                os.close(os.open(f"{d}/{digest}{_STAMP_SEP}{new}", flags, 0o444))
+            for s in old:
+                try:
+                    os.unlink(f"{d}/{digest}{_STAMP_SEP}{s}")
+                except FileNotFoundError:
+                    pass
         except OSError:
-            pass        # (a read-only cache: its objects are hashed at each use)
+            return        # (a read-only cache: its objects are hashed at each use)
+        self._stamp_dirs[digest[:2]][digest] = [new]
 
     def put_pieces(self, digest: Optional[str], pieces, size: int, data_length: Optional[int] = None) -> str:
         """Write content given as (offset, bytes) pieces, holes between them, as the object
