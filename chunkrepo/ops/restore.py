@@ -260,7 +260,7 @@ class _Restorer:
         self.run_bytes = max(plan.batch_bytes, 1)
         self._uids: dict = {}
         self._gids: dict = {}
-        self._first: dict = {}    # backup path of a hard link's first name -> (parent key, name, rel dir, job)
+        self._first: dict = {}    # backup path of a hard link's first name -> (parent key, name, rel dir, job or None)
         self._xattr_unsupported = 0
         self.lock = threading.Lock()           # _Dir.pending/left, _xattr_unsupported, fatal
         self.budget = _Budget(_AHEAD)

@@ -10,7 +10,6 @@ import tarfile
 import pytest
 from click.testing import CliRunner
 
-from chunkrepo import Repo
 from chunkrepo.cli.main import cli
 from chunkrepo.ops.read_snapshot import BackupRemoved
 from chunkrepo.ops.restore import restore_tree
