@@ -67,7 +67,7 @@ def rebuild_index(path: str, open_repository) -> RebuildResult:
         raise NotARepository(f"no repository at {path}")
     with WriterLock(os.path.join(path, "lock")) as held:   # no writer until the new index is in place
         index_dirs.finish_switch(path)
-        index_dirs.remove_leftovers(path, keep="")
+        index_dirs.remove_leftovers(path)
         legacy = index_dirs.leftovers(path, index_dirs.LEGACY)
         fallback = OldIndexes([OldIndex.open(p) for p in [os.path.join(path, index_dirs.INDEX)] + legacy])
 

@@ -6,19 +6,19 @@ complete too.  Under the writer lock it builds the new index beside it and
 switches (docs/format.md, "Rebuilding the index"):
 
 1. `index.new-PID/`: a write session's recovery into an empty index, synced and closed;
-2. renamed `index.ready-PID/` (complete), directory synced;
-3. `index/` renamed `index.replaced-PID/`;
-4. `index.ready-PID/` renamed `index/`, directory synced;
-5. `index.replaced-PID/` removed.
+2. renamed `index.ready-PID/` (complete); the directory synced;
+3. `index.ready-PID/` and `index/` swapped in one step (renameat2 RENAME_EXCHANGE),
+   the old one then renamed `index.replaced-PID/`; where that cannot be, two
+   renames: `index/` to `index.replaced-PID/`, `index.ready-PID/` to `index/`;
+   the directory synced;
+4. `index.replaced-PID/` removed.
 
-What a kill leaves and who finishes it: before 2, an incomplete `index.new-PID/`
-beside the old `index/`: the next writer removes it.  Between 2 and 3, a
-complete `index.ready-PID/` beside `index/`: the switch never began; the next
-writer removes it (from then on it could fall behind index/).  Between 3 and 4
-there is no `index/`: opening the repository (any command, finish_switch) renames
-the ready one into place, so no writer can run before it is switched in (every
-writer removes ready ones, so one that is there is current).  After 4,
-`index.replaced-PID/`: the next writer removes it.
+What a kill leaves: `index.new-PID/` (incomplete), `index.ready-PID/` (complete,
+the switch not begun; or, after the swap, the old index) or `index.replaced-PID/`
+beside `index/`: the next writer removes them (remove_leftovers).  Between the two
+renames there is no `index/`: opening the repository (any command: finish_switch)
+renames the ready one into place first.  Every writer removes ready ones, so one
+that is there with no `index/` beside it is current.
 
 `index.old-PID/` is what an earlier version's rebuild left: it renamed the
 index there and built the new one in place, so a kill left a partial `index/`
@@ -31,6 +31,7 @@ import errno
 import glob
 import os
 import shutil
+from typing import Optional
 
 from .crash_points import crash_point
 
@@ -44,8 +45,9 @@ def own(prefix: str) -> str:
     return f"{prefix}{os.getpid()}"
 
 
-def present(repo_path: str, name: str = INDEX) -> bool:
-    return os.path.exists(os.path.join(repo_path, name, "data.mdb"))
+def present(repo_path: str) -> bool:
+    """index/ holds an index (an absent one is rebuilt when the repository is opened)."""
+    return os.path.exists(os.path.join(repo_path, INDEX, "data.mdb"))
 
 
 def leftovers(repo_path: str, prefix: str) -> list:
@@ -68,7 +70,7 @@ def finish_switch(repo_path: str) -> None:
         return
 
 
-def remove_leftovers(repo_path: str, keep: str) -> None:
+def remove_leftovers(repo_path: str, keep: Optional[str] = None) -> None:
     """Under the writer lock (no rebuild runs): remove what killed rebuilds left that is
     no copy of anything needed: incomplete new indexes, ready ones the switch never
     took (with index/ in place) and replaced ones.  keep: the index this process uses."""
@@ -76,7 +78,7 @@ def remove_leftovers(repo_path: str, keep: str) -> None:
     if present(repo_path):
         doomed += leftovers(repo_path, READY) + leftovers(repo_path, REPLACED)
     for path in doomed:
-        if os.path.abspath(path) != os.path.abspath(keep):
+        if keep is None or os.path.abspath(path) != os.path.abspath(keep):
             shutil.rmtree(path, ignore_errors=True)
 
 
@@ -84,7 +86,6 @@ def build(repo_path: str, recover_into) -> tuple:
     """Under the writer lock: recover_into(name) fills the index named name in the
     repository (and closes it); returns (what it returned, the ready index's name)."""
     new = os.path.join(repo_path, own(NEW))
-    shutil.rmtree(new, ignore_errors=True)     # this PID's, from before a reboot
     try:
         got = recover_into(own(NEW))
         crash_point("rebuild-built")
@@ -97,7 +98,7 @@ def build(repo_path: str, recover_into) -> tuple:
 
 
 def switch(repo_path: str, ready: str) -> None:
-    """Under the writer lock: put the built index `ready` in place of index/ (steps 3-5)."""
+    """Under the writer lock: put the built index `ready` in place of index/ (steps 3, 4)."""
     crash_point("rebuild-ready")
     index = os.path.join(repo_path, INDEX)
     replaced = os.path.join(repo_path, own(REPLACED))
@@ -110,14 +111,30 @@ def switch(repo_path: str, ready: str) -> None:
         if os.path.lexists(index):
             os.rename(index, replaced)
             crash_point("rebuild-index-moved")
-        try:
-            os.rename(ready, index)
-        except FileNotFoundError:
-            if not present(repo_path):      # not put in place by a reader's finish_switch either
-                raise
+        _rename_into_place(repo_path, ready)
     _sync_dir(repo_path)
     crash_point("rebuild-switched")
     shutil.rmtree(replaced, ignore_errors=True)
+
+
+def _rename_into_place(repo_path: str, ready: str) -> None:
+    """The second of two renames.  A reader may have put it in place already
+    (finish_switch), or have opened the index in the gap and so made an empty one
+    there (it had seen index/ a moment before): that one is moved aside, for the
+    next writer to remove."""
+    index = os.path.join(repo_path, INDEX)
+    for attempt in (1, 2):
+        try:
+            os.rename(ready, index)
+            return
+        except FileNotFoundError:
+            if present(repo_path):
+                return
+            raise
+        except OSError as e:
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST) or attempt == 2:
+                raise
+            os.rename(index, os.path.join(repo_path, own(NEW)))
 
 
 def _exchange(a: str, b: str) -> bool:

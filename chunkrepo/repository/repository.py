@@ -124,6 +124,8 @@ class Repository:
         would: an empty one would show an empty repository.  One stat on a healthy open;
         the store is listed only when the index is absent.  It is built beside (index_dirs),
         so a kill leaves no partial index/ for the next open to take as the whole."""
+        if index_dirs.present(self.path):
+            return
         index_dirs.finish_switch(self.path)     # a rebuild killed while it switched
         if (not sync_index or index_dirs.present(self.path)
                 or not any(True for prefix in ("backups", "packs") for _ in self.storage.list(prefix))):
@@ -136,7 +138,7 @@ class Repository:
         with WriterLock(os.path.join(self.path, "lock")) as held:
             if index_dirs.present(self.path):
                 return          # rebuilt meanwhile
-            index_dirs.remove_leftovers(self.path, keep="")
+            index_dirs.remove_leftovers(self.path)
 
             def fill(name: str) -> dict:
                 with Repository(self.path, wrap_storage, sync_index=False, index_dir=name) as repo:
