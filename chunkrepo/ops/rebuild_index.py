@@ -175,5 +175,5 @@ class OldIndex:
 
 def _result(got: dict, t0: float) -> RebuildResult:
     return RebuildResult(got["packs"], got["backups"], got["damaged_packs"], got["salvaged_blobs"],
-                         got["unregistered_backups"], got["records_from_index"], got.get("records_rewritten", []),
+                         got["unregistered_backups"], got["records_from_index"], got["records_rewritten"],
                          time.monotonic() - t0)
