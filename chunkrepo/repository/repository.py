@@ -188,7 +188,7 @@ class Repository:
 
     def check_lock(self) -> None:
         """Inside a write session, before deleting what another writer could need: LockLost
-        if the session's lock in an object store is no longer its own (a flock cannot be lost)."""
+        if the session's lock is no longer its own (a lease taken over, REPO/lock replaced)."""
         if self.session_lock is not None:
             self.session_lock.check()
 
