@@ -15,6 +15,7 @@ import socket
 from typing import Optional
 
 from ..errors import LockLost, ReadOnlyRepository, RepoLocked
+from ..process import pid_alive
 
 log = logging.getLogger("chunkrepo")
 # who holds the lock without having written who it is (a ReaderLock never writes)
@@ -191,6 +192,22 @@ def _age(delta: datetime.timedelta) -> str:
             k = secs // n
             return f"{k} {unit}{'s' if k != 1 else ''}"
     return f"{secs} second{'s' if secs != 1 else ''}"
+
+
+def live_holder(path: str) -> Optional[str]:
+    """Who the holder info of the lock at path names, if that process lives (or runs on
+    another host, where this cannot be told): a writer that seems to run now.  Takes no
+    lock (a prune --dry-run asks, which must never make a writer's flock fail)."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(4096)
+        d = json.loads(raw)
+        pid, host = int(d["pid"]), d["host"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if host == socket.gethostname() and not pid_alive(pid):
+        return None
+    return _describe(raw)
 
 
 def inspect_lock(path: str) -> tuple:

@@ -16,7 +16,8 @@ from ..storage.open import is_url, local_path, open_remote, parse_options
 from ..storage.retry import is_transient
 from .config import CONFIG_NAME, Config
 from .index_cache import IndexCache, RemoteWriterLock
-from .lock import ReaderLock, WriterLock, read_only_error
+from .lease import live_lock
+from .lock import ReaderLock, WriterLock, live_holder, read_only_error
 from .packs import pack_name
 from .session import WriteSession
 
@@ -185,6 +186,13 @@ class Repository:
         if self.remote:
             return RemoteWriterLock(self)
         return WriterLock(os.path.join(self.path, "lock"))
+
+    def active_writer(self) -> Optional[str]:
+        """Who holds the writer lock, if a writer seems to run now (asked without taking
+        any lock): the live process REPO/lock names, or the unexpired lock object."""
+        if self.remote:
+            return live_lock(self.storage)
+        return live_holder(os.path.join(self.path, "lock"))
 
     def check_lock(self) -> None:
         """Inside a write session, before deleting what another writer could need: LockLost

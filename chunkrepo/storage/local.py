@@ -192,16 +192,30 @@ class LocalStorage:
         except FileNotFoundError:
             raise NotFound(f"object {name} is missing") from None
 
-    def remove_stale_temporaries(self, prefix: str) -> int:
-        """Delete tmp files left by killed writers of this host below prefix."""
-        n = 0
+    def stale_temporaries(self, prefix: str) -> list:
+        """[(path, size)] of the tmp files killed writers of this host left below prefix."""
+        out = []
         for dirpath, _, filenames in os.walk(self._path(prefix)):
             for fn in filenames:
                 if fn.startswith(_TMP_PREFIX):
                     pid = fn[len(_TMP_PREFIX):].split("-")[0]
                     if pid.isdigit() and not pid_alive(int(pid)):
-                        os.unlink(os.path.join(dirpath, fn))
-                        n += 1
+                        p = os.path.join(dirpath, fn)
+                        try:
+                            out.append((p, os.lstat(p).st_size))
+                        except FileNotFoundError:
+                            pass
+        return out
+
+    def remove_stale_temporaries(self, prefix: str) -> int:
+        """Delete tmp files left by killed writers of this host below prefix."""
+        n = 0
+        for p, _ in self.stale_temporaries(prefix):
+            try:
+                os.unlink(p)
+                n += 1
+            except FileNotFoundError:
+                pass
         return n
 
     def _forget_fd(self, name: str) -> None:
