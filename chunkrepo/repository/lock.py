@@ -16,6 +16,7 @@ from typing import Optional
 
 from ..errors import LockLost, ReadOnlyRepository, RepoLocked
 from ..process import pid_alive
+from .crash_points import crash_point
 
 log = logging.getLogger("chunkrepo")
 # who holds the lock without having written who it is (a ReaderLock never writes)
@@ -69,6 +70,7 @@ class WriterLock:
             if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
                 raise read_only_error(os.path.dirname(self.path), f"{self.path}: {e.strerror}") from None
             raise
+        crash_point("lock-opened")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -144,3 +144,17 @@ def test_a_prune_whose_lock_file_was_replaced_deletes_no_pack_file(setup):
     assert code == 0 and not any((path / "packs" / pid.hex()[:2] / pid.hex()).exists() for pid in pending)
     with Repo(path) as repo:
         assert repo.check(read_data=True).ok
+
+
+def test_a_writer_whose_lock_file_was_replaced_while_it_took_the_lock_locks_the_new_one(setup):
+    """Stopped between opening REPO/lock and its flock; meanwhile the file is removed and
+    another writer holds a new one: the flock on the old file must not let it in."""
+    path, _, d4 = setup
+    writer = _cli(path, "backup", str(d4), stop_at="lock-opened")
+    os.unlink(path / "lock")
+    with WriterLock(str(path / "lock")):
+        code, out, err = _resume(writer)
+    assert (code, out) == (1, "") and err.count("\n") == 1
+    assert err.startswith(f"chunkrepo: error: repository is locked by PID {os.getpid()} on ")
+    with Repo(path) as repo:
+        assert len(repo.list_backups()) == 1 and repo.check().ok
