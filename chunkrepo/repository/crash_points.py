@@ -20,7 +20,6 @@ POINTS = ("pack-sealed", "pack-step-committed", "checkpoint-committed", "backup-
 FORGET_POINTS = ("forget-committed", "forget-record-deleted")
 PRUNE_POINTS = ("prune-packs-sealed", "prune-index-committed", "prune-before-delete")
 REPAIR_POINTS = ("repair-pack-sealed", "repair-pack-committed")
-LOCK_POINTS = ("lock-opened",)     # a writer between opening REPO/lock and its flock
 
 
 def crash_point(name: str) -> None:

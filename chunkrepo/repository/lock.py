@@ -70,7 +70,7 @@ class WriterLock:
             if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
                 raise read_only_error(os.path.dirname(self.path), f"{self.path}: {e.strerror}") from None
             raise
-        crash_point("lock-opened")
+        crash_point("lock-opened")     # (tests: REPO/lock replaced between the open and the flock)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
