@@ -3,6 +3,7 @@ recovery adopts first), and the prune that deletes the pack files an earlier pru
 for its readers counts them."""
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -86,7 +87,7 @@ def test_a_dry_run_does_not_count_the_packs_of_a_running_writer(setup):
         assert lines[1].startswith("  not counted: 1 packs not in the index yet: a writer is running "
                                    f"(PID {writer.pid} on ")
     finally:
-        os.kill(writer.pid, 18)      # SIGCONT
+        os.kill(writer.pid, signal.SIGCONT)
         writer.communicate(timeout=120)
     assert writer.returncode == 0
     with Repo(path) as repo:
@@ -100,7 +101,7 @@ def test_the_prune_that_deletes_files_kept_for_readers_counts_them(setup):
         repo.forget([bid])
         with Repo(path) as reader, reader.repository.index.read():     # a reader's snapshot
             first = repo.prune()
-        kept = [f for f in _packs(path)]
+        kept = _packs(path)
         with repo.repository.index.read() as v:
             waiting = {os.path.join(pid.hex()[:2], pid.hex()): size for pid, _, size in v.pending()}
     assert first.packs_deleted == first.packs_awaiting_deletion == len(waiting) >= 2
