@@ -16,7 +16,8 @@ from ..storage.retry import is_transient
 from . import index_dirs
 from .config import CONFIG_NAME, Config
 from .index_cache import IndexCache, RemoteWriterLock
-from .lock import ReaderLock, WriterLock, read_only_error
+from .lease import live_lock
+from .lock import ReaderLock, WriterLock, live_holder, read_only_error
 from .packs import pack_name
 from .session import WriteSession
 
@@ -199,9 +200,16 @@ class Repository:
             return RemoteWriterLock(self)
         return WriterLock(os.path.join(self.path, "lock"))
 
+    def active_writer(self) -> Optional[str]:
+        """Who holds the writer lock, if a writer seems to run now (asked without taking
+        any lock): the live process REPO/lock names, or the unexpired lock object."""
+        if self.remote:
+            return live_lock(self.storage)
+        return live_holder(os.path.join(self.path, "lock"))
+
     def check_lock(self) -> None:
         """Inside a write session, before deleting what another writer could need: LockLost
-        if the session's lock in an object store is no longer its own (a flock cannot be lost)."""
+        if the session's lock is no longer its own (a lease taken over, REPO/lock replaced)."""
         if self.session_lock is not None:
             self.session_lock.check()
 

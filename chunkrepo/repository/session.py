@@ -551,7 +551,12 @@ class WriteSession:
         lost = self._check_after_record(rec.id)
         # registered here even so: if another writer began, this cache is refilled anyway
         # (index_cache.end_write); if none did, it must list the record it stored
-        self._register_backup(rec)
+        try:
+            self._register_backup(rec)
+        except IntegrityError:
+            if lost is None:
+                raise
+            raise lost from None     # the other writer removed what it names: say why
         crash_point("backup-committed")
         if lost is not None:
             raise lost
