@@ -123,17 +123,19 @@ class Repo:
         return ChunkFile(self._repo, node, os.fsencode(path))
 
     def produce_tar(self, backup_id: str, out, start="/", recursive: bool = True,
-                    tar_format: str = "pax", progress=None, direct: bool = False):
+                    tar_format: str = "pax", progress=None, direct: bool = False, xattrs: bool = True):
         """Write a tar of the backup (or of start below it) to the binary file out.
 
         progress, if given, is called with the running stats about every 0.2 s.
         direct=True: out is a regular file no other process shares, written past
         the page cache with O_DIRECT (its descriptor's flags change meanwhile).
+        xattrs=False leaves xattrs and ACLs out: the gnu and ustar formats cannot
+        hold them, and refuse a backup that has any unless told so.
         """
         from .ops.tarout import write_tar
         rec = self._repo.resolve_backup(backup_id)
         return write_tar(self._repo, bytes.fromhex(rec.root), out, start, recursive, tar_format,
-                         progress=progress, direct=direct)
+                         progress=progress, direct=direct, xattrs=xattrs, backup_id=rec.id)
 
     def restore(self, backup_id: str, target, start="/", progress=None, target_options: Optional[dict] = None,
                 mirror: bool = False, overwrite: bool = False,
@@ -155,7 +157,7 @@ class Repo:
             raise ChunkrepoError("--mirror and --overwrite need a URL target "
                                  "(file:///path for a local directory)")
         return restore_tree(self._repo, bytes.fromhex(rec.root), os.fspath(target), start,
-                            progress=progress)
+                            progress=progress, backup_id=rec.id)
 
     def check(self, read_data: bool = False, progress=None, read_data_subset: Optional[str] = None,
               repair: bool = False):

@@ -5,8 +5,12 @@ these into a one-line message and a non-zero exit, never a traceback.
 """
 
 # why a blob is "lost" (docs/format.md, Lost blobs), in every message about one: check
-# --repair marks a damaged copy lost, rebuild-index a blob a record names but no pack holds
-LOST_WHY = "its only stored copy was found damaged or missing (by check --repair or rebuild-index)"
+# --repair marks a damaged copy lost; registering a backup (rebuild-index, a write session's
+# recovery, a writer that lost its lock and registered what it stored meanwhile) marks lost a
+# blob its records name but no pack holds
+LOST_WHY = ("its only stored copy was found damaged or missing (by check --repair, or when a backup naming "
+            "it was registered: by rebuild-index, by a write session's recovery, or by a writer that lost "
+            "its lock)")
 
 
 class ChunkrepoError(Exception):
@@ -40,7 +44,8 @@ class RepoLocked(ChunkrepoError):
 
 
 class LockLost(RepoLocked):
-    """A writer's lock in an object store was removed or taken over while it worked."""
+    """A writer's lock was removed or taken over while it worked (a lease in an object
+    store; REPO/lock of a local repository removed or replaced)."""
 
     def __init__(self, why: str, consequence: str = "nothing more was committed"):
         super().__init__(f"lost the repository lock ({why}); {consequence}")

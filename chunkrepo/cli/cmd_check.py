@@ -43,6 +43,11 @@ def _show(report) -> None:
         say(f"backup {bid} is damaged: {len(paths)} paths")
         for p in paths[:20]:
             say(f"  {p}")
+    for bid, paths in sorted(report.unreadable.items()):
+        say(f"backup {bid} cannot be read in full: {len(paths)} paths have data in packs that could not "
+            f"be read (an I/O error, not damage; check again once the storage reads them)")
+        for p in paths[:20]:
+            say(f"  {p}")
     r = report.repair
     if r is None:
         whole = sorted(set(report.marked_damaged) - set(report.damaged))

@@ -29,6 +29,9 @@ def threshold_option(f):
 
 def print_report(rep, threshold: float) -> None:
     verb = "would free" if rep.dry_run else "freed"
+    dry = " (dry run)" if rep.dry_run else ""
+    would = "would be " if rep.dry_run else ""
+    earlier = f"{rep.earlier_files_deleted} pack files an earlier prune kept for its readers {would}deleted"
     if rep.nothing_to_do:
         if rep.garbage_blobs == 0:
             click.echo("prune: nothing to do: no unused blobs")
@@ -36,17 +39,27 @@ def print_report(rep, threshold: float) -> None:
             click.echo(f"prune: nothing to do: {rep.garbage_blobs} unused blobs "
                        f"({human_bytes(rep.bytes_unused_kept)}) in {rep.packs_kept_with_garbage} packs "
                        f"below the {threshold * 100:g}% repack threshold")
-    else:
-        click.echo(f"prune{' (dry run)' if rep.dry_run else ''}: {rep.packs_deleted} packs deleted, "
+    elif rep.packs_deleted or rep.packs_rewritten or not rep.earlier_files_deleted:
+        click.echo(f"prune{dry}: {rep.packs_deleted} packs deleted, "
                    f"{rep.packs_rewritten} rewritten ({rep.blobs_moved} blobs, "
                    f"{human_bytes(rep.bytes_moved)} moved), {rep.blobs_freed} blobs and "
                    f"{human_bytes(max(rep.bytes_freed, 0))} {verb} in {rep.elapsed:.2f} s")
-        if rep.packs_kept_with_garbage:
-            click.echo(f"  {rep.packs_kept_with_garbage} packs keep {human_bytes(rep.bytes_unused_kept)} "
-                       f"unused (below the {threshold * 100:g}% repack threshold)")
+        if rep.earlier_files_deleted:
+            click.echo(f"  {earlier} ({human_bytes(rep.earlier_bytes_freed)} {would}freed)")
+    else:    # only what an earlier prune left for its readers (its own report counted it)
+        click.echo(f"prune{dry}: {earlier}, {human_bytes(rep.earlier_bytes_freed)} {would}freed "
+                   f"in {rep.elapsed:.2f} s")
+    if rep.packs_kept_with_garbage and not rep.nothing_to_do:
+        click.echo(f"  {rep.packs_kept_with_garbage} packs keep {human_bytes(rep.bytes_unused_kept)} "
+                   f"unused (below the {threshold * 100:g}% repack threshold)")
+    if rep.temporaries_removed:
+        click.echo(f"  {rep.temporaries_removed} temporary files of killed writers "
+                   f"({human_bytes(rep.temporary_bytes_removed)}) {would}removed")
     if rep.packs_awaiting_deletion:
-        click.echo(f"  {rep.packs_awaiting_deletion} pack files wait for active readers; "
-                   f"the next prune deletes them")
+        click.echo(f"  {rep.packs_awaiting_deletion} pack files ({human_bytes(rep.bytes_awaiting_deletion)}) "
+                   f"wait for active readers; the next prune deletes them")
+    for note in rep.not_counted:
+        click.echo(f"  not counted: {note}")
     for e in rep.errors:
         click.echo(f"chunkrepo: error: {e}", err=True)
 

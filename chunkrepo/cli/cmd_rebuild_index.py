@@ -26,8 +26,11 @@ def command(repo_path, as_json):
     for bid in res.records_from_index:
         click.echo(f"chunkrepo: backup {bid}: its record file is damaged; registered from the old index's "
                    f"copy ('chunkrepo check --repair' writes the file again)", err=True)
+    for bid in res.records_rewritten:
+        click.echo(f"chunkrepo: backup {bid}: its record file was missing; written again from the old index's "
+                   f"copy", err=True)
     for bid in res.unregistered_backups:
         click.echo(f"chunkrepo: backup {bid}: some of its records are missing; not registered", err=True)
-    if res.damaged_packs or res.unregistered_backups or res.records_from_index:
+    if res.damaged_packs or res.unregistered_backups or res.records_from_index or res.records_rewritten:
         raise ChunkrepoError("the index was rebuilt, but the store is damaged: run 'chunkrepo check --repair "
                              "--read-data'")

@@ -17,10 +17,23 @@ from .progress import TarProgress
 @click.argument("path", default="/")
 @click.option("-o", "--output", default="-", metavar="FILE|-", help="Where to write the tar (default: stdout).")
 @click.option("--format", "tar_format", type=click.Choice(["pax", "gnu", "ustar"]), default="pax",
-              show_default=True)
+              show_default=True,
+              help="pax holds everything: xattrs, and ACLs as GNU tar --acls writes them. gnu and ustar "
+                   "cannot hold xattrs or ACLs: a backup that has any is refused (nothing is written) "
+                   "unless --no-xattrs is given.")
+@click.option("--no-xattrs", "no_xattrs", is_flag=True,
+              help="Leave extended attributes and ACLs out of the archive.")
 @click.option("--nonrecursive", is_flag=True, help="Only PATH and its direct entries.")
-def command(repo_path, backup, path, output, tar_format, nonrecursive):
-    """Write BACKUP (or PATH in it) as a tar archive."""
+def command(repo_path, backup, path, output, tar_format, no_xattrs, nonrecursive):
+    """Write BACKUP (or PATH in it) as a tar archive.
+
+    \b
+    Extract it with GNU tar as root, keeping everything:
+      tar --xattrs --xattrs-include='*' --acls -xpf FILE
+
+    The archive is read from the index as it was when the command started: a
+    forget and prune of the backup meanwhile do not change it.
+    """
     with open_repo(repo_path) as repo:
         rec = repo.get_backup(backup)
         if output == "-":
@@ -35,7 +48,8 @@ def command(repo_path, backup, path, output, tar_format, nonrecursive):
             with TarProgress(total) as progress:
                 # O_DIRECT only on a file of our own: stdout's flags are shared with the shell
                 stats = repo.produce_tar(rec.id, out, path, recursive=not nonrecursive, tar_format=tar_format,
-                                         progress=progress if progress.enabled else None, direct=output != "-")
+                                         progress=progress if progress.enabled else None, direct=output != "-",
+                                         xattrs=not no_xattrs)
             out.flush()
             ok = True
         finally:

@@ -58,6 +58,9 @@ class CheckReport:
     ok: bool = True
     errors: List[str] = field(default_factory=list)
     damaged: Dict[str, List[str]] = field(default_factory=dict)   # backup id -> sorted paths
+    # backup id -> sorted paths whose data is in packs that could not be read (an I/O error:
+    # not damage, it may pass)
+    unreadable: Dict[str, List[str]] = field(default_factory=dict)
     backups: int = 0
     trees: int = 0
     chunks: int = 0
@@ -79,6 +82,7 @@ class CheckReport:
     def to_dict(self) -> dict:
         return {"ok": self.ok, "errors": list(self.errors),
                 "damaged": {k: list(v) for k, v in sorted(self.damaged.items())},
+                "unreadable": {k: list(v) for k, v in sorted(self.unreadable.items())},
                 "backups": self.backups, "trees": self.trees, "chunks": self.chunks,
                 "packs": self.packs, "bytes_checked": self.bytes_checked, "packs_read": self.packs_read,
                 "unreferenced_packs": self.unreferenced_packs,
@@ -152,6 +156,8 @@ class _Checker:
         self._kind_counts: Counter = Counter()
         self.bad_chunks: set = set()      # chunk ids missing or damaged
         self.bad_trees: set = set()       # directory record ids missing or damaged
+        self.unread_chunks: set = set()   # of those, the ones only in packs that could not be read
+        self.unread_trees: set = set()
         self.by_pack: Dict[bytes, list] = defaultdict(list)   # pack -> index entries in it
         self.pack_real_size: Dict[bytes, int] = {}
         self.chunk_refs: Counter = Counter()
@@ -263,15 +269,27 @@ class _Checker:
         return info
 
     def _unreadable(self, pid: bytes, entries) -> None:
-        """An I/O error, not proven damage: its blobs count as bad, repair leaves it alone."""
+        """An I/O error, not proven damage: its blobs count as bad (not as damaged, unless
+        found so), repair leaves it alone."""
         self.found.unreadable_packs.add(pid)
         for _, _, _, bid, kind in entries:
-            (self.bad_chunks if kind == KIND_DATA else self.bad_trees).add(bid)
+            bad, unread = self._sets(kind)
+            if bid not in bad:
+                unread.add(bid)
+            bad.add(bid)
 
     def _lose(self, pid: bytes, entries) -> None:
         self.found.damaged_packs.add(pid)
         for _, _, _, bid, kind in entries:
-            (self.bad_chunks if kind == KIND_DATA else self.bad_trees).add(bid)
+            bad, unread = self._sets(kind)
+            bad.add(bid)
+            unread.discard(bid)
+
+    def _sets(self, kind: int) -> tuple:
+        """(bad, unreadable) ids of that kind of blob."""
+        if kind == KIND_DATA:
+            return self.bad_chunks, self.unread_chunks
+        return self.bad_trees, self.unread_trees
 
     def _packs(self, pack_info) -> None:
         for pid in sorted(pack_info):
@@ -598,15 +616,24 @@ class _Checker:
 
     # -- damage -> backups and paths ---------------------------------------------
     def _map_damage(self, v) -> None:
-        if not self.bad_chunks and not self.bad_trees:
-            return
-        dirty: Dict[bytes, bool] = {}
+        """The backups and paths that bad blobs affect: damaged ones (missing, lost, proven
+        damaged) in rep.damaged; those only in packs that could not be read in rep.unreadable."""
+        self.rep.damaged = self._affected(v, self.bad_chunks - self.unread_chunks,
+                                          self.bad_trees - self.unread_trees)
+        self.rep.unreadable = self._affected(v, self.unread_chunks, self.unread_trees)
+
+    def _affected(self, v, bad_chunks: set, bad_trees: set) -> Dict[str, List[str]]:
+        out: Dict[str, List[str]] = {}
+        if not bad_chunks and not bad_trees:
+            return out
+        # the other map's bad records (damaged ones, mapping the unreadable): not walked here
+        dirty: Dict[bytes, bool] = dict.fromkeys(self.bad_trees - bad_trees - self.unread_trees, False)
         trees: Dict[bytes, Optional[Tree]] = {}
 
         def load(tid):
             if tid not in trees:
                 try:
-                    trees[tid] = None if tid in self.bad_trees else self._tree(v, tid)
+                    trees[tid] = None if tid in bad_trees else self._tree(v, tid)
                 except _BadTree:
                     trees[tid] = None
             return trees[tid]
@@ -630,7 +657,7 @@ class _Checker:
                 if not bad:
                     for n in tree.entries:
                         c = n.chunks
-                        if any(c[i:i + 32] in self.bad_chunks for i in range(0, len(c), 32)):
+                        if any(c[i:i + 32] in bad_chunks for i in range(0, len(c), 32)):
                             bad = True
                             break
                 dirty[tid] = bad
@@ -656,9 +683,10 @@ class _Checker:
                             stack.append((path, n.subtree))
                         continue
                     c = n.chunks
-                    if any(c[i:i + 32] in self.bad_chunks for i in range(0, len(c), 32)):
+                    if any(c[i:i + 32] in bad_chunks for i in range(0, len(c), 32)):
                         paths.append("/" + os.fsdecode(path))
-            self.rep.damaged[bid] = sorted(set(paths))
+            out[bid] = sorted(set(paths))
+        return out
 
 
 class _BadTree(Exception):

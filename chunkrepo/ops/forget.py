@@ -16,7 +16,7 @@ from ..errors import ChunkrepoError, NotFound
 from ..repository.crash_points import crash_point
 from ..repository.session import decref_tree
 from . import retention
-from .prune import DEFAULT_REPACK_THRESHOLD, PruneReport, run_prune
+from .prune import DEFAULT_REPACK_THRESHOLD, PruneReport, count_temporaries, run_prune, stale_temporaries
 from .snapshot.cache import is_digest
 
 
@@ -127,6 +127,7 @@ def forget(repo, ids: Sequence[str] = (), policy: Optional[retention.Policy] = N
         if prune:
             res.prune = run_prune(repo, repack_threshold, dry_run=True)
         return res
+    temporaries = stale_temporaries(repo) if prune else []    # what the session's recovery removes
     with repo.write_session():
         # decided under the lock, after recover(): what a killed writer left counts
         res.groups, remove, res.kept = _decide(repo, ids, policy, localtime)
@@ -134,6 +135,7 @@ def forget(repo, ids: Sequence[str] = (), policy: Optional[retention.Policy] = N
         remove_backups(repo, remove)
         if prune:
             res.prune = run_prune(repo, repack_threshold)
+            count_temporaries(res.prune, temporaries)
     return res
 
 

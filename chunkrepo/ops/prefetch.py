@@ -7,15 +7,20 @@ it are in flight or waiting, so memory stays flat whatever the file sizes.
 
 A file of one chunk (most files) is not looked up in the index by the
 consumer's thread: its chunk's size is the file's data length, and the read
-task looks the chunk up (in a short read transaction of its own; the
-consumer's snapshot, open meanwhile, keeps the packs).  Every lookup
-releases the GIL, and on the consumer's thread each one waited for a reader
-to hand it back: the walk is the part that runs on one core.
+task looks the chunk up.  Every lookup releases the GIL, and on the
+consumer's thread each one waited for a reader to hand it back: the walk is
+the part that runs on one core.  Every lookup, on either side, is made in read
+views opened together when the reader started (ops.read_snapshot): the
+consumer's, and one per read thread, which a task borrows while it runs.  A
+transaction opened per task would miss the chunks of a backup that a forget
+and prune removed meanwhile.
 """
 
 import collections
 import concurrent.futures
-from typing import Iterable, Iterator, Optional
+import contextlib
+import queue
+from typing import Iterable, Iterator, Optional, Sequence
 
 from ..model.nodes import REG
 
@@ -34,8 +39,11 @@ class _ChunkStream:
     for every small file.
     """
 
-    def __init__(self, repo, view, pool, budget: int, workers: int, batch_bytes: int):
+    def __init__(self, repo, view, spare: Sequence, pool, budget: int, workers: int, batch_bytes: int):
         self.repo, self.view, self.pool, self.budget = repo, view, pool, budget
+        self.spare: "queue.SimpleQueue" = queue.SimpleQueue()   # the read threads' views, not in use
+        for v in spare:
+            self.spare.put(v)
         self.workers, self.batch_bytes = workers, batch_bytes
         self.waiting: "collections.deque[tuple]" = collections.deque()   # (id, entry) not yet submitted
         self.wbytes = 0                                                  # their raw bytes
@@ -88,9 +96,12 @@ class _ChunkStream:
     def read(self, batch: list) -> list:
         """A read task: the batch's chunks (looking up those queued without an entry)."""
         if any(e is _LATER for _, e in batch):
-            with self.repo.index.read() as view:
+            view = self.spare.get()     # one per read thread: never waits
+            try:
                 chunk = view.chunk
                 batch = [(cid, chunk(cid) if e is _LATER else e) for cid, e in batch]
+            finally:
+                self.spare.put(view)
         return self.repo.read_blobs(batch)
 
     def next(self) -> bytes:
@@ -150,22 +161,32 @@ def _wants_data(e) -> bool:
     return e.node.kind == REG and e.hardlink_to is None and bool(e.node.chunks)
 
 
-def prefetch(repo, entries: Iterable, workers: Optional[int] = None, budget: int = _DEFAULT_BUDGET,
-             wants_data=_wants_data) -> Iterator[tuple]:
+def prefetch_threads(repo) -> int:
+    """The read threads prefetch runs (one read view each, besides the consumer's)."""
+    return max(1, repo.read_plan.threads)
+
+
+def prefetch(repo, entries: Iterable, budget: int = _DEFAULT_BUDGET, wants_data=_wants_data,
+             views: Optional[Sequence] = None) -> Iterator[tuple]:
     """Yield (entry, Prefetched or None) in the order of entries.
 
     The consumer may read an entry's chunks through Prefetched.data() before it
     asks for the next entry; chunks it leaves are read and dropped.  The
-    repository's read_plan sets the threads (unless workers is given) and the
-    size of a read task.
+    repository's read_plan sets the threads and the size of a read task.
+    views: the read views to look chunks up in, opened together when the reader
+    started (ops.read_snapshot): views[0] the consumer's (used on its thread
+    only), then one per read thread (prefetch_threads); without them prefetch
+    opens its own when it starts.
     """
     plan = repo.read_plan
-    workers = workers or plan.threads
-    pool = concurrent.futures.ThreadPoolExecutor(workers, "chunkrepo-prefetch")
-    ahead: "collections.deque[tuple]" = collections.deque()
-    try:
-        with repo.index.read() as view:
-            stream = _ChunkStream(repo, view, pool, budget, workers, max(plan.batch_bytes, 1))
+    with contextlib.ExitStack() as opened:
+        if views is None:
+            views = [opened.enter_context(repo.index.read()) for _ in range(prefetch_threads(repo) + 1)]
+        workers = len(views) - 1
+        pool = concurrent.futures.ThreadPoolExecutor(workers, "chunkrepo-prefetch")
+        stream = _ChunkStream(repo, views[0], views[1:], pool, budget, workers, max(plan.batch_bytes, 1))
+        ahead: "collections.deque[tuple]" = collections.deque()
+        try:
             it = iter(entries)
             exhausted = False
             while True:
@@ -185,7 +206,7 @@ def prefetch(repo, entries: Iterable, workers: Optional[int] = None, budget: int
                 yield e, pf
                 if pf is not None:
                     pf.skip_rest()
-    finally:
-        if ahead:
-            stream.cancel()
-        pool.shutdown(wait=True)
+        finally:
+            if ahead:
+                stream.cancel()
+            pool.shutdown(wait=True)     # before the views close: no task uses one after

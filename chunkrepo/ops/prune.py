@@ -34,7 +34,8 @@ from ..codec.hashing import hash_bytes
 from ..errors import ChunkrepoError, IntegrityError, NotFound
 from ..index import BlobEntry, PackInfo
 from ..repository.crash_points import crash_point
-from ..repository.packs import KIND_DATA, PackWriter, pack_name, read_trailer
+from ..index.lmdb_index import COMMITTING_META, REGISTERING_META
+from ..repository.packs import KIND_DATA, PackWriter, pack_id_from_name, pack_name, read_trailer
 
 DEFAULT_REPACK_THRESHOLD = 0.05
 _DELETE_BATCH = 256          # packs dropped per index transaction
@@ -54,13 +55,20 @@ class PruneReport:
     packs_kept_with_garbage: int = 0    # below the threshold: left as they are
     bytes_unused_kept: int = 0
     files_deleted: int = 0          # pack files deleted (this prune's and earlier ones')
+    earlier_files_deleted: int = 0      # of those, files an earlier prune left for its readers
+    earlier_bytes_freed: int = 0        # their sizes (not in bytes_freed: that prune counted them)
     packs_awaiting_deletion: int = 0    # readers may still use them: the next prune deletes them
+    bytes_awaiting_deletion: int = 0
+    temporaries_removed: int = 0        # temporary files of killed writers (the session's recovery)
+    temporary_bytes_removed: int = 0
+    not_counted: List[str] = field(default_factory=list)    # what a dry run cannot tell in advance
     errors: List[str] = field(default_factory=list)
     elapsed: float = 0.0
 
     @property
     def nothing_to_do(self) -> bool:
-        return not (self.packs_deleted or self.packs_rewritten or self.files_deleted or self.errors)
+        return not (self.packs_deleted or self.packs_rewritten or self.files_deleted or self.errors
+                    or self.temporaries_removed)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -104,8 +112,11 @@ class _Pruner:
     def plan(self):
         with self.index.read() as v:
             self.rep.garbage_blobs = v.garbage_count()
+            committing = v.meta(COMMITTING_META)
         delete, repack = [], []
         for pid, info in _packs_with_garbage(self.index):
+            if info is None and self.rep.dry_run and pid == committing:
+                continue       # a killed writer's pack committed in part: recovery finishes it first
             if info is None:
                 self.rep.errors.append(f"pack {pid.hex()}: garbage entries for a pack the index does not "
                                        f"list; left alone (run check)")
@@ -133,7 +144,63 @@ class _Pruner:
                 self.rep.blobs_moved += info.count - info.dead_blobs
                 self.rep.bytes_moved += info.size - info.dead_bytes
                 self.rep.bytes_freed += info.dead_bytes
-            self.rep.packs_awaiting_deletion = sum(1 for _ in v.pending())
+            pending = list(v.pending())
+        oldest = self.index.oldest_reader()      # outside the view: this one is no reader then
+        for _pid, txnid, size in pending:
+            if oldest is not None and oldest < txnid:
+                self.rep.packs_awaiting_deletion += 1
+                self.rep.bytes_awaiting_deletion += size
+            else:
+                self.rep.files_deleted += 1
+                self.rep.earlier_files_deleted += 1
+                self.rep.earlier_bytes_freed += size
+
+    def estimate_leftovers(self) -> None:
+        """What the write session's recovery adopts before a real prune: the sealed packs a
+        killed or failed writer left unindexed (their blobs are garbage then, unless a
+        backup record waiting for registration or a lost blob needs them) and its
+        temporary files (dry run: without the lock no recovery runs)."""
+        count_temporaries(self.rep, stale_temporaries(self.repo))
+        with self.index.read() as v:
+            unknown = [n for n in self.storage.list("packs")
+                       if not v.has_pack(pack_id_from_name(n)) and not v.is_pending(pack_id_from_name(n))]
+            if not unknown:
+                return
+            writer = self.repo.active_writer()
+            if writer is not None:
+                self.rep.not_counted.append(f"{len(unknown)} packs not in the index yet: a writer is running "
+                                            f"({writer}), which may index and use them")
+                return
+            waiting = [n for n in self.storage.list("backups") if v.backup(n.rsplit("/", 1)[1]) is None]
+            if waiting or v.meta(REGISTERING_META) is not None:
+                self.rep.not_counted.append(f"{len(unknown)} packs an interrupted writer left: backups it "
+                                            f"stored wait for registration, which may use them (prune "
+                                            f"registers them first)")
+                return
+            seen, odd = set(), []
+            for name in unknown:
+                pid = pack_id_from_name(name)
+                try:
+                    entries = read_trailer(self.storage, name)
+                    size = self.storage.size(name)
+                except (ChunkrepoError, OSError):
+                    odd.append(name)     # recovery salvages what verifies: not foreseeable here
+                    continue
+                indexed = [v.blob(te.kind, te.id) for te in entries]
+                if any(e is not None and e.lost for e in indexed):
+                    odd.append(name)     # stored again: the backups that lost it need it
+                    continue
+                self.rep.garbage_blobs += sum(1 for e in indexed if e is None or e.pack != pid)
+                self.rep.packs_deleted += 1
+                self.rep.bytes_freed += size
+                # an index entry is dropped for each blob adoption indexes in this pack
+                self.rep.blobs_freed += sum(1 for te, e in zip(entries, indexed)
+                                            if (e is None and (te.kind, te.id) not in seen)
+                                            or (e is not None and e.pack == pid))
+                seen.update((te.kind, te.id) for te in entries)
+        if odd:
+            self.rep.not_counted.append(f"{len(odd)} packs an interrupted writer left, with a damaged trailer "
+                                        f"or blobs backups lost (prune adopts them first)")
 
     # -- dropping whole packs ------------------------------------------------------
     def drop_dead_packs(self, delete, repack) -> None:
@@ -234,38 +301,51 @@ class _Pruner:
         crash_point("prune-index-committed")
 
     # -- deleting files --------------------------------------------------------------
-    def delete_pending(self) -> None:
+    def delete_pending(self, earlier: set) -> None:
+        """earlier: the packs pending when this prune began (an earlier prune's)."""
         deleted, waiting = delete_pending_packs(self.repo)
-        self.rep.files_deleted += deleted
-        self.rep.packs_awaiting_deletion = waiting
+        self.rep.files_deleted += len(deleted)
+        for pid, size in deleted:
+            if pid in earlier:
+                self.rep.earlier_files_deleted += 1
+                self.rep.earlier_bytes_freed += size
+        self.rep.packs_awaiting_deletion = len(waiting)
+        self.rep.bytes_awaiting_deletion = sum(size for _, size in waiting)
 
 
 def delete_pending_packs(repo) -> tuple:
     """Delete the files of packs pending deletion that no reader can still need;
-    returns (deleted, still waiting for their readers).  Inside a write session."""
+    returns ([(pack id, size)] deleted, [(pack id, size)] still waiting for their
+    readers).  Inside a write session."""
     with repo.index.read() as v:
         pending = list(v.pending())
     if not pending:
-        return 0, 0
+        return [], []
     repo.check_lock()     # another writer may need these packs if it took the lock over
     oldest = repo.index.oldest_reader()
     done = []
-    waiting = 0
-    for pid, txnid, _size in pending:
+    waiting = []
+    for pid, txnid, size in pending:
         if oldest is not None and oldest < txnid:
-            waiting += 1          # a reader may still read it from its snapshot
+            waiting.append((pid, size))     # a reader may still read it from its snapshot
             continue
         crash_point("prune-before-delete")
         try:
             repo.storage.delete(pack_name(pid))
         except NotFound:
             pass
-        done.append(pid)
+        done.append((pid, size))
     if done:
         with repo.index.write() as w:
-            for pid in done:
+            for pid, _ in done:
                 w.delete_pending(pid)
-    return len(done), waiting
+    return done, waiting
+
+
+def stale_temporaries(repo) -> list:
+    """[(path, size)] of the temporary files killed writers left (a write session's
+    recovery removes them)."""
+    return [t for prefix in ("packs", "backups") for t in repo.storage.stale_temporaries(prefix)]
 
 
 def _indexed_here(v, g) -> bool:
@@ -282,11 +362,14 @@ def run_prune(repo, threshold: float = DEFAULT_REPACK_THRESHOLD, dry_run: bool =
     delete, repack = p.plan()
     if dry_run:
         p.estimate(delete, repack)
+        p.estimate_leftovers()
     else:
-        p.delete_pending()            # what earlier prunes left to their readers
+        with repo.index.read() as v:
+            earlier = {pid for pid, _, _ in v.pending()}
+        p.delete_pending(earlier)            # what earlier prunes left to their readers
         p.drop_dead_packs(delete, repack)
         p.repack(repack)
-        p.delete_pending()
+        p.delete_pending(earlier)
     p.rep.elapsed = time.monotonic() - t0
     return p.rep
 
@@ -295,8 +378,17 @@ def prune_repository(repo, threshold: float = DEFAULT_REPACK_THRESHOLD, dry_run:
     """Prune repo (a repository.Repository), taking the writer lock unless dry_run."""
     if dry_run:
         return run_prune(repo, threshold, dry_run=True)
+    temporaries = stale_temporaries(repo)     # what the session's recovery removes
     with repo.write_session():
-        return run_prune(repo, threshold)
+        rep = run_prune(repo, threshold)
+    count_temporaries(rep, temporaries)
+    return rep
 
 
-__all__ = ["DEFAULT_REPACK_THRESHOLD", "PruneReport", "delete_pending_packs", "prune_repository", "run_prune"]
+def count_temporaries(rep: PruneReport, temporaries: list) -> None:
+    rep.temporaries_removed = len(temporaries)
+    rep.temporary_bytes_removed = sum(size for _, size in temporaries)
+
+
+__all__ = ["DEFAULT_REPACK_THRESHOLD", "PruneReport", "count_temporaries", "delete_pending_packs",
+           "prune_repository", "run_prune", "stale_temporaries"]

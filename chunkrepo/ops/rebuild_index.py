@@ -3,17 +3,21 @@
 The store is the truth (docs/format.md): pack trailers list every blob, tree
 blobs hold the directory records, backups/ holds the backup records.  A write
 session's recovery already adopts packs and backup records the index lacks, so
-rebuilding is: set the old index aside, open an empty one, let recovery adopt
-everything (reference counts, the garbage set and pack accounting follow from
-the same code as always), and drop the old index once that succeeded.
+rebuilding is: under the writer lock, let recovery adopt everything into an
+empty index beside the old one (reference counts, the garbage set and pack
+accounting follow from the same code as always), then switch it in
+(repository.index_dirs).  Readers use the old index, complete, until the
+switch; a kill or a failure leaves it in place, and the next writer removes
+what the rebuild left.
 
 Where the store is damaged the old index, if it can be read, is the fallback:
 the blobs it places in a pack whose trailer is damaged are adopted if they
-verify, and a damaged backup record file is replaced by its copy there if that
-hashes to the backup's id.  A damaged record without a good copy stops the
-rebuild (skipping it would leave its data to prune); a rebuild that fails puts
-the old index back.  A kill part-way leaves an index that the next write
-session completes the same way (and the old one as index.old-PID).
+verify, a damaged backup record file is replaced by its copy there if that
+hashes to the backup's id, and the record file of a backup it lists that is
+missing is written again from its copy likewise.  A damaged record without a
+good copy stops the rebuild (skipping it would leave its data to prune).  An
+index.old-PID that an earlier version's killed rebuild left is a further
+fallback for the first two, and is removed once the rebuild is switched in.
 """
 
 import os
@@ -23,6 +27,8 @@ from dataclasses import dataclass, field
 
 from ..errors import NotARepository
 from ..index import Index
+from ..model import decode_record
+from ..repository import index_dirs
 from ..repository.lock import WriterLock
 from ..repository.packs import KIND_DATA, KIND_TREE, PackEntry
 from ..storage.open import is_url, local_path
@@ -36,6 +42,7 @@ class RebuildResult:
     salvaged_blobs: dict = field(default_factory=dict)      # damaged pack -> blobs that verified
     unregistered_backups: list = field(default_factory=list)
     records_from_index: list = field(default_factory=list)  # damaged record files the old index had
+    records_rewritten: list = field(default_factory=list)   # missing record files written from it
     elapsed: float = 0.0
 
     def to_dict(self) -> dict:
@@ -56,38 +63,65 @@ def rebuild_index(path: str, open_repository) -> RebuildResult:
             repo.close()
         return _result(got, t0)
     path = local_path(path)
-    index = os.path.join(path, "index")
     if not os.path.exists(os.path.join(path, "config")):
         raise NotARepository(f"no repository at {path}")
-    old = os.path.join(path, f"index.old-{os.getpid()}")
-    lock = os.path.join(path, "lock")
-    with WriterLock(lock):     # no writer may run while the index moves
-        if os.path.isdir(index):
-            os.rename(index, old)
-    fallback = OldIndex.open(old)
-    try:
-        repo = open_repository(path, sync_index=False)
+    with WriterLock(os.path.join(path, "lock")) as held:   # no writer until the new index is in place
+        index_dirs.finish_switch(path)
+        index_dirs.remove_leftovers(path)
+        legacy = index_dirs.leftovers(path, index_dirs.LEGACY)
+        fallback = OldIndexes([OldIndex.open(p) for p in [os.path.join(path, index_dirs.INDEX)] + legacy])
+
+        def fill(name: str) -> dict:
+            with open_repository(path, sync_index=False, index_dir=name) as repo:
+                return repo.recover_store(held, fallback)
         try:
-            with repo.write_session(fallback) as session:
-                got = session.recovered
+            got, ready = index_dirs.build(path, fill)
         finally:
-            repo.close()
-    except BaseException:
-        if fallback is not None:
             fallback.close()
-        with WriterLock(lock):   # a failed rebuild leaves the index it found, not a partial one
-            shutil.rmtree(index, ignore_errors=True)
-            if os.path.isdir(old):
-                os.rename(old, index)
-        raise
-    if fallback is not None:
-        fallback.close()
-    shutil.rmtree(old, ignore_errors=True)
+        index_dirs.switch(path, ready)
+        for old in legacy:      # what they knew that verified is in the new index
+            shutil.rmtree(old, ignore_errors=True)
     return _result(got, t0)
 
 
+class OldIndexes:
+    """The fallback of the rebuild's recovery (WriteSession): the index being replaced
+    (first; None if it could not be opened), then any legacy index.old-PID."""
+
+    def __init__(self, indexes: list):
+        self._current = indexes[0] if indexes else None
+        self._all = [ix for ix in indexes if ix is not None]
+
+    def pack_entries(self, pack_ids) -> dict:
+        out: dict = {}
+        for ix in self._all:
+            for pid, entries in ix.pack_entries(pack_ids).items():
+                out.setdefault(pid, []).extend(entries)
+        return out
+
+    def backup_record(self, bid: str):
+        """The first copy that verifies (else None)."""
+        for ix in self._all:
+            raw = ix.backup_record(bid)
+            try:
+                decode_record(raw or b"", bid)
+            except ValueError:
+                continue
+            return raw
+        return None
+
+    def backup_ids(self) -> list:
+        """The backups the index being replaced lists (a legacy one may be older: one
+        forgotten since would come back)."""
+        return [] if self._current is None else self._current.backup_ids()
+
+    def close(self) -> None:
+        for ix in self._all:
+            ix.close()
+
+
 class OldIndex:
-    """The index being replaced, as the fallback of the rebuild's recovery (WriteSession)."""
+    """One old index, read as a fallback."""
 
     def __init__(self, index: Index):
         self._index = index
@@ -125,10 +159,21 @@ class OldIndex:
             return None
         return None if raw is None else bytes(raw)
 
+    def backup_ids(self) -> list:
+        out = []
+        try:
+            with self._index.read() as v:
+                for bid, _ in v.backups():
+                    out.append(bid)
+        except Exception:         # damaged pages (or a key that is no text): what was read so far
+            pass
+        return out
+
     def close(self) -> None:
         self._index.close()
 
 
 def _result(got: dict, t0: float) -> RebuildResult:
     return RebuildResult(got["packs"], got["backups"], got["damaged_packs"], got["salvaged_blobs"],
-                         got["unregistered_backups"], got["records_from_index"], time.monotonic() - t0)
+                         got["unregistered_backups"], got["records_from_index"], got["records_rewritten"],
+                         time.monotonic() - t0)

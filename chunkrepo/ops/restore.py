@@ -57,14 +57,14 @@ Threads
     work.  Files of _DIRECT_MIN bytes or more without holes are written with
     O_DIRECT (chunkrepo.direct_io): not through the page cache.  A directory keeps its descriptor open, and
     gets its metadata, once the main thread has left it *and* its last file
-    is finished.  A hard link waits until its first name is complete.  What
+    is finished.  A hard link waits until its first name is complete (hard
+    links between symlinks are kept too, as GNU tar keeps them).  What
     the queued batches count is bounded (_AHEAD; a file counts its bytes, at
     least _JOB_COST and at most one read run), which bounds the directories
     held open for their files; a worker holds one run of chunks (the read
     batch) at a time, so a big file does not hold back the files after it.
 """
 
-import contextlib
 import errno
 import grp
 import os
@@ -82,6 +82,7 @@ from ..direct_io import DirectIO
 from ..errors import ChunkrepoError, StorageError, TargetNotEmpty
 from ..model.nodes import BLK, CHR, DIR, FIFO, REG, SOCK, SYMLINK
 from .file_reader import ChunkFile, chunk_entries
+from .read_snapshot import backup_views
 from .traverse import find_node, split_path, walk
 from .url_place import below, place, repo_place
 
@@ -241,9 +242,11 @@ class _Counts:
 
 
 class _Restorer:
-    def __init__(self, repo, root_tid: bytes, target, start, progress=None, workers: Optional[int] = None):
+    def __init__(self, repo, root_tid: bytes, target, start, progress=None, workers: Optional[int] = None,
+                 backup_id: Optional[str] = None):
         self.repo = repo
         self.root_tid = root_tid
+        self.backup_id = backup_id
         self.target = os.fsencode(target)
         self.start = start
         self.res = RestoreResult()
@@ -258,7 +261,7 @@ class _Restorer:
         self.run_bytes = max(plan.batch_bytes, 1)
         self._uids: dict = {}
         self._gids: dict = {}
-        self._first: dict = {}    # backup path of a hard link's first name -> (parent key, name, rel dir, job)
+        self._first: dict = {}    # backup path of a hard link's first name -> (parent key, name, rel dir, job or None)
         self._xattr_unsupported = 0
         self.lock = threading.Lock()           # _Dir.pending/left, _xattr_unsupported, fatal
         self.budget = _Budget(_AHEAD)
@@ -385,50 +388,53 @@ class _Restorer:
 
     # -- the walk -------------------------------------------------------------
     def run(self) -> RestoreResult:
+        # the walk's read snapshot of the index and one per worker (each looks its files'
+        # chunks up in its own: a lookup lets the other threads take the GIL, and on the
+        # walk's thread it held the walk back), opened together before anything is read
+        # and kept until the workers are done: a forget and prune meanwhile cannot take
+        # the backup's entries away, and prune keeps the packs they name
+        with backup_views(self.repo, 1 + self.nworkers, self.root_tid, self.backup_id) as views:
+            return self.run_in(views[0], views[1:])
+
+    def run_in(self, view, worker_views: list) -> RestoreResult:
         t0 = time.monotonic()
         parts = split_path(self.start)
-        find_node(self.repo, self.root_tid, self.start)     # NotFound before touching target
+        find_node(self.repo, self.root_tid, self.start, view)     # NotFound before touching target
         base = b"/".join(parts[:-1])                        # backup path that maps onto target
         self.base_len = len(base) + 1 if base else 0
         stack = [_Dir(base, self.open_target(), None, os.fsdecode(self.target), b"")]
         workers = []
         progress = self.progress
         ok = False
-        # each worker looks its files' chunks up in its own read snapshot of the index (a
-        # lookup lets the other threads take the GIL: on the walk's thread it held the walk
-        # back), opened before the walk and kept until the workers are done: they read the
-        # packs its entries name, and prune deletes a pack only once no older reader is active
-        with contextlib.ExitStack() as views:
+        try:
+            for i, wview in enumerate(worker_views):
+                c = _Counts()
+                self.counts.append(c)
+                t = threading.Thread(target=self.worker, args=(wview, c), name=f"chunkrepo-restore-{i}",
+                                     daemon=True)
+                t.start()
+                workers.append(t)
+            next_report = time.monotonic() + _PROGRESS_EVERY
+            for entry in walk(self.repo, self.root_tid, self.start, view=view):
+                if self.fatal is not None:
+                    raise self.fatal
+                self.entry(stack, entry)
+                if progress is not None and time.monotonic() >= next_report:
+                    progress(self.snapshot())
+                    next_report = time.monotonic() + _PROGRESS_EVERY
+            ok = True
+        finally:
+            if not ok:
+                self.budget.abort()          # workers drop what is queued
             try:
-                for i in range(self.nworkers):
-                    c = _Counts()
-                    self.counts.append(c)
-                    view = views.enter_context(self.repo.index.read())
-                    t = threading.Thread(target=self.worker, args=(view, c), name=f"chunkrepo-restore-{i}",
-                                         daemon=True)
-                    t.start()
-                    workers.append(t)
-                next_report = time.monotonic() + _PROGRESS_EVERY
-                for entry in walk(self.repo, self.root_tid, self.start):
-                    if self.fatal is not None:
-                        raise self.fatal
-                    self.entry(stack, entry)
-                    if progress is not None and time.monotonic() >= next_report:
-                        progress(self.snapshot())
-                        next_report = time.monotonic() + _PROGRESS_EVERY
-                ok = True
+                self.flush()                 # (its files count in their directories' pending)
+                while stack:
+                    self.leave(stack.pop())
             finally:
-                if not ok:
-                    self.budget.abort()          # workers drop what is queued
-                try:
-                    self.flush()                 # (its files count in their directories' pending)
-                    while stack:
-                        self.leave(stack.pop())
-                finally:
-                    for _ in workers:
-                        self.jobs.put(None)
-                    for t in workers:
-                        t.join()
+                for _ in workers:
+                    self.jobs.put(None)
+                for t in workers:
+                    t.join()
         if self.fatal is not None:
             raise self.fatal
         self.res = self.snapshot()
@@ -501,8 +507,11 @@ class _Restorer:
                 stack.append(_Dir(path, fd, node, shown, rel, self.owner(node) if self.is_root else None))
                 self.res.dirs += 1
             elif kind == SYMLINK:
-                os.symlink(node.target, name, dir_fd=pfd)
-                self.apply_at(pfd, name, node, shown, mode=False)
+                if link_to is None or not self.hard_link(stack, pfd, name, link_to, shown):
+                    os.symlink(node.target, name, dir_fd=pfd)
+                    self.apply_at(pfd, name, node, shown, mode=False)
+                    if node.nlink > 1:      # complete already: its links need not wait
+                        self._first.setdefault(link_to or path, (parent.key, name, parent.rel, None))
                 self.res.links += 1
             elif kind == FIFO:
                 os.mkfifo(name, 0o600, dir_fd=pfd)
@@ -809,7 +818,8 @@ def _umask() -> int:
 
 
 def restore_tree(repo, root_tid: bytes, target, start="/",
-                 progress: Optional[Callable[[RestoreResult], None]] = None) -> RestoreResult:
+                 progress: Optional[Callable[[RestoreResult], None]] = None,
+                 backup_id: Optional[str] = None) -> RestoreResult:
     """Recreate the backup whose root record is root_tid (or start below it) in target.
 
     See the module docstring for where entries land, what is refused (unsafe
@@ -819,10 +829,12 @@ def restore_tree(repo, root_tid: bytes, target, start="/",
     called from this thread about every 0.2 s and once at the end with a
     RestoreResult of the running counts (files, bytes_written, ...).  A target inside
     the repository (or holding it) is refused before anything is written.
+    backup_id (the backup root_tid is the root of): a backup forgotten and pruned
+    since it was looked up raises read_snapshot.BackupRemoved before anything is written.
     """
     if not repo.remote:
         mine, there = repo_place(repo), place(os.fsdecode(target))
         if below(there.path, mine.path) is not None or below(mine.path, there.path) is not None:
             raise ChunkrepoError(f"restore target {os.fsdecode(target)} lies inside the repository "
                                  f"{repo.path} or holds it: refused, nothing was written")
-    return _Restorer(repo, root_tid, target, start, progress).run()
+    return _Restorer(repo, root_tid, target, start, progress, backup_id=backup_id).run()

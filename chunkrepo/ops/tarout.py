@@ -7,13 +7,22 @@ the archive's size.
 
 Formats:
   pax    (default) everything: long and non-UTF-8 names, ns mtimes, xattrs
-         (SCHILY.xattr.*), big ids/sizes, and sparse files as GNU tar's PAX
-         sparse format 1.0 (GNU.sparse.major/minor/name/realsize, map in the
-         data).
+         (SCHILY.xattr.*, as GNU tar --xattrs writes them), POSIX ACLs also as
+         SCHILY.acl.access/default (what GNU tar --acls reads: ops.tar_acl),
+         big ids/sizes, and sparse files as GNU tar's PAX sparse format 1.0
+         (GNU.sparse.major/minor/name/realsize, map in the data).
   gnu    long names (GNU LongLink), big numbers (base-256), sparse files as
-         GNUTYPE_SPARSE members; no xattrs, mtimes in whole seconds.
+         GNUTYPE_SPARSE members; mtimes in whole seconds; no xattrs or ACLs.
   ustar  plain POSIX: holes are written as zeros; a name, link target or value
          it cannot hold fails with TarFormatError (nothing is silently cut).
+
+Neither gnu nor ustar can hold xattrs or ACLs (GNU tar refuses --xattrs with
+them): unless the caller leaves them out (xattrs=False), a backup that has any
+below start is refused with TarFormatError before anything is written.
+
+The whole archive is read from one index snapshot taken at the start
+(ops.read_snapshot), so a forget and prune of the backup meanwhile does not
+take files out of it.
 
 Sockets cannot be archived (GNU tar skips them too): they are counted in
 stats["skipped"] and left out, as `chunkrepo ls` leaves them out.
@@ -28,8 +37,10 @@ from ..errors import ChunkrepoError, IntegrityError, NotFound, StorageError
 from ..model.nodes import BLK, CHR, DIR, FIFO, REG, SYMLINK
 from ..storage.retry import is_transient
 from .file_reader import ChunkFile, with_path
-from .prefetch import prefetch
+from .prefetch import prefetch, prefetch_threads
+from .read_snapshot import backup_views
 from .stream_out import StreamOut
+from .tar_acl import acl_records
 from .traverse import walk
 
 BLOCK = 512
@@ -184,13 +195,12 @@ def _pax_header_fast(name: str, mode: int, uid: int, gid: int, size: int, mtime:
 
 
 class _Writer:
-    def __init__(self, repo, out, tar_format: str, progress=None):
-        if tar_format not in _FORMATS:
-            raise ChunkrepoError(f"unknown tar format {tar_format!r} (use pax, gnu or ustar)")
+    def __init__(self, repo, out, tar_format: str, progress=None, xattrs: bool = True):
         self.repo = repo
         self.out = out
         self.name = tar_format
         self.format = _FORMATS[tar_format]
+        self.xattrs = xattrs and self.format == tarfile.PAX_FORMAT    # into the archive
         self.written = 0
         self.view = None          # the index snapshot the walk reads
         self.prefetched = None    # chunk futures of the current entry (ops.prefetch)
@@ -252,13 +262,15 @@ class _Writer:
         name = _fs(e.path)
         sec = node.mtime_ns // 10**9
         pax = {}
-        if self.format == tarfile.PAX_FORMAT:
-            if node.mtime_ns != sec * 10**9:
-                pax["mtime"] = _pax_time(node.mtime_ns)
-            for xname, value in node.xattrs or ():
-                pax[_xattr_keyword(bytes(xname))] = _fs(bytes(value))
-        elif node.xattrs:
-            st["xattrs_dropped"] += len(node.xattrs)
+        if self.format == tarfile.PAX_FORMAT and node.mtime_ns != sec * 10**9:
+            pax["mtime"] = _pax_time(node.mtime_ns)
+        if node.xattrs:
+            if self.xattrs:
+                pax.update(acl_records(node.xattrs, node.mode, kind == DIR))
+                for xname, value in node.xattrs:
+                    pax[_xattr_keyword(bytes(xname))] = _fs(bytes(value))
+            else:
+                st["xattrs_dropped"] += len(node.xattrs)
         typeflag = _TYPES[kind]
         size = devmajor = devminor = 0
         linkname = ""
@@ -412,8 +424,16 @@ class _Writer:
         self.stats["archive_bytes"] = self.written
 
 
+def _refuse_xattrs(entries, tar_format: str) -> None:
+    """TarFormatError naming the first entry with xattrs or ACLs, which tar_format cannot hold."""
+    for e in entries:
+        if e.node.xattrs and e.node.kind in _TYPES:
+            raise TarFormatError(f"/{_fs(e.path)}: has extended attributes or ACLs, which a {tar_format} "
+                                 f"tar cannot hold; use --format pax, or --no-xattrs to leave them out")
+
+
 def write_tar(repo, root_tid, out, start="/", recursive=True, tar_format="pax", progress=None,
-              direct: bool = False) -> dict:
+              direct: bool = False, xattrs: bool = True, backup_id=None) -> dict:
     """Stream the backup tree root_tid (from start) as a tar to the binary file out.
 
     Returns stats: entries, files, dirs, symlinks, hardlinks, devices, fifos,
@@ -425,22 +445,34 @@ def write_tar(repo, root_tid, out, start="/", recursive=True, tar_format="pax", 
     pads a file that shrank; the archive goes on either way.  Other failures
     (the store unreachable, the index damaged) raise, as does TarFormatError for
     what the format cannot hold.
+    xattrs=False leaves xattrs and ACLs out (counted in xattrs_dropped); with
+    the gnu or ustar format, which cannot hold them, a tree that has any is
+    refused (TarFormatError) before anything is written unless xattrs=False.
+    backup_id (the backup root_tid is the root of): a backup forgotten and
+    pruned since it was looked up raises read_snapshot.BackupRemoved, not damage.
     progress, if given, is called with (a copy of) the running stats about
     every 0.2 s and once at the end.  direct: out is a file of the caller's own (no
     other process shares its descriptor), to be written with O_DIRECT (ops.stream_out).
     """
-    stream = StreamOut(out, direct)     # the writes to out overlap the work of the next entries
-    try:
-        w = _Writer(repo, stream, tar_format, progress)
-        with repo.index.read() as w.view:
-            for e, w.prefetched in prefetch(repo, walk(repo, root_tid, start, recursive), budget=_PREFETCH_BUDGET):
+    if tar_format not in _FORMATS:
+        raise ChunkrepoError(f"unknown tar format {tar_format!r} (use pax, gnu or ustar)")
+    # the consumer's view (the walk, its lookups) and one per read thread, opened together
+    with backup_views(repo, 1 + prefetch_threads(repo), root_tid, backup_id) as views:
+        if xattrs and tar_format != "pax":
+            _refuse_xattrs(walk(repo, root_tid, start, recursive, view=views[0]), tar_format)
+        stream = StreamOut(out, direct)     # the writes to out overlap the work of the next entries
+        try:
+            w = _Writer(repo, stream, tar_format, progress, xattrs)
+            w.view = views[0]
+            entries = walk(repo, root_tid, start, recursive, view=w.view)
+            for e, w.prefetched in prefetch(repo, entries, budget=_PREFETCH_BUDGET, views=views):
                 w.entry(e)
                 w.tick()
-        w.finish()
-    except BaseException:
-        stream.abort()
-        raise
-    stream.close()
+            w.finish()
+        except BaseException:
+            stream.abort()
+            raise
+        stream.close()
     if progress is not None:
         progress(dict(w.stats))
     return w.stats

@@ -2,15 +2,22 @@
 
 Yields entries in tar order (a directory, then its children sorted by name,
 depth first) with the path relative to '/', and for the second and later
-names of a hard-linked regular file the path of the first one met.
+names of a hard-linked regular file or symlink the path of the first one met
+(GNU tar keeps those two kinds of hard links; a FIFO or device node comes
+back as a separate node, as from GNU tar).
+
+A reader that must see the whole backup however long it runs passes the
+read view it opened at its start (ops.read_snapshot); without one, the walk
+opens its own when it starts.
 """
 
+import contextlib
 import os
 from typing import Iterator, NamedTuple, Optional
 
 from ..errors import NotFound
 from ..model import Node
-from ..model.nodes import DIR, REG
+from ..model.nodes import DIR, REG, SYMLINK
 
 
 class Entry(NamedTuple):
@@ -24,11 +31,16 @@ def split_path(path) -> list:
     return [c for c in p.split(b"/") if c and c != b"."]
 
 
-def find_node(repo, root_tid: bytes, path) -> Node:
+def _view(repo, view):
+    """view itself, or a read view of the index opened for the block."""
+    return contextlib.nullcontext(view) if view is not None else repo.index.read()
+
+
+def find_node(repo, root_tid: bytes, path, view=None) -> Node:
     """The node at path inside a backup's tree; NotFound if absent."""
     parts = split_path(path)
     node = Node(b"", 0o40755, 0, 0, "", "", 0, 0, 0, 0, 0, 0, 0, b"", None, b"", root_tid, None)
-    with repo.index.read() as v:
+    with _view(repo, view) as v:
         for i, part in enumerate(parts):
             child = None
             if node.kind == DIR and node.subtree is not None:
@@ -49,13 +61,13 @@ def _not_in_backup(parts: list, i: int) -> str:
 
 
 def walk(repo, root_tid: bytes, start="/", recursive: bool = True,
-         include_start: bool = True) -> Iterator[Entry]:
+         include_start: bool = True, view=None) -> Iterator[Entry]:
     """Entries of the backup below start (start itself first, unless it is '/')."""
     parts = split_path(start)
-    node = find_node(repo, root_tid, start)
     prefix = b"/".join(parts)
     links: dict = {}
-    with repo.index.read() as v:
+    with _view(repo, view) as v:
+        node = find_node(repo, root_tid, start, v)
         if prefix and include_start:
             yield _entry(prefix, node, links)
         if node.kind == DIR and node.subtree is not None:
@@ -70,8 +82,11 @@ def _join(prefix: bytes, name: bytes) -> bytes:
     return prefix + b"/" + name if prefix else name
 
 
+_LINKABLE = (0o100000, 0o120000)     # the file types whose hard links are kept (REG, SYMLINK)
+
+
 def _entry(path: bytes, node: Node, links: dict) -> Entry:
-    if node.nlink > 1 and node.kind == REG:
+    if node.nlink > 1 and node.kind in (REG, SYMLINK):
         key = (node.dev, node.ino)
         first = links.get(key)
         if first is not None:
@@ -89,7 +104,7 @@ def _walk_dir(repo, view, tid: bytes, prefix: bytes, links: dict):
         for child in children:
             path = base + child.name
             mode = child.mode & 0o170000
-            if child.nlink > 1 and mode == 0o100000:
+            if child.nlink > 1 and mode in _LINKABLE:
                 yield _entry(path, child, links)
             else:
                 yield Entry(path, child, None)

@@ -20,6 +20,8 @@ POINTS = ("pack-sealed", "pack-step-committed", "checkpoint-committed", "backup-
 FORGET_POINTS = ("forget-committed", "forget-record-deleted")
 PRUNE_POINTS = ("prune-packs-sealed", "prune-index-committed", "prune-before-delete")
 REPAIR_POINTS = ("repair-pack-sealed", "repair-pack-committed")
+# a rebuild's switch (repository.index_dirs); "rebuild-index-moved" only where the switch takes two renames
+REBUILD_POINTS = ("rebuild-built", "rebuild-ready", "rebuild-index-moved", "rebuild-switched")
 
 
 def crash_point(name: str) -> None:

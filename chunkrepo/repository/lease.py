@@ -132,6 +132,12 @@ def read_lock(storage, name: str = LOCK_NAME) -> Optional[dict]:
         return {}
 
 
+def live_lock(storage, name: str = LOCK_NAME) -> Optional[str]:
+    """Who holds the lock object, if its lease has not expired (a writer that seems to run)."""
+    held = read_lock(storage, name)
+    return describe(held) if held is not None and not _expired(held) else None
+
+
 def _expired(held: dict) -> bool:
     try:
         return float(held["expires"]) < time.time()

@@ -12,12 +12,16 @@ import json
 import logging
 import os
 import socket
+from typing import Optional
 
-from ..errors import ReadOnlyRepository, RepoLocked
+from ..errors import LockLost, ReadOnlyRepository, RepoLocked
+from ..process import pid_alive
+from .crash_points import crash_point
 
 log = logging.getLogger("chunkrepo")
 # who holds the lock without having written who it is (a ReaderLock never writes)
 _UNNAMED_HOLDER = "another process (a writer starting, or a reader that cannot write the repository)"
+_REOPENS = 100     # times acquire() follows a lock file removed or replaced under it
 
 
 class WriterLock:
@@ -26,19 +30,17 @@ class WriterLock:
         self._fd = None
 
     def acquire(self) -> None:
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-                raise read_only_error(os.path.dirname(self.path), f"{self.path}: {e.strerror}") from None
-            raise
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raw = os.pread(fd, 4096, 0)
+        for _ in range(_REOPENS):
+            fd = self._open_locked()
+            if _replaced(self.path, fd) is None:
+                break
+            # removed or replaced between our open and our flock: another writer may
+            # have locked the file the path names now; lock that one (or be refused)
+            fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
-            holder = _describe(raw) if raw.strip() else _UNNAMED_HOLDER
-            raise RepoLocked(f"repository is locked by {holder}") from None
+        else:
+            raise RepoLocked(f"{self.path} was removed or replaced {_REOPENS} times while this writer "
+                             f"took the lock: not taken")
         try:
             left = os.pread(fd, 4096, 0)
         except OSError:
@@ -60,8 +62,36 @@ class WriterLock:
             pass   # who holds it is only advice; a full disk must not keep a lock half taken
         self._fd = fd
 
+    def _open_locked(self) -> int:
+        """A descriptor of the file self.path names, flocked (RepoLocked if another holds it)."""
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise read_only_error(os.path.dirname(self.path), f"{self.path}: {e.strerror}") from None
+            raise
+        crash_point("lock-opened")     # (tests: REPO/lock replaced between the open and the flock)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raw = os.pread(fd, 4096, 0)
+            os.close(fd)
+            holder = _describe(raw) if raw.strip() else _UNNAMED_HOLDER
+            raise RepoLocked(f"repository is locked by {holder}") from None
+        return fd
+
     def check(self) -> None:
-        """A flock cannot be lost while its holder lives (a lease can: repository.lease)."""
+        """LockLost unless self.path still names the file this writer holds its flock on.
+
+        The flock itself cannot be lost while its holder lives, but its file can be
+        removed (`rm REPO/lock`, as for a stale lock file of other tools) or replaced:
+        then the next writer creates and locks a new file while this one works.  So,
+        as for a lease (repository.lease), the session calls this before each durable
+        step (docs/format.md, Locking)."""
+        if self._fd is not None:
+            why = _replaced(self.path, self._fd)
+            if why is not None:
+                raise LockLost(why)
 
     def release(self) -> None:
         if self._fd is not None:
@@ -119,6 +149,25 @@ def read_only_error(path: str, reason: str) -> ReadOnlyRepository:
                               f"it work: list-backups, ls, tar, restore, diff, check without --repair")
 
 
+def _replaced(path: str, fd: int) -> Optional[str]:
+    """None if path names the file open as fd; else what became of it."""
+    held = os.fstat(fd)
+    try:
+        now = os.stat(path)
+    except FileNotFoundError:
+        return f"{path} was removed"
+    except OSError as e:
+        return f"{path} cannot be examined: {e.strerror}"
+    if (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
+        return None
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(4096)
+    except OSError:
+        raw = b""
+    return f"{path} was replaced" + (f": now held by {_describe(raw)}" if raw.strip() else "")
+
+
 def _other_host(raw: bytes) -> bool:
     try:
         return json.loads(raw)["host"] != socket.gethostname()
@@ -145,6 +194,22 @@ def _age(delta: datetime.timedelta) -> str:
             k = secs // n
             return f"{k} {unit}{'s' if k != 1 else ''}"
     return f"{secs} second{'s' if secs != 1 else ''}"
+
+
+def live_holder(path: str) -> Optional[str]:
+    """Who the holder info of the lock at path names, if that process lives (or runs on
+    another host, where this cannot be told): a writer that seems to run now.  Takes no
+    lock (a prune --dry-run asks, which must never make a writer's flock fail)."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(4096)
+        d = json.loads(raw)
+        pid, host = int(d["pid"]), d["host"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if host == socket.gethostname() and not pid_alive(pid):
+        return None
+    return _describe(raw)
 
 
 def inspect_lock(path: str) -> tuple:

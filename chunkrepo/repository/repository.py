@@ -2,21 +2,22 @@
 
 import logging
 import os
-import shutil
 import threading
 from typing import Dict, List, NamedTuple, Optional
 
 from ..codec import compression, records
 from ..codec.hashing import hash_bytes
-from ..errors import LOST_WHY, AmbiguousId, ChunkrepoError, IntegrityError, NotARepository, NotFound, RepoLocked
+from ..errors import LOST_WHY, AmbiguousId, ChunkrepoError, IntegrityError, NotARepository, NotFound
 from ..index import Index, read_only_reason
 from ..model import BackupRecord, Tree
 from ..storage import LocalStorage
 from ..storage.open import is_url, local_path, open_remote, parse_options
 from ..storage.retry import is_transient
+from . import index_dirs
 from .config import CONFIG_NAME, Config
 from .index_cache import IndexCache, RemoteWriterLock
-from .lock import ReaderLock, WriterLock, read_only_error
+from .lease import live_lock
+from .lock import ReaderLock, WriterLock, live_holder, read_only_error
 from .packs import pack_name
 from .session import WriteSession
 
@@ -76,13 +77,15 @@ def _verified(data, entry, blob_id: bytes):
 class Repository:
     """An open repository.  Reading needs no lock; writing goes through a WriteSession."""
 
-    def __init__(self, location: str, wrap_storage=None, storage_options=None, sync_index: bool = True):
+    def __init__(self, location: str, wrap_storage=None, storage_options=None, sync_index: bool = True,
+                 index_dir: str = index_dirs.INDEX):
         """location: a local path or a URL (storage.open).  wrap_storage: a function
         applied to the storage (features such as fault injection are wrappers around
         a storage; tests use it).  storage_options: for fsspec.filesystem().
         sync_index: bring the index up to date with the store when it is first used (a
         remote repository's cache), or at once if a local index is absent (False:
-        rebuild-index does that itself)."""
+        rebuild-index does that itself).  index_dir: the local index's directory in the
+        repository (a rebuild fills a new one beside index/: index_dirs)."""
         self.remote = is_url(location)
         # what says where a remote repository is (its endpoint): ops compare it with URLs
         self.storage_options: dict = {}
@@ -103,35 +106,46 @@ class Repository:
             raise NotARepository(f"{self.path} is not a chunkrepo repository (no config)") from None
         self.config = Config.decode(raw, self.path)
         self.cache = IndexCache(self.storage, self.config.repo_id) if self.remote else None
-        self._index_path = self.cache.index_path if self.remote else os.path.join(self.path, "index")
-        # a local index that is absent while the store holds packs or backup records (deleted,
-        # or lost with a disk) is rebuilt before anything reads it, as a writer's recovery
-        # would: an empty one would show an empty repository.  One stat on a healthy open;
-        # the store is listed only when the index is absent, and before it is created
-        rebuild = (sync_index and not self.remote
-                   and not os.path.exists(os.path.join(self._index_path, "data.mdb"))
-                   and any(True for prefix in ("backups", "packs") for _ in self.storage.list(prefix)))
+        self._index_path = self.cache.index_path if self.remote else os.path.join(self.path, index_dir)
+        if not self.remote and index_dir == index_dirs.INDEX:
+            try:
+                self._rebuild_absent_index(sync_index, wrap_storage)
+            except BaseException:
+                self.storage.close()
+                raise
         self._index = self._open_index()
         self._closed = False
         self.session_lock = None      # the lock of this process's write session, while one runs
         if self.cache is not None:
             self.cache.due = sync_index
-        if rebuild:
-            self._rebuild_absent_index()
 
-    def _rebuild_absent_index(self) -> None:
+    def _rebuild_absent_index(self, sync_index: bool, wrap_storage) -> None:
+        """A local index that is absent while the store holds packs or backup records (deleted,
+        or lost with a disk) is rebuilt before anything reads it, as a writer's recovery
+        would: an empty one would show an empty repository.  One stat on a healthy open;
+        the store is listed only when the index is absent.  It is built beside (index_dirs),
+        so a kill leaves no partial index/ for the next open to take as the whole."""
+        if index_dirs.present(self.path):
+            return
+        index_dirs.finish_switch(self.path)     # a rebuild killed while it switched
+        if (not sync_index or index_dirs.present(self.path)
+                or not any(True for prefix in ("backups", "packs") for _ in self.storage.list(prefix))):
+            return
         log.warning("chunkrepo: %s: the index is missing: rebuilding it from the store", self.path)
-        try:
-            with self.write_session():
-                pass
-        except RepoLocked:
-            self.close()
-            raise       # another writer holds the lock: its recovery rebuilds the index
-        except BaseException:
-            # no partial index in place of the absent one: the next open tries again
-            self.close()
-            shutil.rmtree(self._index_path, ignore_errors=True)
-            raise
+        reason = read_only_reason(self._index_path)
+        if reason:
+            raise read_only_error(self.path, reason)
+        # RepoLocked: another writer holds the lock; it rebuilt the index when it opened
+        with WriterLock(os.path.join(self.path, "lock")) as held:
+            if index_dirs.present(self.path):
+                return          # rebuilt meanwhile
+            index_dirs.remove_leftovers(self.path)
+
+            def fill(name: str) -> dict:
+                with Repository(self.path, wrap_storage, sync_index=False, index_dir=name) as repo:
+                    return repo.recover_store(held)
+            _, ready = index_dirs.build(self.path, fill)
+            index_dirs.switch(self.path, ready)
 
     def _open_index(self) -> Index:
         """A local repository this process cannot write is read without the index's lock
@@ -186,9 +200,16 @@ class Repository:
             return RemoteWriterLock(self)
         return WriterLock(os.path.join(self.path, "lock"))
 
+    def active_writer(self) -> Optional[str]:
+        """Who holds the writer lock, if a writer seems to run now (asked without taking
+        any lock): the live process REPO/lock names, or the unexpired lock object."""
+        if self.remote:
+            return live_lock(self.storage)
+        return live_holder(os.path.join(self.path, "lock"))
+
     def check_lock(self) -> None:
         """Inside a write session, before deleting what another writer could need: LockLost
-        if the session's lock in an object store is no longer its own (a flock cannot be lost)."""
+        if the session's lock is no longer its own (a lease taken over, REPO/lock replaced)."""
         if self.session_lock is not None:
             self.session_lock.check()
 
@@ -396,10 +417,21 @@ class Repository:
             raise AmbiguousId(f"backup id prefix {ref!r} matches {len(matches)} backups; give more digits")
         return matches[0]
 
-    def write_session(self, fallback=None):
+    def write_session(self, fallback=None, lock=None):
         """The writer's context: takes the lock, adopts leftovers, commits on exit
-        (fallback: see WriteSession; rebuild-index's old index)."""
-        return WriteSession(self, fallback)
+        (fallback, lock: see WriteSession; a rebuild's old index, and its lock)."""
+        return WriteSession(self, fallback, lock)
+
+    def recover_store(self, lock, fallback=None) -> dict:
+        """Adopt everything the index lacks (into an empty one: all of the store) under
+        the writer lock the caller holds; what WriteSession.recover found."""
+        with self.write_session(fallback, lock) as session:
+            return session.recovered
+
+    def remove_index_leftovers(self) -> None:
+        """In a write session: what killed rebuilds left beside a local index (index_dirs)."""
+        if not self.remote:
+            index_dirs.remove_leftovers(self.path, keep=self._index_path)
 
 
 class BlobReader:

@@ -65,11 +65,15 @@ def _process_writer(repo) -> threading.RLock:
 
 
 class WriteSession:
-    def __init__(self, repo, fallback=None):
+    def __init__(self, repo, fallback=None, lock=None):
         """fallback: where recovery may find what the store lost (rebuild-index passes
         the index it replaces): .pack_entries(pack ids) -> {pack id: [PackEntry]} for
         packs with a damaged trailer, .backup_record(backup id) -> bytes or None for a
-        damaged record file.  Whatever it gives is verified before it is used."""
+        damaged or missing record file, .backup_ids() -> the backups it lists (each
+        must have a record file).  Whatever it gives is verified before it is used.
+        lock: the writer lock, already held by the caller (a rebuild holds it from
+        before the session until its new index is switched in); by default the
+        session takes the repository's own."""
         self.repo = repo
         self._fallback = fallback
         self.storage = repo.storage
@@ -81,7 +85,8 @@ class WriteSession:
         self._small_blob = repo.config.chunker.min_size
         self._small_level = max(1, self.level - 2) if self.level > 0 else self.level
         self.pack_size = repo.config.pack_size
-        self._lock = repo.writer_lock()
+        self._own_lock = lock is None
+        self._lock = repo.writer_lock() if lock is None else lock
         self._claim_lock = threading.Lock()
         self._pending_chunks: set = set()
         # the blob ids this session indexed, when it began on an index without blobs
@@ -110,24 +115,25 @@ class WriteSession:
     def __enter__(self):
         self._in_process = _process_writer(self.repo)
         self._in_process.acquire()
-        try:
-            self._lock.acquire()
-        except BaseException:
-            self._in_process.release()
-            raise
+        if self._own_lock:
+            try:
+                self._lock.acquire()
+            except BaseException:
+                self._in_process.release()
+                raise
         self.repo.session_lock = self._lock
         self._resident = resident = self.index.resident
         self._reader_budget = resident.lookup_budget
         resident.lookup_budget = min(resident.lookup_budget, WRITER_LOOKUP_BUDGET)
         try:
+            self.repo.remove_index_leftovers()
             self.recover()
             with self.index.read() as v:
                 self._new_ids = NewIds() if v.blob_count() == 0 else None
         except BaseException:
             resident.lookup_budget = self._reader_budget
             self.repo.session_lock = None
-            self._lock.release()
-            self._in_process.release()
+            self._release_lock()
             raise
         return self
 
@@ -143,10 +149,14 @@ class WriteSession:
                 self._uploads = None
             self._resident.lookup_budget = self._reader_budget
             self.repo.session_lock = None
-            try:
+            self._release_lock()
+
+    def _release_lock(self) -> None:
+        try:
+            if self._own_lock:
                 self._lock.release()
-            finally:
-                self._in_process.release()
+        finally:
+            self._in_process.release()
 
     def recover(self) -> dict:
         """Adopt what a killed writer left: sealed packs and stored backup records."""
@@ -185,9 +195,12 @@ class WriteSession:
         adopted_backups = 0
         if journal is not None:
             adopted_backups += self._resume_registration(journal)
+        stored = list(self.storage.list("backups"))
         with self.index.read() as v:
-            missing = [n for n in self.storage.list("backups") if v.backup(n.rsplit("/", 1)[1]) is None]
-        unregistered, from_fallback = [], []
+            missing = [n for n in stored if v.backup(n.rsplit("/", 1)[1]) is None]
+        rewritten, unregistered = self._rewrite_missing_records({n.rsplit("/", 1)[1] for n in stored})
+        missing += [f"backups/{bid}" for bid in rewritten]
+        from_fallback = []
         for name in missing:
             rec, fell_back = self._stored_record(name)
             if fell_back:
@@ -200,8 +213,29 @@ class WriteSession:
                 continue
         self.recovered = {"packs": adopted_packs, "backups": adopted_backups,
                           "damaged_packs": damaged, "salvaged_blobs": salvaged,
-                          "unregistered_backups": unregistered, "records_from_index": from_fallback}
+                          "unregistered_backups": unregistered, "records_from_index": from_fallback,
+                          "records_rewritten": rewritten}
         return self.recovered
+
+    def _rewrite_missing_records(self, stored: set) -> tuple:
+        """The backups the fallback lists whose record file is gone (damage: forget removes
+        the index's entry before the file): each file is written again from the fallback's
+        copy once that verifies, to be registered as stored.  (ids written, ids whose copy
+        does not verify: not registered, reported.)"""
+        if self._fallback is None:
+            return [], []
+        written, bad = [], []
+        for bid in sorted(set(self._fallback.backup_ids()) - stored):
+            copy = self._fallback.backup_record(bid)
+            try:
+                decode_record(copy or b"", bid)
+            except ValueError:
+                bad.append(bid)
+                continue
+            self._lock.check()
+            self.storage.put(f"backups/{bid}", copy)
+            written.append(bid)
+        return written, bad
 
     def _adopt_verified(self, names: list) -> Dict[str, int]:
         """Adopt the blobs of packs with a damaged trailer that verify (read, decoded,
@@ -517,7 +551,12 @@ class WriteSession:
         lost = self._check_after_record(rec.id)
         # registered here even so: if another writer began, this cache is refilled anyway
         # (index_cache.end_write); if none did, it must list the record it stored
-        self._register_backup(rec)
+        try:
+            self._register_backup(rec)
+        except IntegrityError:
+            if lost is None:
+                raise
+            raise lost from None     # the other writer removed what it names: say why
         crash_point("backup-committed")
         if lost is not None:
             raise lost

@@ -246,30 +246,36 @@ class FsspecStorage:
         except OSError:
             pass
 
-    def remove_stale_temporaries(self, prefix: str) -> int:
-        """Delete temporaries this host's killed writers left below prefix.
+    def stale_temporaries(self, prefix: str) -> list:
+        """[(path, size)] of the temporaries this host's killed writers left below prefix.
 
         Object stores have none: an upload is one PUT (a killed multipart upload
         is invisible; the bucket's lifecycle rule for incomplete uploads clears it)."""
         if self.atomic_put:
-            return 0
-        n = 0
+            return []
         host = socket.gethostname()
         base = self._path(prefix)
         self.fs.invalidate_cache(base)
         try:
-            found = self.fs.find(base)
+            found = self.fs.find(base, detail=True)
         except FileNotFoundError:
-            return 0
-        for p in found:
+            return []
+        out = []
+        for p, info in found.items():
             fn = p.rsplit("/", 1)[-1]
             if not fn.startswith(f"{_TMP_PREFIX}{host}-"):
                 continue
             pid = fn[len(_TMP_PREFIX) + len(host) + 1:].split("-")[0]
             if pid.isdigit() and not pid_alive(int(pid)):
-                self._rm_quietly(p)
-                n += 1
-        return n
+                out.append((p, info.get("size") or 0))
+        return out
+
+    def remove_stale_temporaries(self, prefix: str) -> int:
+        """Delete temporaries this host's killed writers left below prefix."""
+        found = self.stale_temporaries(prefix)
+        for p, _ in found:
+            self._rm_quietly(p)
+        return len(found)
 
     def close(self) -> None:
         pass

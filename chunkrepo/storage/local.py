@@ -23,6 +23,12 @@ def _storage_error(e: OSError, what: str) -> StorageError:
     return StorageError(f"{what}: {e.strerror or e}")
 
 
+def _read_error(e: OSError, name: str) -> StorageError:
+    """An object that could not be read, named (a restore reports it under the path of the
+    file it was restoring: without the name it reads like a problem of that file)."""
+    return StorageError(f"object {name} cannot be read: {e.strerror or e}")
+
+
 def _fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -128,6 +134,8 @@ class LocalStorage:
                     f = self._fds[name] = _OpenFile(os.open(self._path(name), os.O_RDONLY | os.O_CLOEXEC))
                 except FileNotFoundError:
                     raise NotFound(f"object {name} is missing") from None
+                except OSError as e:
+                    raise _read_error(e, name) from None
                 while len(self._fds) > self._max_open:
                     self._fds.popitem(last=False)[1].drop()
             f.users += 1
@@ -147,9 +155,13 @@ class LocalStorage:
                     return f.read()
             except FileNotFoundError:
                 raise NotFound(f"object {name} is missing") from None
+            except OSError as e:
+                raise _read_error(e, name) from None
         f = self._acquire(name)
         try:
             data = os.pread(f.fd, length, offset)
+        except OSError as e:
+            raise _read_error(e, name) from None
         finally:
             self._release(f)
         if len(data) != length:
@@ -162,6 +174,8 @@ class LocalStorage:
         f = self._acquire(name)
         try:
             n = os.preadv(f.fd, [buf], offset)
+        except OSError as e:
+            raise _read_error(e, name) from None
         finally:
             self._release(f)
         if n != len(buf):
@@ -172,6 +186,8 @@ class LocalStorage:
             return os.stat(self._path(name)).st_size
         except FileNotFoundError:
             raise NotFound(f"object {name} is missing") from None
+        except OSError as e:
+            raise _read_error(e, name) from None
 
     def exists(self, name: str) -> bool:
         return os.path.isfile(self._path(name))
@@ -192,16 +208,30 @@ class LocalStorage:
         except FileNotFoundError:
             raise NotFound(f"object {name} is missing") from None
 
-    def remove_stale_temporaries(self, prefix: str) -> int:
-        """Delete tmp files left by killed writers of this host below prefix."""
-        n = 0
+    def stale_temporaries(self, prefix: str) -> list:
+        """[(path, size)] of the tmp files killed writers of this host left below prefix."""
+        out = []
         for dirpath, _, filenames in os.walk(self._path(prefix)):
             for fn in filenames:
                 if fn.startswith(_TMP_PREFIX):
                     pid = fn[len(_TMP_PREFIX):].split("-")[0]
                     if pid.isdigit() and not pid_alive(int(pid)):
-                        os.unlink(os.path.join(dirpath, fn))
-                        n += 1
+                        p = os.path.join(dirpath, fn)
+                        try:
+                            out.append((p, os.lstat(p).st_size))
+                        except FileNotFoundError:
+                            pass
+        return out
+
+    def remove_stale_temporaries(self, prefix: str) -> int:
+        """Delete tmp files left by killed writers of this host below prefix."""
+        n = 0
+        for p, _ in self.stale_temporaries(prefix):
+            try:
+                os.unlink(p)
+                n += 1
+            except FileNotFoundError:
+                pass
         return n
 
     def _forget_fd(self, name: str) -> None:

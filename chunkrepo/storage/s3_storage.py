@@ -275,8 +275,11 @@ class S3Storage:
             raise NotFound(f"object {name} is missing")
         self._call(f"deleting {name}", "DELETE", self._key(name), ok=(200, 204), missing=name)
 
-    def remove_stale_temporaries(self, prefix: str) -> int:
+    def stale_temporaries(self, prefix: str) -> list:
         """None on an object store: an upload is one PUT."""
+        return []
+
+    def remove_stale_temporaries(self, prefix: str) -> int:
         return 0
 
     def close(self) -> None:

@@ -108,7 +108,7 @@ def test_rebuild_keeps_the_verified_blobs_of_a_pack_with_a_damaged_trailer(copy,
     p = cli("rebuild-index", "--repo", path, check=1)
     err = p.stderr.decode()
     assert "damaged trailer" in err and "verified and were adopted" in err, err
-    assert not [n for n in os.listdir(path) if n.startswith("index.old")]
+    assert not [n for n in os.listdir(path) if n.startswith("index.")]
     p = cli("check", "--read-data", "--repo", path, check=1)
     err = p.stderr.decode()
     assert "trailer unreadable" in err and "check --repair marked" not in err, err
@@ -165,7 +165,7 @@ def test_rebuild_takes_a_damaged_record_from_the_old_index(copy):
         f.write(b"garbage\n")
     p = cli("rebuild-index", "--repo", path, check=1)
     assert f"backup {b1}: its record file is damaged; registered from the old index".encode() in p.stderr
-    assert not [n for n in os.listdir(path) if n.startswith("index.old")]
+    assert not [n for n in os.listdir(path) if n.startswith("index.")]
     p = cli("list-backups", "--repo", path, check=0)
     assert b1.encode() in p.stdout and b2.encode() in p.stdout
     cli("check", "--repair", "--repo", path, check=0)
@@ -193,7 +193,7 @@ def test_a_damaged_record_without_a_copy_stops_rebuild_and_prune(copy):
     for args in (("rebuild-index",), ("prune",), ("backup", str(copy[1]))):
         p = cli(*args, "--repo", path, check=1)
         assert p.stderr.decode().count("\n") <= 3 and f"backups/{b1} is damaged".encode() in p.stderr
-        assert not [n for n in os.listdir(path) if n.startswith("index.old")]
+        assert not [n for n in os.listdir(path) if n.startswith("index.")]
         # the old index is back in place, not a partial one; nothing was freed
         assert cli("list-backups", "--repo", path, check=0).stdout == before
         assert _packs(path) == packs
