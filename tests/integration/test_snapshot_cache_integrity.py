@@ -61,7 +61,7 @@ def restored_links(env, name="out"):
     return out
 
 
-def test_snapshot_of_a_link_whose_object_was_written_stores_what_it_shows(env):
+def test_snapshot_of_a_link_whose_object_was_written_stores_what_it_shows(env, monkeypatch):
     out = restored_links(env)
     edit_in_place(out / "a.bin")
     edited = read(out / "a.bin")
@@ -70,7 +70,7 @@ def test_snapshot_of_a_link_whose_object_was_written_stores_what_it_shows(env):
     assert got["a.bin"] == b3(out / "a.bin") != env["a"]
     assert got["b.bin"] == env["b"]
     # the edit is in the repository: a fresh cache gets it back by its digest
-    os.environ["CHUNKREPO_CACHE_DIR"] = str(env["tmp"] / "cache2")
+    monkeypatch.setenv("CHUNKREPO_CACHE_DIR", str(env["tmp"] / "cache2"))
     assert read(FileSnapshot.from_digest(got["a.bin"], repo=env["repo"]).restore_safe()) == edited
     # and the original is still the original
     assert b3(FileSnapshot.from_digest(env["a"], repo=env["repo"]).restore_safe()) == env["a"]
@@ -215,7 +215,7 @@ def _holes_supported(tmp_path) -> bool:
     return ok
 
 
-def test_cache_objects_and_copies_keep_a_sparse_files_holes(env):
+def test_cache_objects_and_copies_keep_a_sparse_files_holes(env, monkeypatch):
     if not _holes_supported(env["tmp"]):
         pytest.skip("this filesystem does not keep holes")
     big = env["tmp"] / "big.sparse"
@@ -235,7 +235,7 @@ def test_cache_objects_and_copies_keep_a_sparse_files_holes(env):
     assert os.stat(c).st_size == size and os.stat(c).st_blocks * 512 < (1 << 20)
     assert b3(c) == s.digest
     # a clone of a plain backup materialises without a known digest: holes kept too
-    os.environ["CHUNKREPO_CACHE_DIR"] = str(env["tmp"] / "cache2")
+    monkeypatch.setenv("CHUNKREPO_CACHE_DIR", str(env["tmp"] / "cache2"))
     with Repo(env["repo"]) as r:
         rec = r.backup([big])
         r.clone(rec.id, env["tmp"] / "bclone", str(big))
