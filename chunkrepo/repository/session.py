@@ -322,6 +322,14 @@ class WriteSession:
         crash_point("pack-sealed")
         self._sealed.put((w.pack_id, entries, w.size))
 
+    def adopt_sealed(self, pack_id: bytes, entries, size: int, bytes_new: int, bytes_stored: int) -> None:
+        """A pack another process of this session wrote and sealed, its blobs claimed
+        for this session: committed at the next checkpoint like one of its own."""
+        with self._stats_lock:
+            self.bytes_new += bytes_new
+            self.bytes_stored += bytes_stored
+        self._sealed.put((pack_id, entries, size))
+
     def _wait_uploads(self) -> None:
         """Wait for the packs being uploaded; raise the first failure."""
         with self._writers_lock:
@@ -346,6 +354,17 @@ class WriteSession:
                 return False
             self._pending_chunks.add(cid)
             return True
+
+    def claim_chunks(self, cids: list) -> list:
+        """claim_chunk for each (one lock for all): whether the caller must store it."""
+        with self._claim_lock:
+            pending, out = self._pending_chunks, []
+            for cid in cids:
+                new = cid not in pending and not (self._may_be_indexed(cid) and self.index.has_chunk(cid))
+                if new:
+                    pending.add(cid)
+                out.append(new)
+            return out
 
     def store_chunk(self, cid: bytes, data) -> None:
         """Compress and append a claimed chunk to this thread's pack."""

@@ -11,6 +11,7 @@ that fails is retried once by the caller with a fresh lstat and then reported
 as changed during the backup, never stored torn.
 """
 
+import errno
 import os
 import stat
 import threading
@@ -93,6 +94,32 @@ def data_extents(fd: int, size: int):
     return extents
 
 
+def read_with_retry(saver: "FileSaver", path: bytes, st, all_xattrs: Optional[bool]) -> tuple:
+    """Read and store a file the walk queued, once more with a fresh lstat when it changed
+    meanwhile.  (kind, bytes read and discarded, what): ("ok", n, read_file's result),
+    ("changed", n, None) (it never held still, or is no longer a regular file),
+    ("vanished", n, None) or ("error", n, the reason)."""
+    discarded = 0
+    for _ in (1, 2):
+        try:
+            return "ok", discarded, saver.read_file(path, st, all_xattrs)
+        except FileChanged as e:
+            discarded += e.nread
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                break
+            if not stat.S_ISREG(st.st_mode):
+                break
+        except FileNotFoundError:
+            return "vanished", discarded, None
+        except OSError as e:
+            if e.errno == errno.ELOOP:   # O_NOFOLLOW met a symlink: replaced since the walk
+                break
+            return "error", discarded, e.strerror or str(e)
+    return "changed", discarded, None
+
+
 class _Reader:
     """readinto over the whole file, or over its data extents only."""
 
@@ -151,6 +178,9 @@ class FileSaver:
         self.params = chunker_params
         self._local = threading.local()
         self._help = help
+        # a list: small files' (id, content) are appended here for the caller to claim
+        # and store together (one claim for a batch of them: reader_procs)
+        self.deferred: Optional[list] = None
 
     def _state(self):
         st = getattr(self._local, "state", None)
@@ -207,7 +237,9 @@ class FileSaver:
         if not size:
             return fst, b"", None, 0
         cid = hash_bytes(data)
-        if self.session.claim_chunk(cid):
+        if self.deferred is not None:
+            self.deferred.append((cid, data))   # claimed and stored with the rest of its batch
+        elif self.session.claim_chunk(cid):
             self.session.store_chunk(cid, data)
         return fst, cid, None, size
 
@@ -215,13 +247,10 @@ class FileSaver:
         session = self.session
         ids = []
         for chunks in self._cut(reader, expected):
-            claimed = []
-            for chunk in chunks:
-                cid = hash_bytes(chunk)
-                if session.claim_chunk(cid):
-                    claimed.append((cid, chunk))
-                ids.append(cid)
-            self._store(claimed)
+            cids = [hash_bytes(chunk) for chunk in chunks]
+            self._store([(cid, chunk) for cid, chunk, new in zip(cids, chunks, session.claim_chunks(cids))
+                         if new])
+            ids += cids
         return b"".join(ids)
 
     def _store(self, claimed: list) -> None:

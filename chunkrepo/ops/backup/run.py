@@ -1,7 +1,6 @@
 """The backup orchestrator: walk, decide borrow-or-read, commit."""
 
 import concurrent.futures
-import errno
 import functools
 import grp
 import operator
@@ -16,11 +15,13 @@ from typing import Callable, List, Optional, Sequence
 
 from ...codec import records
 from ...codec.hashing import hash_bytes
+from ...storage import LocalStorage
 from ...errors import ChunkrepoError, IntegrityError
 from ...model import BackupRecord, Node, Tree, node_from_stat
 from ...model.nodes import DIR, REG
 from .exclude import Excludes
-from .file_saver import FileChanged, FileSaver, read_xattrs
+from .file_saver import FileSaver, read_with_retry, read_xattrs
+from .reader_procs import ReaderProcs, received, stat_fields
 from .tree_saver import Batch, PendingDir, PendingFile, TreeSaver
 from ..snapshot.cachelink import CacheLinks     # snapshots: links into chunkrepo's cache
 
@@ -157,6 +158,8 @@ class Backup:
         self.workers = max(1, opts.workers)
         self.inflight = threading.BoundedSemaphore(2 * self.workers + 2)
         self.pool = concurrent.futures.ThreadPoolExecutor(self.workers, "chunkrepo-read")
+        self.procs: Optional[ReaderProcs] = None    # started with the first batch (none: nothing read)
+        self.use_procs = self.workers > 1 and os.environ.get("CHUNKREPO_READER_PROCS") == "1" and type(repo.storage) is LocalStorage
         self._batches = 0            # submitted and not done: fewer than the workers, one is idle
         self.trust_before = 0
         self.excludes = list(opts.excludes)
@@ -403,7 +406,18 @@ class Backup:
         self.inflight.acquire()
         with self._lock:
             self._batches += 1
-        batch.future = self.pool.submit(self._read_batch, batch.items)
+        if self.use_procs:
+            if self.procs is None:
+                self.procs = ReaderProcs(self.session, self.repo.path,
+                                         None if self.session._new_ids is not None else self.repo._index_path,
+                                         self.repo.config.chunker, self.all_xattrs, self.workers)
+            items = batch.items
+            keep = [(path, name, st.st_size, prev) for path, name, st, prev in items]
+            batch.future = self.procs.submit([(path, stat_fields(st)) for path, _, st, _ in items],
+                                             lambda statuses: [self._apply(received(s), *k)
+                                                               for s, k in zip(statuses, keep)])
+        else:
+            batch.future = self.pool.submit(self._read_batch, batch.items)
         batch.items = None    # the worker's until read: the stat results go with it, not with the dir
         batch.future.add_done_callback(self._batch_done)
 
@@ -423,33 +437,24 @@ class Backup:
         return [self._read_one(*item) for item in batch]
 
     def _read_one(self, path, name, st, prev) -> Optional[Node]:
-        counted = st.st_size       # what the walk added to bytes_total for this file
-        for attempt in (1, 2):
-            try:
-                fst, chunks, sparse, nread, xattrs = self.saver.read_file(path, st, self.all_xattrs)
-            except FileChanged as e:
-                with self._lock:
-                    self.res.bytes_read += e.nread
-                try:
-                    st = os.lstat(path)
-                except FileNotFoundError:
-                    break
-                if not stat.S_ISREG(st.st_mode):
-                    break
-                continue
-            except FileNotFoundError:
-                self.error(path, "vanished before it could be read")
-                self._not_stored(counted, skipped=True)
-                return None
-            except OSError as e:
-                if e.errno == errno.ELOOP:   # O_NOFOLLOW met a symlink: replaced since the walk
-                    break
-                self.error(path, e.strerror or str(e))
-                self._not_stored(counted, skipped=True)
-                return None
+        return self._apply(read_with_retry(self.saver, path, st, self.all_xattrs), path, name, st.st_size, prev)
+
+    def _apply(self, status: tuple, path: bytes, name: bytes, counted: int, prev) -> Optional[Node]:
+        """The entry of a queued file from read_with_retry's status (counted: the size
+        the walk added to bytes_total for it)."""
+        kind, discarded, what = status
+        if discarded:
+            with self._lock:
+                self.res.bytes_read += discarded
+        if kind == "ok":
+            fst, chunks, sparse, nread, xattrs = what
             self._stored(nread, fst.st_size, counted)
             return self.node(name, fst, xattrs=xattrs, chunks=chunks, sparse=sparse)
-        return self._gave_up(path, "changed during the backup", prev, counted)
+        if kind == "changed":
+            return self._gave_up(path, "changed during the backup", prev, counted)
+        self.error(path, "vanished before it could be read" if kind == "vanished" else what)
+        self._not_stored(counted, skipped=True)
+        return None
 
     def _stored(self, nread: int, size: int, counted: int) -> None:
         """A queued file was read and stored with this size (counted: the walk's)."""
@@ -496,8 +501,12 @@ class Backup:
             root_st = os.lstat(b"/")
             pd = self.scan_dir(b"/", b"", root_st, prev_root, selection, root_st.st_dev)
             self.trees.finish_all()
+            if self.procs is not None:
+                self.procs.close()
         finally:
             self.pool.shutdown(wait=True)
+            if self.procs is not None:
+                self.procs.kill()
         self.apply_corrections()
         return pd.result
 
