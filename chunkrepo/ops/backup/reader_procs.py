@@ -165,7 +165,7 @@ def _die_with_parent() -> None:
 
 
 def _reader_main(conn, repo_path, claims_path, index_path, chunker, all_xattrs, levels, pack_size,
-                 busy, nprocs) -> None:
+                 busy, me) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # the backup's process decides what stops
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _die_with_parent()
@@ -180,8 +180,8 @@ def _reader_main(conn, repo_path, claims_path, index_path, chunker, all_xattrs, 
     def help(fn, *args):
         """A large file's every second chunk compressed by a second thread while another
         reader has no batch (the last large files of a backup are not compressed on one core)."""
-        if busy.value >= nprocs:
-            return None
+        if all(n for i, n in enumerate(busy) if i != me):
+            return None      # every other reader has a batch
         if not helper:
             helper.append(concurrent.futures.ThreadPoolExecutor(1, "chunkrepo-help"))
         return helper[0].submit(fn, *args)
@@ -230,12 +230,12 @@ class ReaderProcs:
         self.lock = threading.Lock()
         self.failure: Optional[BaseException] = None
         self._no = 0
-        self.busy = ctx.RawValue("i", 0)     # batches handed out and not done (the readers look)
+        self.busy = ctx.RawArray("i", n)     # per reader: batches handed out and not done (they look)
         _Claims(self.tmp).env.close()
         for _ in range(n):
             a, b = ctx.Pipe()
             p = ctx.Process(target=_reader_main, args=(b, repo_path, self.tmp, index_path, chunker, all_xattrs,
-                                                      levels, session.pack_size, self.busy, n), daemon=True)
+                                                      levels, session.pack_size, self.busy, len(self.procs)), daemon=True)
             p.start()
             b.close()
             self.conns.append(a)
@@ -246,17 +246,18 @@ class ReaderProcs:
         for t in self.receivers:
             t.start()
 
-    def submit(self, items, finish) -> concurrent.futures.Future:
+    def submit(self, items, finish, nbytes: int) -> concurrent.futures.Future:
         """A Future of finish(the statuses of items' files), finish run by a receiving thread."""
         fut: concurrent.futures.Future = concurrent.futures.Future()
+        cost = nbytes + (1 << 20)     # what is left to read (a batch costs its opens too)
         with self.lock:
             if self.failure is not None:
                 raise self.failure
             i = min(range(len(self.load)), key=self.load.__getitem__)
-            self.load[i] += 1
-            self.busy.value += 1
+            self.load[i] += cost
+            self.busy[i] += 1
             no = self._no = self._no + 1
-            self.pending[no] = (fut, finish)
+            self.pending[no] = (fut, finish, cost)
         self.conns[i].send((no, items))
         return fut
 
@@ -269,9 +270,9 @@ class ReaderProcs:
                 kind = msg[0]
                 if kind == "done":
                     with self.lock:
-                        fut, finish = self.pending.pop(msg[1])
-                        self.load[i] -= 1
-                        self.busy.value -= 1
+                        fut, finish, cost = self.pending.pop(msg[1])
+                        self.load[i] -= cost
+                        self.busy[i] -= 1
                     try:
                         fut.set_result(finish(msg[2]))
                     except BaseException as e:
@@ -288,7 +289,7 @@ class ReaderProcs:
     def _fail(self, e: BaseException) -> None:
         with self.lock:
             self.failure = self.failure or e
-            futs = [f for f, _ in self.pending.values()]
+            futs = [f for f, _, _ in self.pending.values()]
             self.pending.clear()
         for f in futs:
             if not f.done():

@@ -415,7 +415,8 @@ class Backup:
             keep = [(path, name, st.st_size, prev) for path, name, st, prev in items]
             batch.future = self.procs.submit([(path, stat_fields(st)) for path, _, st, _ in items],
                                              lambda statuses: [self._apply(received(s), *k)
-                                                               for s, k in zip(statuses, keep)])
+                                                               for s, k in zip(statuses, keep)],
+                                             batch.nbytes)
         else:
             batch.future = self.pool.submit(self._read_batch, batch.items)
         batch.items = None    # the worker's until read: the stat results go with it, not with the dir
