@@ -559,13 +559,16 @@ _INFO_KEYS = tuple(map(sys.intern, ("map_addr", "map_size", "last_pgno", "last_t
 class Index:
     """One LMDB environment per path per process (as the LMDB authors advise)."""
 
-    def __init__(self, path: str, readonly: bool = False):
+    def __init__(self, path: str, readonly: bool = False, lock: Optional[bool] = None):
         """readonly: open the index for reading only and without its lock file
         (lock.mdb, where readers register so that a writer keeps the pages they
         read): for an index this process cannot write (read_only_reason()).  The caller
         makes sure that no writer runs meanwhile (repository.lock.ReaderLock)."""
         self.path = path
         self.readonly = readonly
+        # lock=True with readonly: a reader beside a writer of another process (its read
+        # snapshots registered in lock.mdb, so the writer keeps their pages)
+        self.lock = (not readonly) if lock is None else lock
         self._open()
 
     def _open(self) -> None:
@@ -579,7 +582,7 @@ class Index:
             # page without a second sync; write(durable=True) syncs after the commit (see there)
             self.env = lmdb.open(path, map_size=_MAP_SIZE, max_dbs=len(_DBS) + 2,
                                  readonly=readonly, subdir=True, max_readers=256,
-                                 lock=not readonly, readahead=False, meminit=False, metasync=False)
+                                 lock=self.lock, readahead=False, meminit=False, metasync=False)
         except _DAMAGE as e:
             raise self.found_damage(e) from None
         except lmdb.Error as e:

@@ -25,6 +25,7 @@ from ..index.lmdb_index import COMMITTING_META, GARBAGE_META, REGISTERING_BATCH_
 from ..model import BackupRecord, Node, Tree, decode_record
 from .crash_points import crash_point
 from .new_ids import NewIds
+from .shared_claims import SharedClaims
 from .packs import (HEADER, KIND_DATA, KIND_TREE, PackEntry, PackWriter, pack_id_from_name, read_trailer,
                     trailer_candidates)
 
@@ -92,6 +93,7 @@ class WriteSession:
         # the blob ids this session indexed, when it began on an index without blobs
         # (then no other id is in the index: a claim needs no lookup; new_ids.py)
         self._new_ids: Optional[NewIds] = None
+        self._shared: Optional[SharedClaims] = None    # once reader processes claim too
         self._pending_trees: Dict[bytes, bytes] = {}   # id -> record bytes, until committed
         self._sealed: "queue.SimpleQueue" = queue.SimpleQueue()
         self._local = threading.local()
@@ -149,6 +151,9 @@ class WriteSession:
                 self._uploads = None
             self._resident.lookup_budget = self._reader_budget
             self.repo.session_lock = None
+            if self._shared is not None:
+                self._shared.remove()
+                self._shared = None
             self._release_lock()
 
     def _release_lock(self) -> None:
@@ -322,14 +327,6 @@ class WriteSession:
         crash_point("pack-sealed")
         self._sealed.put((w.pack_id, entries, w.size))
 
-    def adopt_sealed(self, pack_id: bytes, entries, size: int, bytes_new: int, bytes_stored: int) -> None:
-        """A pack another process of this session wrote and sealed, its blobs claimed
-        for this session: committed at the next checkpoint like one of its own."""
-        with self._stats_lock:
-            self.bytes_new += bytes_new
-            self.bytes_stored += bytes_stored
-        self._sealed.put((pack_id, entries, size))
-
     def _wait_uploads(self) -> None:
         """Wait for the packs being uploaded; raise the first failure."""
         with self._writers_lock:
@@ -349,22 +346,42 @@ class WriteSession:
 
     def claim_chunk(self, cid: bytes) -> bool:
         """True if the caller must store this chunk (nobody has it yet)."""
-        with self._claim_lock:
-            if cid in self._pending_chunks or (self._may_be_indexed(cid) and self.index.has_chunk(cid)):
-                return False
-            self._pending_chunks.add(cid)
-            return True
+        return self.claim_chunks([cid])[0]
 
     def claim_chunks(self, cids: list) -> list:
         """claim_chunk for each (one lock for all): whether the caller must store it."""
         with self._claim_lock:
             pending, out = self._pending_chunks, []
-            for cid in cids:
-                new = cid not in pending and not (self._may_be_indexed(cid) and self.index.has_chunk(cid))
+            shared = self._shared.claim(cids) if self._shared is not None else None
+            for i, cid in enumerate(cids):
+                new = (cid not in pending if shared is None else shared[i]) and not (
+                    self._may_be_indexed(cid) and self.index.has_chunk(cid))
                 if new:
                     pending.add(cid)
                 out.append(new)
             return out
+
+    def share_claims(self) -> tuple:
+        """From now on claim chunks in a SharedClaims that reader processes open too
+        (ops/backup/reader_procs).  Returns (its path, the index's path when a reader
+        must look claimed ids up in the index as well, else None)."""
+        with self._claim_lock:
+            if self._shared is None:
+                self._shared = SharedClaims.create()
+                self._shared.claim(list(self._pending_chunks))    # stored, not committed yet
+            # what this session committed before is in the index, what it commits from
+            # now on was claimed in the shared claims first
+            with self.index.read() as v:
+                lookups = v.blob_count() > 0
+        return self._shared.path, (self.repo.index.path if lookups else None)
+
+    def adopt_sealed(self, pack_id: bytes, entries, size: int, bytes_new: int, bytes_stored: int) -> None:
+        """A pack a reader process of this session wrote and sealed, its blobs claimed in
+        the shared claims: committed at the next checkpoint like one of its own."""
+        with self._stats_lock:
+            self.bytes_new += bytes_new
+            self.bytes_stored += bytes_stored
+        self._sealed.put((pack_id, entries, size))
 
     def store_chunk(self, cid: bytes, data) -> None:
         """Compress and append a claimed chunk to this thread's pack."""

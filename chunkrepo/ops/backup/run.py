@@ -21,7 +21,7 @@ from ...model import BackupRecord, Node, Tree, node_from_stat
 from ...model.nodes import DIR, REG
 from .exclude import Excludes
 from .file_saver import FileSaver, read_with_retry, read_xattrs
-from .reader_procs import ReaderProcs, received, stat_fields
+from .reader_procs import ReaderProcs, stat_fields
 from .tree_saver import Batch, PendingDir, PendingFile, TreeSaver
 from ..snapshot.cachelink import CacheLinks     # snapshots: links into chunkrepo's cache
 
@@ -46,6 +46,9 @@ class BackupOptions:
     progress: Optional[Callable] = None
     listed_paths: bool = False     # paths come from --files-from: store exactly those
     clock: Callable[[], int] = time.time_ns
+    # bytes queued for reading (a file counts 4 KiB at least) after which reader processes
+    # take the batches over (reader_procs; None: threads only)
+    processes_after: Optional[int] = 16 << 20
 
 
 @dataclass
@@ -158,8 +161,13 @@ class Backup:
         self.workers = max(1, opts.workers)
         self.inflight = threading.BoundedSemaphore(2 * self.workers + 2)
         self.pool = concurrent.futures.ThreadPoolExecutor(self.workers, "chunkrepo-read")
-        self.procs: Optional[ReaderProcs] = None    # started with the first batch (none: nothing read)
-        self.use_procs = self.workers > 1 and os.environ.get("CHUNKREPO_READER_PROCS") == "1" and type(repo.storage) is LocalStorage
+        # reader processes, once this much is queued: for a local repository (a wrapped
+        # storage, such as a test's fault injection, stays with the threads), unless turned off
+        self.procs: Optional[ReaderProcs] = None
+        self.procs_after = opts.processes_after if (
+            self.workers > 1 and type(repo.storage) is LocalStorage
+            and os.environ.get("CHUNKREPO_READER_PROCESSES", "1") != "0") else None
+        self.queued = 0
         self._batches = 0            # submitted and not done: fewer than the workers, one is idle
         self.trust_before = 0
         self.excludes = list(opts.excludes)
@@ -406,16 +414,15 @@ class Backup:
         self.inflight.acquire()
         with self._lock:
             self._batches += 1
-        if self.use_procs:
-            if self.procs is None:
-                self.procs = ReaderProcs(self.session, self.repo.path,
-                                         None if self.session._new_ids is not None else self.repo._index_path,
-                                         self.repo.config.chunker, self.all_xattrs, self.workers)
-            items = batch.items
-            keep = [(path, name, st.st_size, prev) for path, name, st, prev in items]
-            batch.future = self.procs.submit([(path, stat_fields(st)) for path, _, st, _ in items],
-                                             lambda statuses: [self._apply(received(s), *k)
-                                                               for s, k in zip(statuses, keep)],
+        if self.procs is None and self.procs_after is not None:
+            self.queued += sum(max(it[2].st_size, 4096) for it in batch.items)
+            if self.queued >= self.procs_after:
+                self.procs = ReaderProcs(self.session, self.repo.path, self.repo.config.chunker,
+                                         self.all_xattrs, self.workers)
+        if self.procs is not None:
+            keep = [(path, name, st.st_size, prev) for path, name, st, prev in batch.items]
+            batch.future = self.procs.submit([(path, stat_fields(st)) for path, _, st, _ in batch.items],
+                                             lambda statuses: [self._apply(s, *k) for s, k in zip(statuses, keep)],
                                              batch.nbytes)
         else:
             batch.future = self.pool.submit(self._read_batch, batch.items)

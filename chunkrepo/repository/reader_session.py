@@ -1,0 +1,83 @@
+"""What a file reader asks of a write session (claims, compression, packs), inside a
+reader process of that session (ops/backup/reader_procs).
+
+A chunk is claimed in the session's SharedClaims first, then looked up in the index in a
+read snapshot taken after the claim: the session removes nothing from the claims, so a
+chunk it (or another reader) committed meanwhile is either claimed already or in that
+snapshot.  Claimed chunks are compressed here and appended to this process's own pack; a
+sealed pack's entries go back to the session (send), which indexes it at its next
+checkpoint as one of its own (WriteSession.adopt_sealed).
+"""
+
+from typing import Callable, List, Optional
+
+from ..codec import compression
+from ..index import Index
+from .packs import KIND_DATA, PackWriter
+from .session import MAX_PACK_BLOBS
+from .shared_claims import SharedClaims
+
+
+class ReaderSession:
+    def __init__(self, storage, claims: SharedClaims, index_path: Optional[str], send: Callable,
+                 levels: tuple, pack_size: int):
+        """index_path: the repository's index, when it held blobs before the claims were
+        shared (else a claim alone says a chunk is new).  levels: (level, small level,
+        small blob size) as WriteSession chooses them."""
+        self.storage = storage
+        self.claims = claims
+        self.index = Index(index_path, readonly=True, lock=True) if index_path is not None else None
+        self.send = send
+        self.level, self.small_level, self.small_blob = levels
+        self.pack_size = pack_size
+        self.writer: Optional[PackWriter] = None
+        self.bytes_new = self.bytes_stored = 0
+
+    def claim_chunks(self, cids: List[bytes]) -> List[bool]:
+        new = self.claims.claim(cids)
+        if self.index is None or not any(new):
+            return new
+        with self.index.read() as v:
+            return [n and not v.has_chunk(cid) for cid, n in zip(cids, new)]
+
+    def claim_chunk(self, cid: bytes) -> bool:
+        return self.claim_chunks([cid])[0]
+
+    def compress_chunk(self, data) -> tuple:
+        return compression.compress_parts(data, self.small_level if len(data) <= self.small_blob else self.level)
+
+    def store_chunk(self, cid: bytes, data) -> None:
+        self.append_chunk(cid, self.compress_chunk(data), len(data))
+
+    def store_new(self, pairs: list) -> None:
+        """Claim and store [(id, content)] (small files read together) with one claim."""
+        for (cid, data), new in zip(pairs, self.claim_chunks([cid for cid, _ in pairs])):
+            if new:
+                self.store_chunk(cid, data)
+
+    def append_chunk(self, cid: bytes, parts: tuple, raw_length: int) -> None:
+        w = self.writer
+        if w is None:
+            w = self.writer = PackWriter(self.storage)
+        self.bytes_stored += w.add_parts(KIND_DATA, cid, parts, raw_length)
+        self.bytes_new += raw_length
+        if w.size >= self.pack_size or len(w.entries) >= MAX_PACK_BLOBS:
+            self.seal()
+
+    def seal(self) -> None:
+        """Make the open pack durable and send its entries (and the bytes counted since)."""
+        w, self.writer = self.writer, None
+        if w is None:
+            return
+        try:
+            entries = w.seal()
+        except BaseException:
+            w.abort()
+            raise
+        self.send(("sealed", w.pack_id, entries, w.size, self.bytes_new, self.bytes_stored))
+        self.bytes_new = self.bytes_stored = 0
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.abort()
+            self.writer = None
