@@ -116,6 +116,9 @@ class HashOnly:
     def claim_chunk(self, cid: bytes) -> bool:
         return False
 
+    def claim_chunks(self, cids: list) -> list:
+        return [False] * len(cids)
+
 
 class _LiveSide:
     """The file system as the backup saw it: a node per lstat, entries by os.scandir."""

@@ -197,7 +197,12 @@ class ReaderProcs:
             self._no += 1
             self.pending[self._no] = (fut, finish, cost, i)
             self.busy_map[i] = min(self.busy[i], 255)
-        self.conns[i].send(("batch", self._no, items))
+        try:
+            self.conns[i].send(("batch", self._no, items))
+        except OSError:
+            err = self._ended(i)
+            self._fail(err)
+            raise err from None
         return fut
 
     def _receive(self, i: int) -> None:
@@ -222,10 +227,20 @@ class ReaderProcs:
                     return
                 else:
                     raise msg[1]
-        except EOFError:
-            self._fail(StorageError("a reader process ended unexpectedly"))
+        except (EOFError, OSError):
+            self._fail(self._ended(i))
         except BaseException as e:
             self._fail(e)
+
+    def _ended(self, i: int) -> StorageError:
+        """The error for reader i gone without a word (killed, out of memory)."""
+        try:
+            rc = self.procs[i].wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            rc = None
+        how = f" (killed by signal {-rc})" if rc is not None and rc < 0 else (
+            f" (exit status {rc})" if rc else "")
+        return StorageError(f"a reader process ended unexpectedly{how}")
 
     def _fail(self, e: BaseException) -> None:
         with self.lock:

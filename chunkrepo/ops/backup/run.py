@@ -67,6 +67,7 @@ class BackupResult:
     errors: List[str] = field(default_factory=list)
     elapsed: float = 0.0
     parent: Optional[str] = None
+    reader_processes: int = 0    # how many reader processes read (0: the reader threads alone)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -511,6 +512,7 @@ class Backup:
             self.trees.finish_all()
             if self.procs is not None:
                 self.procs.close()
+                self.res.reader_processes = len(self.procs.procs)
         finally:
             self.pool.shutdown(wait=True)
             if self.procs is not None:
@@ -564,7 +566,7 @@ def commit_record(session, res: BackupResult, parent: Optional[BackupRecord], re
     res.bytes_stored = session.bytes_stored
     res.parent = parent.id if parent else None
     stats = {k: v for k, v in res.to_dict().items()
-             if k not in ("id", "errors", "elapsed", "parent", "bytes_done")}
+             if k not in ("id", "errors", "elapsed", "parent", "bytes_done", "reader_processes")}
     stats["errors"] = len(res.errors)
     rec.stats = stats
     rec.id = hash_bytes(records.encode_json(rec.to_dict()))[:16].hex()
