@@ -2,8 +2,8 @@
 reader process of that session (ops/backup/reader_procs).
 
 A chunk is claimed in the session's SharedClaims first, then looked up in the index in a
-read snapshot taken after the claim: the session removes nothing from the claims, so a
-chunk it (or another reader) committed meanwhile is either claimed already or in that
+read snapshot taken after the claim: the session releases a claim only once the chunk's
+pack is committed, so a chunk stored by anyone is either still claimed or in that
 snapshot.  Claimed chunks are compressed here and appended to this process's own pack; a
 sealed pack's entries go back to the session (send), which indexes it at its next
 checkpoint as one of its own (WriteSession.adopt_sealed).
@@ -21,12 +21,11 @@ from .shared_claims import SharedClaims
 class ReaderSession:
     def __init__(self, storage, claims: SharedClaims, index_path: Optional[str], send: Callable,
                  levels: tuple, pack_size: int):
-        """index_path: the repository's index, when it held blobs before the claims were
-        shared (else a claim alone says a chunk is new).  levels: (level, small level,
-        small blob size) as WriteSession chooses them."""
+        """index_path: the repository's index (what a released claim is in).  levels:
+        (level, small level, small blob size) as WriteSession chooses them."""
         self.storage = storage
         self.claims = claims
-        self.index = Index(index_path, readonly=True, lock=True) if index_path is not None else None
+        self.index = Index(index_path, readonly=True, lock=True)
         self.send = send
         self.level, self.small_level, self.small_blob = levels
         self.pack_size = pack_size
@@ -35,10 +34,13 @@ class ReaderSession:
 
     def claim_chunks(self, cids: List[bytes]) -> List[bool]:
         new = self.claims.claim(cids)
-        if self.index is None or not any(new):
+        if not any(new):
             return new
         with self.index.read() as v:
-            return [n and not v.has_chunk(cid) for cid, n in zip(cids, new)]
+            out = [n and not v.has_chunk(cid) for cid, n in zip(cids, new)]
+        held = [cid for cid, n, o in zip(cids, new, out) if n and not o]
+        self.claims.release(held)       # in the index already: nothing to hold
+        return out
 
     def claim_chunk(self, cid: bytes) -> bool:
         return self.claim_chunks([cid])[0]

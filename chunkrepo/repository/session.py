@@ -352,10 +352,13 @@ class WriteSession:
         """claim_chunk for each (one lock for all): whether the caller must store it."""
         with self._claim_lock:
             pending, out = self._pending_chunks, []
+            # shared: claimed there first, then looked up (has_chunk reads a snapshot of its own)
             shared = self._shared.claim(cids) if self._shared is not None else None
             for i, cid in enumerate(cids):
                 new = (cid not in pending if shared is None else shared[i]) and not (
                     self._may_be_indexed(cid) and self.index.has_chunk(cid))
+                if shared is not None and shared[i] and not new:
+                    self._shared.release([cid])      # in the index: nothing to hold
                 if new:
                     pending.add(cid)
                 out.append(new)
@@ -363,17 +366,14 @@ class WriteSession:
 
     def share_claims(self) -> tuple:
         """From now on claim chunks in a SharedClaims that reader processes open too
-        (ops/backup/reader_procs).  Returns (its path, the index's path when a reader
-        must look claimed ids up in the index as well, else None)."""
+        (ops/backup/reader_procs).  Returns (its path, the index's path).  A claim holds
+        an id from the claim until the id's pack is committed; a claimer then looks the
+        id up in the index in a snapshot taken after its claim (claim_chunks)."""
         with self._claim_lock:
             if self._shared is None:
                 self._shared = SharedClaims.create()
                 self._shared.claim(list(self._pending_chunks))    # stored, not committed yet
-            # what this session committed before is in the index, what it commits from
-            # now on was claimed in the shared claims first
-            with self.index.read() as v:
-                lookups = v.blob_count() > 0
-        return self._shared.path, (self.repo.index.path if lookups else None)
+        return self._shared.path, self.repo.index.path
 
     def adopt_sealed(self, pack_id: bytes, entries, size: int, bytes_new: int, bytes_stored: int) -> None:
         """A pack a reader process of this session wrote and sealed, its blobs claimed in
@@ -502,6 +502,8 @@ class WriteSession:
             self._pending_chunks.difference_update(chunk_ids)
             for tid in tree_bytes:
                 self._pending_trees.pop(tid, None)
+            if self._shared is not None:     # in the index now (claimers look there after claiming)
+                self._shared.release(chunk_ids)
 
     def _index_blob(self, w, pack_id: bytes, e, tree_bytes: dict) -> None:
         entry = BlobEntry(pack_id, e.offset, e.length, e.raw_length, 0)

@@ -4,8 +4,11 @@ A backup that reads a lot hands its files to reader processes (ops/backup/reader
 each stores what it reads into packs of its own, and no two may store the same chunk.
 The claims live in a small LMDB environment in a temporary directory that the session
 and every reader open: a claim is a put that refuses an existing key, in one short write
-transaction per batch of ids (LMDB serialises writers across processes).  Nothing is ever
-removed while the session runs; the directory goes with the session.
+transaction per batch of ids (LMDB serialises writers across processes).  A claimed id is
+held until its pack is committed to the index, then released: a claimer looks a newly
+claimed id up in the index (a snapshot taken after the claim) before it stores it, so
+the environment holds only what is being stored (a few MiB whatever the host's size:
+its pages count in every reader's resident set).  The directory goes with the session.
 """
 
 import os
@@ -37,6 +40,15 @@ class SharedClaims:
         with self.env.begin(write=True) as txn:
             put = txn.put
             return [put(i, b"", overwrite=False) for i in ids]
+
+    def release(self, ids: List[bytes]) -> None:
+        """Forget ids whose blobs are in the index now."""
+        if not ids:
+            return
+        with self.env.begin(write=True) as txn:
+            delete = txn.delete
+            for i in ids:
+                delete(i)
 
     def close(self) -> None:
         self.env.close()
