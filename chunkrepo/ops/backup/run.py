@@ -418,8 +418,11 @@ class Backup:
         if self.procs is None and self.procs_after is not None:
             self.queued += sum(max(it[2].st_size, 4096) for it in batch.items)
             if self.queued >= self.procs_after:
-                self.procs = ReaderProcs(self.session, self.repo.path, self.repo.config.chunker,
-                                         self.all_xattrs, self.workers)
+                try:
+                    self.procs = ReaderProcs(self.session, self.repo.path, self.repo.config.chunker,
+                                             self.all_xattrs, self.workers)
+                except ChunkrepoError:
+                    self.procs_after = None      # no process could start: the threads read on
         if self.procs is not None:
             keep = [(path, name, st.st_size, prev) for path, name, st, prev in batch.items]
             batch.future = self.procs.submit([(path, stat_fields(st)) for path, _, st, _ in batch.items],
