@@ -33,6 +33,7 @@ import os
 import shutil
 from typing import Optional
 
+from ..storage.local import fsync_dir
 from .crash_points import crash_point
 
 INDEX = "index"
@@ -66,7 +67,7 @@ def finish_switch(repo_path: str) -> None:
             os.rename(ready, os.path.join(repo_path, INDEX))
         except OSError:
             continue    # renamed by another process meanwhile, or read-only: left as it is
-        _sync_dir(repo_path)
+        fsync_dir(repo_path)
         return
 
 
@@ -93,7 +94,7 @@ def build(repo_path: str, recover_into) -> tuple:
     except BaseException:
         shutil.rmtree(new, ignore_errors=True)
         raise
-    _sync_dir(repo_path)
+    fsync_dir(repo_path)
     return got, own(READY)
 
 
@@ -112,7 +113,7 @@ def switch(repo_path: str, ready: str) -> None:
             os.rename(index, replaced)
             crash_point("rebuild-index-moved")
         _rename_into_place(repo_path, ready)
-    _sync_dir(repo_path)
+    fsync_dir(repo_path)
     crash_point("rebuild-switched")
     shutil.rmtree(replaced, ignore_errors=True)
 
@@ -167,10 +168,3 @@ def _mtime(path: str) -> float:
         return 0.0
 
 
-def _sync_dir(path: str) -> None:
-    """The renames survive a power cut from here on."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -29,7 +29,8 @@ def _read_error(e: OSError, name: str) -> StorageError:
     return StorageError(f"object {name} cannot be read: {e.strerror or e}")
 
 
-def _fsync_dir(path: str) -> None:
+def fsync_dir(path: str) -> None:
+    """What was renamed or created in path survives a power cut from here on."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -70,7 +71,7 @@ class _LocalWriter:
             os.fsync(self._fd)
             self._close()
             os.rename(self._tmp, self._final)
-            _fsync_dir(self._dir)
+            fsync_dir(self._dir)
         except OSError as e:
             self.abort()
             raise _storage_error(e, f"writing {self._name}") from None
