@@ -100,6 +100,17 @@ def test_memory_backup_restores_byte_identical_and_second_backup_reads_nothing(r
     assert (r3.bytes_read, r3.files_borrowed) == (7, 3)
 
 
+def test_a_url_backup_into_a_local_repository_reads_with_threads(repo, url_mem, tmp_path):
+    """Objects are read through their filesystem: reader processes (which open local
+    paths) never take a URL backup's batches, however much it reads."""
+    fs, root = url_mem
+    fill(fs, root, SOURCE)
+    r1 = repo.backup([f"memory:/{root}/"], processes_after=0)
+    assert r1.reader_processes == 0 and r1.errors == [] and r1.files == 4
+    repo.restore(r1.id, tmp_path / "out")
+    assert local_contents(tmp_path / "out") == SOURCE
+
+
 def test_file_url_backup_skips_symlinks_and_trusts_old_mtimes(repo, tmp_path):
     src = tmp_path / "src"
     (src / "d").mkdir(parents=True)

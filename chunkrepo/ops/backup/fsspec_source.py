@@ -236,6 +236,7 @@ class UrlBackup(Backup):
         self.shown = shown
         self.cache_links.enabled = False      # no symlinks into the local cache here
         self.own_repo = own_repo              # left out: never backed up into itself
+        self.procs_after = None               # objects are read through fs: the threads read them
 
     def error(self, key: str, msg: str) -> None:
         """key: the object's path in the filesystem; messages name its URL."""
