@@ -20,6 +20,7 @@ from typing import Callable, Optional
 from ...codec.chunking import Chunker
 from ...codec.hashing import hash_bytes
 from ...memcopy import Target
+from ..extents import data_extents
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0)
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
@@ -77,21 +78,6 @@ def _open(path: bytes) -> int:
         except PermissionError:
             pass   # O_NOATIME needs ownership; plain open may still work
     return os.open(path, _OPEN_FLAGS)
-
-
-def data_extents(fd: int, size: int):
-    """[[offset, length], ...] of the data regions of a file with holes."""
-    extents = []
-    pos = 0
-    while pos < size:
-        try:
-            start = os.lseek(fd, pos, os.SEEK_DATA)
-        except OSError:   # ENXIO: only a hole remains
-            break
-        end = os.lseek(fd, start, os.SEEK_HOLE)
-        extents.append([start, min(end, size) - start])
-        pos = end
-    return extents
 
 
 def read_with_retry(saver: "FileSaver", path: bytes, st, all_xattrs: Optional[bool]) -> tuple:

@@ -36,6 +36,7 @@ import msgpack
 from ... import paths
 from ...codec.hashing import new_hasher
 from ...errors import IntegrityError
+from ..extents import data_extents
 
 _READ_BLOCK = 4 << 20
 _ZEROS = memoryview(bytes(1 << 20))
@@ -63,13 +64,8 @@ def content_key(node) -> str:
 # -- content with holes -------------------------------------------------------------
 def file_pieces(fd: int, size: int) -> Iterator[Tuple[int, bytes]]:
     """(offset, bytes) of a file's data, its holes skipped (SEEK_DATA / SEEK_HOLE)."""
-    off = 0
-    while off < size:
-        try:
-            off = os.lseek(fd, off, os.SEEK_DATA)
-        except OSError:      # ENXIO: only a hole remains
-            return
-        end = min(os.lseek(fd, off, os.SEEK_HOLE), size)
+    for off, length in data_extents(fd, size):
+        end = off + length
         while off < end:
             data = os.pread(fd, min(_READ_BLOCK, end - off), off)
             if not data:
