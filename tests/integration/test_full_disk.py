@@ -23,7 +23,14 @@ def _grow(mnt, size):
     subprocess.run(["mount", "-o", f"remount,size={size}", str(mnt)], check=True)
 
 
-def test_full_disk_is_one_clean_error_and_nothing_is_damaged(small_fs, tmp_path):
+def _temporaries(root) -> list:
+    return [os.path.join(d, f) for d, _, files in os.walk(root) for f in files if f.startswith(".tmp-")]
+
+
+@pytest.mark.parametrize("readers", [None, 0], ids=["threads", "processes"])
+def test_full_disk_is_one_clean_error_and_nothing_is_damaged(small_fs, tmp_path, readers):
+    """readers: BackupOptions.processes_after (None: reader threads; 0: reader processes
+    from the first batch, whose open packs the failure must not leave behind either)."""
     small = tmp_path / "small"
     small.mkdir()
     write_random(small / "a.bin", 1 << 20, seed=1)
@@ -36,10 +43,11 @@ def test_full_disk_is_one_clean_error_and_nothing_is_damaged(small_fs, tmp_path)
         first = repo.backup([small])
         assert first.errors == []
         with pytest.raises(StorageError) as exc:
-            repo.backup([big])
+            repo.backup([big], processes_after=readers)
         msg = str(exc.value)
         assert "no space" in msg.lower() and "\n" not in msg
         assert [r.id for r in repo.list_backups()] == [first.id]
+        assert _temporaries(small_fs / "repo") == []
     with Repo(small_fs / "repo") as repo:
         rep = repo.check(read_data=True)
         assert rep.ok, rep.errors
@@ -47,8 +55,8 @@ def test_full_disk_is_one_clean_error_and_nothing_is_damaged(small_fs, tmp_path)
             with repo.open_file(first.id, small / name) as f:
                 assert f.read() == (small / name).read_bytes()
         _grow(small_fs, "64m")
-        res = repo.backup([big])
-        assert res.errors == []
+        res = repo.backup([big], processes_after=readers)
+        assert res.errors == [] and res.reader_processes == (2 if readers == 0 else 0)
         # the packs the failed backup sealed before the disk filled were adopted
         assert rep.unreferenced_packs >= 1
         assert res.bytes_new <= (15 << 20) - (1 << 20) * rep.unreferenced_packs // 2

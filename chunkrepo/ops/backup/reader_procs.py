@@ -273,3 +273,7 @@ class ReaderProcs:
             p.wait()
         for c in self.conns:
             c.close()
+        try:      # their open packs' temporaries (the writer lock is still held: no one else's)
+            self.session.storage.remove_stale_temporaries("packs")
+        except OSError:
+            pass
