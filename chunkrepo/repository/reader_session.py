@@ -14,20 +14,20 @@ from typing import Callable, List, Optional
 from ..codec import compression
 from ..index import Index
 from .packs import KIND_DATA, PackWriter
-from .session import MAX_PACK_BLOBS
+from .session import MAX_PACK_BLOBS, level_for
 from .shared_claims import SharedClaims
 
 
 class ReaderSession:
-    def __init__(self, storage, claims: SharedClaims, index_path: Optional[str], send: Callable,
+    def __init__(self, storage, claims: SharedClaims, index_path: str, send: Callable,
                  levels: tuple, pack_size: int):
-        """index_path: the repository's index (what a released claim is in).  levels:
-        (level, small level, small blob size) as WriteSession chooses them."""
+        """index_path: the repository's index (what a released claim is in).
+        levels: WriteSession.levels."""
         self.storage = storage
         self.claims = claims
         self.index = Index(index_path, readonly=True, lock=True)
         self.send = send
-        self.level, self.small_level, self.small_blob = levels
+        self.levels = levels
         self.pack_size = pack_size
         self.writer: Optional[PackWriter] = None
         self.bytes_new = self.bytes_stored = 0
@@ -46,7 +46,7 @@ class ReaderSession:
         return self.claim_chunks([cid])[0]
 
     def compress_chunk(self, data) -> tuple:
-        return compression.compress_parts(data, self.small_level if len(data) <= self.small_blob else self.level)
+        return compression.compress_parts(data, level_for(self.levels, len(data)))
 
     def store_chunk(self, cid: bytes, data) -> None:
         self.append_chunk(cid, self.compress_chunk(data), len(data))

@@ -65,6 +65,12 @@ def _process_writer(repo) -> threading.RLock:
         return _in_process.setdefault(key, threading.RLock())
 
 
+def level_for(levels: tuple, n: int) -> int:
+    """The zstd level of a blob of n bytes (levels: WriteSession.levels)."""
+    level, small_level, small_blob = levels
+    return small_level if n <= small_blob else level
+
+
 class WriteSession:
     def __init__(self, repo, fallback=None, lock=None):
         """fallback: where recovery may find what the store lost (rebuild-index passes
@@ -395,7 +401,12 @@ class WriteSession:
         """Append a claimed chunk compressed by compress_chunk to this thread's pack."""
         self._append(KIND_DATA, cid, parts, raw_length)
 
-    def _level(self, n: int) -> int:
+    @property
+    def levels(self) -> tuple:
+        """(level, level of small blobs, the largest small blob): what level_for takes."""
+        return self.level, self._small_level, self._small_blob
+
+    def _level(self, n: int) -> int:      # level_for, inlined: once per blob
         return self._small_level if n <= self._small_blob else self.level
 
     def _append(self, kind: int, bid: bytes, parts, raw_length: int) -> None:

@@ -145,9 +145,9 @@ class ReaderProcs:
     def __init__(self, session, repo_path: str, chunker, all_xattrs: bool, n: int):
         self.session = session
         claims, index_path = session.share_claims()
-        levels = (session.level, session._small_level, session._small_blob)
+        levels = session.levels
         self.lock = threading.Lock()
-        self.pending: dict = {}          # batch number -> (future, finish, cost, reader)
+        self.pending: dict = {}          # batch number -> (future, finish, cost)
         self.load = [0] * n              # bytes (and opens) handed to each reader, not done yet
         self.busy = [0] * n              # batches handed to each reader, not done yet
         # ... and the same, at most 255, in a file the readers map: a reader reading a large
@@ -195,7 +195,7 @@ class ReaderProcs:
             self.load[i] += cost
             self.busy[i] += 1
             self._no += 1
-            self.pending[self._no] = (fut, finish, cost, i)
+            self.pending[self._no] = (fut, finish, cost)
             self.busy_map[i] = min(self.busy[i], 255)
         try:
             self.conns[i].send(("batch", self._no, items))
@@ -213,7 +213,7 @@ class ReaderProcs:
                 kind = msg[0]
                 if kind == "done":
                     with self.lock:
-                        fut, finish, cost, _ = self.pending.pop(msg[1])
+                        fut, finish, cost = self.pending.pop(msg[1])
                         self.load[i] -= cost
                         self.busy[i] -= 1
                         self.busy_map[i] = min(self.busy[i], 255)
@@ -245,7 +245,7 @@ class ReaderProcs:
     def _fail(self, e: BaseException) -> None:
         with self.lock:
             self.failure = self.failure or e
-            futs = [f for f, _, _, _ in self.pending.values()]
+            futs = [f for f, _, _ in self.pending.values()]
             self.pending.clear()
         for f in futs:
             if not f.done():

@@ -15,10 +15,10 @@ from typing import Callable, List, Optional, Sequence
 
 from ...codec import records
 from ...codec.hashing import hash_bytes
-from ...storage import LocalStorage
 from ...errors import ChunkrepoError, IntegrityError
 from ...model import BackupRecord, Node, Tree, node_from_stat
 from ...model.nodes import DIR, REG
+from ...storage import LocalStorage
 from .exclude import Excludes
 from .file_saver import FileSaver, read_with_retry, read_xattrs
 from .reader_procs import ReaderProcs, stat_fields
