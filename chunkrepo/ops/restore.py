@@ -81,6 +81,7 @@ from ..codec.hashing import ID_SIZE
 from ..direct_io import DirectIO
 from ..errors import ChunkrepoError, StorageError, TargetNotEmpty
 from ..model.nodes import BLK, CHR, DIR, FIFO, REG, SOCK, SYMLINK
+from ..placement import TopDirHint
 from .file_reader import ChunkFile, chunk_entries
 from .read_snapshot import backup_views
 from .traverse import find_node, split_path, walk
@@ -403,6 +404,7 @@ class _Restorer:
         base = b"/".join(parts[:-1])                        # backup path that maps onto target
         self.base_len = len(base) + 1 if base else 0
         stack = [_Dir(base, self.open_target(), None, os.fsdecode(self.target), b"")]
+        hint = TopDirHint(stack[0].fd)      # the restored tree's own block groups (placement.py)
         workers = []
         progress = self.progress
         ok = False
@@ -435,6 +437,7 @@ class _Restorer:
                     self.jobs.put(None)
                 for t in workers:
                     t.join()
+                hint.close()
         if self.fatal is not None:
             raise self.fatal
         self.res = self.snapshot()
