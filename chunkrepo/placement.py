@@ -9,7 +9,11 @@ recently.  A directory with the TOPDIR flag (`chattr +T`, "the top of
 directory hierarchies") has its subdirectories placed like the root's.
 
 While a restore writes, its target gets that flag, so the restored tree
-starts in groups of its own, as the tree it was backed up from did.  This
+starts in groups of its own, as the tree it was backed up from did.  Each
+directory made directly in the target is made under a random name and then
+renamed: ext4 starts its search for the group with the fewest directories at
+the hash of the new name, and with the real name a restore of the same tree
+went back to the very groups the deletion of the last one had emptied.  This
 matters on a filesystem without a journal: there the allocator skips every
 inode freed in the last minute (six while its inode-table block is dirty) and
 scans them again for every new inode, so a tree restored where another was
@@ -19,6 +23,8 @@ leaves it: a placement hint, nothing more).  Filesystems without the flag
 (tmpfs, XFS, btrfs, NFS) refuse the ioctl, and nothing changes.
 """
 
+import ctypes
+import errno
 import fcntl
 import os
 import struct
@@ -26,6 +32,8 @@ import struct
 # <linux/fs.h>: FS_IOC_GETFLAGS / FS_IOC_SETFLAGS (the kernel reads an int) and the flag
 _GETFLAGS, _SETFLAGS = 0x80086601, 0x40086602
 _TOPDIR_FL = 0x00020000
+_RENAME_NOREPLACE = 1
+_renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
 
 
 def _flags(fd: int):
@@ -58,6 +66,22 @@ class TopDirHint:
     @property
     def active(self) -> bool:
         return self.fd is not None
+
+    def mkdir(self, name: bytes, mode: int, dir_fd: int) -> None:
+        """os.mkdir(name, mode, dir_fd=dir_fd) for a directory made directly in the marked one."""
+        if self.fd is None:
+            os.mkdir(name, mode, dir_fd=dir_fd)
+            return
+        tmp = b".chunkrepo-new-" + os.urandom(8).hex().encode()
+        os.mkdir(tmp, mode, dir_fd=dir_fd)
+        failed = None
+        if _renameat2 is None or _renameat2(dir_fd, tmp, dir_fd, name, _RENAME_NOREPLACE) != 0:
+            failed = ctypes.get_errno() if _renameat2 is not None else errno.ENOSYS
+        if failed:
+            os.rmdir(tmp, dir_fd=dir_fd)
+            if failed not in (errno.ENOSYS, errno.EINVAL):
+                raise OSError(failed, os.strerror(failed), name)
+            os.mkdir(name, mode, dir_fd=dir_fd)     # no renameat2 here: the real name at once
 
     def close(self) -> None:
         """Take the flag off again (any other flag set meanwhile is kept)."""

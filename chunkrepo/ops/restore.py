@@ -404,7 +404,7 @@ class _Restorer:
         base = b"/".join(parts[:-1])                        # backup path that maps onto target
         self.base_len = len(base) + 1 if base else 0
         stack = [_Dir(base, self.open_target(), None, os.fsdecode(self.target), b"")]
-        hint = TopDirHint(stack[0].fd)      # the restored tree's own block groups (placement.py)
+        hint = self.hint = TopDirHint(stack[0].fd)     # the restored tree's own block groups (placement.py)
         workers = []
         progress = self.progress
         ok = False
@@ -504,7 +504,10 @@ class _Restorer:
                     return
                 self.submit_file(parent, name, node, shown, link_to or path)
             elif kind == DIR:
-                os.mkdir(name, 0o700, dir_fd=pfd)
+                if len(stack) == 1:
+                    self.hint.mkdir(name, 0o700, pfd)      # (placement.py)
+                else:
+                    os.mkdir(name, 0o700, dir_fd=pfd)
                 fd = os.open(name, _DIR_FLAGS, dir_fd=pfd)
                 rel = parent.rel + b"/" + name if parent.rel else name
                 stack.append(_Dir(path, fd, node, shown, rel, self.owner(node) if self.is_root else None))

@@ -22,6 +22,12 @@ def _chattr(flags, path):
     subprocess.run(["chattr", flags, str(path)], check=True)
 
 
+def _umask() -> int:
+    u = os.umask(0)
+    os.umask(u)
+    return u
+
+
 def _rel(digests: dict, root) -> dict:
     return {os.path.relpath(p, root): h for p, h in digests.items()}
 
@@ -36,6 +42,13 @@ def test_the_hint_sets_the_flag_and_takes_only_it_off_again(tmp_path):
         hint = TopDirHint(fd)
         assert hint.active
         assert "T" in _attrs(d) and "d" in _attrs(d)
+        hint.mkdir(b"child", 0o750, fd)
+        assert os.listdir(d) == ["child"]
+        assert os.stat(d / "child").st_mode & 0o7777 == 0o750 & ~_umask()
+        with pytest.raises(FileExistsError):
+            os.mkdir(d / "other")
+            hint.mkdir(b"other", 0o700, fd)     # an existing name: refused, no stray name left
+        assert sorted(os.listdir(d)) == ["child", "other"]
         hint.close()
         hint.close()                    # a second close changes nothing
     finally:
@@ -73,6 +86,7 @@ def test_restore_leaves_the_targets_flags_as_they_were(repo, tmp_path):
     assert "T" not in _attrs(fresh)
     assert "T" in _attrs(marked)
     for t in (fresh, marked):
+        assert os.listdir(t) == ["src"]         # made under a random name, renamed: nothing else left
         assert _rel(sha256_tree(t / "src"), t / "src") == _rel(sha256_tree(src), src)
         # the flag was the target's only: nothing below it carries one
         assert all("T" not in _attrs(t / "src" / f"d{i}") for i in range(3))
