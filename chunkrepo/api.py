@@ -139,13 +139,15 @@ class Repo:
 
     def restore(self, backup_id: str, target, start="/", progress=None, target_options: Optional[dict] = None,
                 mirror: bool = False, overwrite: bool = False,
-                on_safety_backup: Optional[Callable[[str], None]] = None):
+                on_safety_backup: Optional[Callable[[str], None]] = None, processes_after: Optional[int] = -1):
         """Recreate the backup (or start below it) inside the directory target, or at the
         fsspec URL target (whose filesystem gets target_options).  For a URL, overwrite
         replaces existing objects, and mirror also deletes what the backup does not have
         after a safety backup of the target (result.safety_backup; on_safety_backup(id)
         is called as soon as it is committed, before the target changes).  A URL target
-        that holds the repository, or lies inside it, is refused."""
+        that holds the repository, or lies inside it, is refused.  processes_after: a local
+        restore writes its files in processes of its own once it has queued this many bytes
+        (-1: the default, 16 MiB; None: threads only; result.processes says how many ran)."""
         from .ops.restore import restore_tree
         from .ops.restore_fsspec import restore_to_url
         rec = self._repo.resolve_backup(backup_id)
@@ -157,7 +159,7 @@ class Repo:
             raise ChunkrepoError("--mirror and --overwrite need a URL target "
                                  "(file:///path for a local directory)")
         return restore_tree(self._repo, bytes.fromhex(rec.root), os.fspath(target), start,
-                            progress=progress, backup_id=rec.id)
+                            progress=progress, backup_id=rec.id, processes_after=processes_after)
 
     def check(self, read_data: bool = False, progress=None, read_data_subset: Optional[str] = None,
               repair: bool = False):

@@ -82,6 +82,7 @@ from ..direct_io import DirectIO
 from ..errors import ChunkrepoError, StorageError, TargetNotEmpty
 from ..model.nodes import BLK, CHR, DIR, FIFO, REG, SOCK, SYMLINK
 from ..placement import TopDirHint
+from ..storage import LocalStorage
 from .file_reader import ChunkFile, chunk_entries
 from .read_snapshot import backup_views
 from .traverse import find_node, split_path, walk
@@ -109,6 +110,7 @@ class RestoreResult:
     skipped: int = 0
     errors: List[str] = field(default_factory=list)
     elapsed: float = 0.0
+    processes: int = 0        # restore processes that wrote files (restore_procs)
 
     def to_dict(self) -> dict:
         return {"files": self.files, "dirs": self.dirs, "links": self.links,
@@ -119,6 +121,7 @@ class RestoreResult:
 _WORKERS = 2              # threads that read, decompress, verify and write files (see docs/design.md)
 _BATCH_FILES = 64         # files of one batch (a worker's unit of work)
 _AHEAD = 16 << 20         # what the batches queued and not written count (how far the walk runs ahead)
+_PROCESSES_AFTER = 16 << 20   # restore processes start once the batches queued count this much (restore_procs)
 _JOB_COST = 32 << 10      # the least a queued file counts (the most: its bytes, up to one read run)
 _PROGRESS_EVERY = 0.2     # seconds between progress calls
 _DIRECT_MIN = 1 << 20     # files this big (not sparse) are written with O_DIRECT (direct_io)
@@ -244,7 +247,7 @@ class _Counts:
 
 class _Restorer:
     def __init__(self, repo, root_tid: bytes, target, start, progress=None, workers: Optional[int] = None,
-                 backup_id: Optional[str] = None):
+                 backup_id: Optional[str] = None, processes_after: Optional[int] = -1):
         self.repo = repo
         self.root_tid = root_tid
         self.backup_id = backup_id
@@ -259,6 +262,16 @@ class _Restorer:
         plan = repo.read_plan
         # on an object store a read waits milliseconds: as many workers as the plan's readers
         self.nworkers = max(1, workers or max(_WORKERS, plan.threads))
+        # restore processes (restore_procs), for a local repository (a wrapped storage, such
+        # as a test's fault injection, stays with the threads) unless turned off: two worker
+        # threads per process, so that each process has its next batch while it answers one
+        self.nprocs = 0
+        self.procs_after = _PROCESSES_AFTER if processes_after == -1 else processes_after
+        if (workers is None and self.procs_after is not None and type(repo.storage) is LocalStorage
+                and self.nworkers > 1 and os.environ.get("CHUNKREPO_RESTORE_PROCESSES", "1") != "0"):
+            self.nprocs, self.nworkers = self.nworkers, 2 * self.nworkers
+        self.procs = None
+        self.queued = 0
         self.run_bytes = max(plan.batch_bytes, 1)
         self._uids: dict = {}
         self._gids: dict = {}
@@ -359,7 +372,8 @@ class _Restorer:
     def snapshot(self) -> RestoreResult:
         """The running counts (main thread's plus workers')."""
         r = self.res
-        s = RestoreResult(r.files, r.dirs, r.links, r.bytes_written, r.skipped, r.errors)
+        s = RestoreResult(r.files, r.dirs, r.links, r.bytes_written, r.skipped, r.errors,
+                          processes=len(self.procs.procs) if self.procs is not None else 0)
         for c in self.counts:
             s.files += c.files
             s.skipped += c.skipped
@@ -412,8 +426,8 @@ class _Restorer:
             for i, wview in enumerate(worker_views):
                 c = _Counts()
                 self.counts.append(c)
-                t = threading.Thread(target=self.worker, args=(wview, c), name=f"chunkrepo-restore-{i}",
-                                     daemon=True)
+                t = threading.Thread(target=self.worker, args=(wview, c, i % self.nprocs if self.nprocs else None),
+                                     name=f"chunkrepo-restore-{i}", daemon=True)
                 t.start()
                 workers.append(t)
             next_report = time.monotonic() + _PROGRESS_EVERY
@@ -438,6 +452,11 @@ class _Restorer:
                 for t in workers:
                     t.join()
                 hint.close()
+                if self.procs is not None:
+                    if ok and self.fatal is None:
+                        self.procs.close()
+                    else:
+                        self.procs.kill()
         if self.fatal is not None:
             raise self.fatal
         self.res = self.snapshot()
@@ -574,6 +593,16 @@ class _Restorer:
             self.batch, self.batch_cost = [], 0
             self.budget.take(cost)
             self.jobs.put((batch, cost))
+            self.queued += cost
+            if self.nprocs and self.procs is None and self.queued >= self.procs_after:
+                self.start_procs()
+
+    def start_procs(self) -> None:
+        from .restore_procs import RestoreProcs
+        try:
+            self.procs = RestoreProcs(self, self.nprocs)
+        except StorageError:
+            self.nprocs = 0          # the threads write on
 
     def hard_link(self, stack: list, pfd: int, name: bytes, link_to: bytes, shown: str) -> bool:
         """Link to the restored first name; False when it must get its own data."""
@@ -621,8 +650,9 @@ class _Restorer:
         return fd
 
     # -- regular files: the workers' side -------------------------------------
-    def worker(self, view, counts: _Counts) -> None:
-        """view: this worker's own read snapshot of the index (opened before the walk)."""
+    def worker(self, view, counts: _Counts, proc=None) -> None:
+        """view: this worker's own read snapshot of the index (opened before the walk).
+        Once restore processes run (self.procs), a batch goes to process `proc` instead."""
         get = self.jobs.get
         reader = self.repo.blob_reader()
         while True:
@@ -631,24 +661,38 @@ class _Restorer:
                 return
             batch, cost = item
             try:
-                items = []
-                for job in batch:
-                    self.look_up(view, job)
-                    items += job.entries or ()
-                data = _BatchData(reader, items, self.run_bytes)
-                first = 0       # index of the job's first chunk in data
-                for job in batch:
-                    ok = False
-                    try:
-                        ok = job.entries is not None and not self.budget.aborted \
-                            and self.write_job(job, data, first, counts)
-                    except BaseException as e:     # a bug: stop the restore with it, keep counting down
-                        self.fail(e)
-                    finally:
-                        first += len(job.entries or ())
-                        self.finish_job(job, ok, counts)
+                procs = self.procs
+                if procs is None or proc is None or self.budget.aborted:
+                    self.do_batch(view, reader, batch, counts)
+                    continue
+                try:
+                    oks = procs.run(proc, batch, counts)
+                except BaseException as e:     # a restore process failed: stop with its reason
+                    self.fail(e)
+                    oks = [False] * len(batch)
+                for job, ok in zip(batch, oks):
+                    self.finish_job(job, ok, counts)
             finally:
                 self.budget.give(cost)
+
+    def do_batch(self, view, reader, batch: list, counts: _Counts) -> None:
+        """Look the batch's chunks up, read them and write its files (finish_job for each)."""
+        items = []
+        for job in batch:
+            self.look_up(view, job)
+            items += job.entries or ()
+        data = _BatchData(reader, items, self.run_bytes)
+        first = 0       # index of the job's first chunk in data
+        for job in batch:
+            ok = False
+            try:
+                ok = job.entries is not None and not self.budget.aborted \
+                    and self.write_job(job, data, first, counts)
+            except BaseException as e:     # a bug: stop the restore with it, keep counting down
+                self.fail(e)
+            finally:
+                first += len(job.entries or ())
+                self.finish_job(job, ok, counts)
 
     def look_up(self, view, job: _Job) -> None:
         """job.entries: its chunks' index entries; None (and an error) when one is missing or lost."""
@@ -825,7 +869,7 @@ def _umask() -> int:
 
 def restore_tree(repo, root_tid: bytes, target, start="/",
                  progress: Optional[Callable[[RestoreResult], None]] = None,
-                 backup_id: Optional[str] = None) -> RestoreResult:
+                 backup_id: Optional[str] = None, processes_after: Optional[int] = -1) -> RestoreResult:
     """Recreate the backup whose root record is root_tid (or start below it) in target.
 
     See the module docstring for where entries land, what is refused (unsafe
@@ -843,4 +887,5 @@ def restore_tree(repo, root_tid: bytes, target, start="/",
         if below(there.path, mine.path) is not None or below(mine.path, there.path) is not None:
             raise ChunkrepoError(f"restore target {os.fsdecode(target)} lies inside the repository "
                                  f"{repo.path} or holds it: refused, nothing was written")
-    return _Restorer(repo, root_tid, target, start, progress, backup_id=backup_id).run()
+    return _Restorer(repo, root_tid, target, start, progress, backup_id=backup_id,
+                     processes_after=processes_after).run()

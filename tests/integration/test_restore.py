@@ -210,11 +210,17 @@ def src_tree(tmp_path, repo):
     return src, res.id, made
 
 
-def test_full_restore_keeps_every_type_and_field(src_tree, repo, tmp_path):
+# the files written by worker threads, or by restore processes (restore_procs) from the start
+WRITERS = pytest.mark.parametrize("procs", [None, 0], ids=["threads", "processes"])
+
+
+@WRITERS
+def test_full_restore_keeps_every_type_and_field(src_tree, repo, tmp_path, procs):
     src, bid, made = src_tree
     target = tmp_path / "out"
-    res = repo.restore(bid, target)
+    res = repo.restore(bid, target, processes_after=procs)
     assert res.errors == []
+    assert res.processes == (0 if procs is None else 2)
     got = target / os.path.relpath(src, "/")
     want = snapshot(src)
     have = snapshot(got)
@@ -511,8 +517,9 @@ def test_owner_by_name_when_the_name_exists(repo, tmp_path):
 
 # -- damage ---------------------------------------------------------------------
 
+@WRITERS
 @pytest.mark.parametrize("compressible", [False, True])
-def test_corrupt_chunk_is_reported_and_the_rest_restored(repo, tmp_path, compressible):
+def test_corrupt_chunk_is_reported_and_the_rest_restored(repo, tmp_path, compressible, procs):
     """(A big compressible file's chunks are decoded into the O_DIRECT buffer: the bad
     one is caught there too.)"""
     src = tmp_path / "src"
@@ -542,7 +549,8 @@ def test_corrupt_chunk_is_reported_and_the_rest_restored(repo, tmp_path, compres
         f.write(bytes([b[0] ^ 0xFF]))
     r.storage.close()   # drop cached descriptors (the file itself was edited in place)
     target = tmp_path / "out"
-    res = repo.restore(bid, target, str(src))
+    res = repo.restore(bid, target, str(src), processes_after=procs)
+    assert res.processes == (0 if procs is None else 2)
     assert len(res.errors) == 1
     assert str(src / "broken") in res.errors[0]
     assert not (target / "src" / "broken").exists()      # removed, never zero-filled
@@ -572,8 +580,9 @@ def test_cli_restore_exits_nonzero_on_errors(repo, tmp_path):
     assert not (tmp_path / "out" / "src" / "f").exists()
 
 
+@WRITERS
 @pytest.mark.parametrize("umask", [0o022, 0o077, 0o000])
-def test_restored_modes_do_not_depend_on_the_umask(repo, tmp_path, umask):
+def test_restored_modes_do_not_depend_on_the_umask(repo, tmp_path, umask, procs):
     src = tmp_path / "src"
     src.mkdir()
     modes = {"rw": 0o644, "private": 0o600, "open": 0o666, "exec": 0o755, "ro": 0o444, "none": 0o000,
@@ -584,7 +593,7 @@ def test_restored_modes_do_not_depend_on_the_umask(repo, tmp_path, umask):
     bid = repo.backup([src]).id
     old = os.umask(umask)
     try:
-        res = repo.restore(bid, tmp_path / "out")
+        res = repo.restore(bid, tmp_path / "out", processes_after=procs)
     finally:
         os.umask(old)
     assert not res.errors

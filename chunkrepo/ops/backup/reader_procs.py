@@ -16,19 +16,17 @@ PR_SET_PDEATHSIG, so that they die with the backup, whatever kills it.
 """
 
 import concurrent.futures
-import ctypes
 import mmap
 import os
 import pickle
-import signal
 import socket
 import subprocess
-import sys
 import threading
 from multiprocessing.connection import Connection
 from typing import List, NamedTuple, Optional
 
 from ...errors import ChunkrepoError, StorageError
+from ...process import child_started, start_child
 from ...repository.reader_session import ReaderSession
 from ...repository.shared_claims import SharedClaims
 from ...storage import LocalStorage
@@ -72,14 +70,7 @@ def _received(status: tuple) -> tuple:
 # -- the reader process ------------------------------------------------------------
 def reader_main() -> None:
     """Entry point of a reader process: python -c '...reader_main()' FD PARENT_PID."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)      # the backup decides when to stop
-    fd, parent = int(sys.argv[1]), int(sys.argv[2])
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)    # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != parent:
-        os._exit(1)      # the backup died before the line above
+    (fd,) = child_started()
     conn = Connection(fd)
     try:
         _serve(conn, conn.recv())
@@ -161,16 +152,12 @@ class ReaderProcs:
         self._no = 0
         self.conns: List[Connection] = []
         self.procs: List[subprocess.Popen] = []
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
         try:
             for me in range(n):
                 ours, theirs = socket.socketpair()
                 with theirs:
-                    self.procs.append(subprocess.Popen(
-                        [sys.executable, "-c", "from chunkrepo.ops.backup.reader_procs import reader_main; "
-                         "reader_main()", str(theirs.fileno()), str(os.getpid())],
-                        pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env,
-                        start_new_session=True))
+                    self.procs.append(start_child("chunkrepo.ops.backup.reader_procs:reader_main",
+                                                  (theirs.fileno(),)))
                 conn = Connection(ours.detach())
                 self.conns.append(conn)
                 conn.send({"repo": repo_path, "claims": claims, "index": index_path, "levels": levels,
