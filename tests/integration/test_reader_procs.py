@@ -202,3 +202,19 @@ def test_a_reader_process_that_dies_fails_the_backup_in_one_line(tmp_path):
     listed = subprocess.run(CLI + ["list-backups", "--repo", repo], capture_output=True, text=True)
     assert listed.returncode == 0 and listed.stdout.strip() == ""
     _still_sound(repo, src)
+
+
+def test_a_reader_sees_an_idle_reader_in_the_busy_map(tmp_path):
+    """The map the readers share is a real mmap: a reader with no batch counts as idle."""
+    import mmap
+    from chunkrepo.ops.backup.reader_procs import others_busy
+    p = tmp_path / "busy"
+    p.write_bytes(bytes(3))
+    with open(p, "r+b") as f:
+        m = mmap.mmap(f.fileno(), 3)
+    m[0], m[1], m[2] = 1, 0, 2
+    assert not others_busy(m, 0)        # reader 1 is idle: reader 0 may take help
+    assert others_busy(m, 1)
+    m[1] = 5
+    assert others_busy(m, 0)
+    m.close()

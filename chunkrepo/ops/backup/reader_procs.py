@@ -93,6 +93,13 @@ def _portable(e: BaseException) -> BaseException:
     return StorageError(f"a reader process failed: {type(e).__name__}: {e}")
 
 
+def others_busy(busy, me: int) -> bool:
+    """Whether every reader but `me` has a batch, by the busy map (bytes: batches each has)."""
+    # busy[i] is an int; iterating an mmap gives 1-byte bytes, and b"\0" is true (help was
+    # never given that way)
+    return all(busy[i] for i in range(len(busy)) if i != me)
+
+
 def _serve(conn, params: dict) -> None:
     me = params["me"]
     with open(params["busy"], "rb") as f:
@@ -104,7 +111,7 @@ def _serve(conn, params: dict) -> None:
     def help(fn, *args):
         """A large file's every second chunk compressed by a second thread while another
         reader has nothing to do (the last large files are not compressed on one core)."""
-        if all(n for i, n in enumerate(busy) if i != me):
+        if others_busy(busy, me):
             return None
         if not helper:
             helper.append(concurrent.futures.ThreadPoolExecutor(1, "chunkrepo-help"))
