@@ -254,8 +254,8 @@ def test_hard_links_are_forgotten_once_every_name_was_seen(tmp_path):
 
 @pytest.mark.parametrize("helper", ["idle", "busy"])
 def test_a_large_file_compressed_with_an_idle_threads_help_is_stored_in_order(repo, tmp_path, helper):
-    """FileSaver's help: every second chunk compressed by another (real) thread, or,
-    when that thread never gets to it (busy), by the reader after all; the pack
+    """FileSaver's help: another (real) thread takes chunks to compress alongside the
+    reader, or, when that thread never gets to it (busy), the reader compresses them all; the pack
     holds the file's chunks in order either way and they read back as the file."""
     import concurrent.futures
     import threading
@@ -277,7 +277,7 @@ def test_a_large_file_compressed_with_an_idle_threads_help_is_stored_in_order(re
         release.set()
     ids = [chunks[i:i + 32] for i in range(0, len(chunks), 32)]
     assert nread == 24 << 20 and len(ids) >= 8
-    assert len(helped) >= len(ids) // 2 - 2          # one help per pair of chunks in a buffer's worth
+    assert len(helped) >= 2          # one help per buffer's worth of chunks (8 MiB: 24 MiB take 3+)
     if helper == "idle":
         assert any(f.done() and not f.cancelled() for f in helped)
     else:

@@ -12,6 +12,7 @@ as changed during the backup, never stored torn.
 """
 
 import errno
+import itertools
 import os
 import stat
 import threading
@@ -240,21 +241,33 @@ class FileSaver:
         return b"".join(ids)
 
     def _store(self, claimed: list) -> None:
-        """Store the claimed (id, chunk)s in order; pairs are compressed side by side
-        when a thread is idle (at most two compressed chunks wait at a time)."""
+        """Store the claimed (id, chunk)s in order.  When a thread is idle it compresses
+        them too: both take the next chunk not taken until none is left (chunks differ in
+        size, so pairs left one of them waiting), then they are appended in order (what
+        waits is at most one buffer's chunks, compressed)."""
         session = self.session
-        for i in range(0, len(claimed), 2):
-            fut = self._help(session.compress_chunk, claimed[i + 1][1]) if (
-                self._help is not None and i + 1 < len(claimed)) else None
-            cid, chunk = claimed[i]
-            try:
+        n = len(claimed)
+        if self._help is None or n < 2:
+            for cid, chunk in claimed:
                 session.append_chunk(cid, session.compress_chunk(chunk), len(chunk))
-            finally:
-                # not started yet: do it here rather than wait for it (nobody idle after all)
-                second = fut is not None and not fut.cancel()
-            if i + 1 < len(claimed):
-                cid, chunk = claimed[i + 1]
-                session.append_chunk(cid, fut.result() if second else session.compress_chunk(chunk), len(chunk))
+            return
+        out: list = [None] * n
+        take = itertools.count()      # next() on it is atomic: each index is taken once
+
+        def work():
+            for i in take:
+                if i >= n:
+                    return
+                out[i] = session.compress_chunk(claimed[i][1])
+
+        fut = self._help(work)
+        try:
+            work()
+        finally:
+            if fut is not None and not fut.cancel():
+                fut.result()      # it took a chunk or more: wait for them
+        for (cid, chunk), z in zip(claimed, out):
+            session.append_chunk(cid, z, len(chunk))
 
     def _cut(self, reader, expected: int):
         """Lists of chunks of the stream, memoryviews into the reused buffer: a list
