@@ -388,6 +388,9 @@ class WriteSession:
             self.bytes_new += bytes_new
             self.bytes_stored += bytes_stored
         self._sealed.put((pack_id, entries, size))
+        # the reader's pack is sealed: a kill here stops the backup (its readers die with it)
+        # where a kill after one of its own packs would
+        crash_point("pack-sealed")
 
     def store_chunk(self, cid: bytes, data) -> None:
         """Compress and append a claimed chunk to this thread's pack."""

@@ -48,7 +48,7 @@ class BackupOptions:
     clock: Callable[[], int] = time.time_ns
     # bytes queued for reading (a file counts 4 KiB at least) after which reader processes
     # take the batches over (reader_procs; None: threads only)
-    processes_after: Optional[int] = 16 << 20
+    processes_after: Optional[int] = 4 << 20
 
 
 @dataclass
