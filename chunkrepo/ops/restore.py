@@ -63,6 +63,17 @@ Threads
     least _JOB_COST and at most one read run), which bounds the directories
     held open for their files; a worker holds one run of chunks (the read
     batch) at a time, so a big file does not hold back the files after it.
+
+Processes
+    Once a local restore has queued _PROCESSES_AFTER, the worker threads (two
+    per process then) hand their batches to restore processes instead, which
+    run do_batch with their own interpreter lock (ops/restore_procs.py); the
+    threads keep the bookkeeping above.
+
+Placement
+    The target carries ext4's top-directory flag while the restore runs, and
+    its own directories are made under a quick random name first
+    (chunkrepo/placement.py): the restored tree gets block groups of its own.
 """
 
 import errno

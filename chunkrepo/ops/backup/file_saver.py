@@ -157,7 +157,7 @@ class FileSaver:
 
     help(fn, *args): a Future of fn(*args) run by an idle thread, or None when no
     thread is idle.  A large file is read by one thread; with help, a pool thread
-    that has nothing else to do compresses every second chunk of it meanwhile
+    that has nothing else to do compresses its chunks alongside the reader
     (the last large file of a backup is not compressed on one core alone)."""
 
     def __init__(self, session, chunker_params, help: Optional[Callable] = None):

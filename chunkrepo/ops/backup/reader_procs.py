@@ -109,7 +109,7 @@ def _serve(conn, params: dict) -> None:
     helper: List[concurrent.futures.ThreadPoolExecutor] = []
 
     def help(fn, *args):
-        """A large file's every second chunk compressed by a second thread while another
+        """A large file's chunks compressed by a second thread too while another
         reader has nothing to do (the last large files are not compressed on one core)."""
         if others_busy(busy, me):
             return None
