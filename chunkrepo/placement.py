@@ -28,13 +28,11 @@ import errno
 import fcntl
 import os
 import struct
-import time
 
 # <linux/fs.h>: FS_IOC_GETFLAGS / FS_IOC_SETFLAGS (the kernel reads an int) and the flag
 _GETFLAGS, _SETFLAGS = 0x80086601, 0x40086602
 _TOPDIR_FL = 0x00020000
 _RENAME_NOREPLACE = 1
-_TRIES, _QUICK = 6, 200e-6     # names tried for a top directory; a mkdir this quick is good enough
 _renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
 
 
@@ -59,7 +57,6 @@ class TopDirHint:
 
     def __init__(self, fd: int):
         self.fd = None
-        self.tries: list = []       # seconds each mkdir of a top directory took (mkdir)
         flags = _flags(fd)
         if (flags is not None and not flags & _TOPDIR_FL
                 and os.environ.get("CHUNKREPO_TOPDIR_HINT", "1") != "0"
@@ -75,7 +72,8 @@ class TopDirHint:
         if self.fd is None:
             os.mkdir(name, mode, dir_fd=dir_fd)
             return
-        tmp = self._least_crowded(mode, dir_fd)
+        tmp = b".chunkrepo-new-" + os.urandom(8).hex().encode()
+        os.mkdir(tmp, mode, dir_fd=dir_fd)
         failed = None
         if _renameat2 is None or _renameat2(dir_fd, tmp, dir_fd, name, _RENAME_NOREPLACE) != 0:
             failed = ctypes.get_errno() if _renameat2 is not None else errno.ENOSYS
@@ -84,27 +82,6 @@ class TopDirHint:
             if failed not in (errno.ENOSYS, errno.EINVAL):
                 raise OSError(failed, os.strerror(failed), name)
             os.mkdir(name, mode, dir_fd=dir_fd)     # no renameat2 here: the real name at once
-
-    def _least_crowded(self, mode: int, dir_fd: int) -> bytes:
-        """A new directory under a random name whose inode came at once (up to TRIES
-        names): a slow mkdir means the allocator scanned many recently freed inodes to
-        find it, and each file made there would scan them again."""
-        best = None
-        for _ in range(_TRIES):
-            tmp = b".chunkrepo-new-" + os.urandom(8).hex().encode()
-            t = time.perf_counter()
-            os.mkdir(tmp, mode, dir_fd=dir_fd)
-            t = time.perf_counter() - t
-            self.tries.append(t)
-            if best is None or t < best[0]:
-                if best is not None:
-                    os.rmdir(best[1], dir_fd=dir_fd)
-                best = (t, tmp)
-            else:
-                os.rmdir(tmp, dir_fd=dir_fd)
-            if t < _QUICK:
-                break
-        return best[1]
 
     def close(self) -> None:
         """Take the flag off again (any other flag set meanwhile is kept)."""

@@ -25,14 +25,13 @@ ends unexpectedly fails the restore in one line.
 
 import concurrent.futures
 import os
-import pickle
 import socket
 import threading
 from multiprocessing.connection import Connection
-from typing import List, Optional
+from typing import List
 
-from ..errors import ChunkrepoError, StorageError
-from ..process import child_started, start_child
+from ..errors import StorageError
+from ..process import ChildProcs, portable, run_child, start_child
 from ..repository.repository import Repository
 from .read_snapshot import BackupRemoved, _has_root
 
@@ -42,27 +41,7 @@ _ENTRY = "chunkrepo.ops.restore_procs:worker_main"
 # -- the restore process -------------------------------------------------------------
 def worker_main() -> None:
     """Entry point: python -c '...worker_main()' CONN_FD FDS_FD PARENT_PID."""
-    conn_fd, fds_fd = child_started()
-    conn = Connection(conn_fd)
-    try:
-        _serve(conn, socket.socket(fileno=fds_fd), conn.recv())
-    except BaseException as e:      # the restore gets the reason (it names it in one line)
-        try:
-            conn.send(("failed", _portable(e)))
-        except Exception:
-            pass
-        os._exit(1)
-    os._exit(0)
-
-
-def _portable(e: BaseException) -> BaseException:
-    if isinstance(e, ChunkrepoError):
-        try:
-            pickle.loads(pickle.dumps(e))
-            return e
-        except Exception:
-            pass
-    return StorageError(f"a restore process failed: {type(e).__name__}: {e}")
+    run_child("restore process", lambda conn, fds: _serve(conn, socket.socket(fileno=fds), conn.recv()))
 
 
 def _serve(conn, fsock, params: dict) -> None:
@@ -94,7 +73,7 @@ def _serve(conn, fsock, params: dict) -> None:
                 w.do_batch(view, reader, batch, counts)
                 fatal, w.fatal = w.fatal, None
                 conn.send(("done", no, [j.ok for j in batch], counts.bytes, w.res.errors[nerr:],
-                           w._xattr_unsupported - nx, fatal and _portable(fatal)))
+                           w._xattr_unsupported - nx, fatal and portable(fatal, "restore process")))
             finally:
                 for fd in fds:
                     os.close(fd)
@@ -102,18 +81,17 @@ def _serve(conn, fsock, params: dict) -> None:
 
 
 # -- the restore's side ----------------------------------------------------------------
-class RestoreProcs:
+class RestoreProcs(ChildProcs):
     """n restore processes; run(i, batch, counts) has process i write a batch."""
 
+    what = "restore process"
+
     def __init__(self, restorer, n: int):
+        super().__init__()
         self.restorer = restorer
-        self.lock = threading.Lock()
         self.pending: List[dict] = [{} for _ in range(n)]    # per process: batch number -> Future
-        self.failure: Optional[BaseException] = None
         self._no = 0
-        self.conns: List[Connection] = []
-        self.fsocks: List[socket.socket] = []
-        self.procs: list = []
+        self.fsocks: List[socket.socket] = []     # the descriptors' sockets
         self.send_locks = [threading.Lock() for _ in range(n)]
         params = {"repo": restorer.repo.path, "root": restorer.root_tid, "backup": restorer.backup_id,
                   "target": restorer.target, "now": restorer.now, "umask": restorer.umask,
@@ -131,10 +109,7 @@ class RestoreProcs:
         except OSError as e:
             self.kill()
             raise StorageError(f"cannot start a restore process: {e}") from None
-        self.receivers = [threading.Thread(target=self._receive, args=(i,), daemon=True,
-                                           name=f"chunkrepo-restore-proc-{i}") for i in range(n)]
-        for t in self.receivers:
-            t.start()
+        self.start_receivers("restore-proc")
 
     def run(self, i: int, batch: list, counts) -> list:
         """Process i writes the batch's files: [finished or not] per job (the caller runs
@@ -155,8 +130,8 @@ class RestoreProcs:
                 socket.send_fds(self.fsocks[i], [b"f"], [d.fd for d in dirs])
                 self.conns[i].send(("batch", no, items, [d.rel for d in dirs]))
             except OSError:
-                err = self._ended(i)
-                self._fail(err)
+                err = self.ended(i)
+                self.fail(err)
                 raise err from None
         oks, nbytes, errors, no_xattrs, fatal = fut.result()
         r = self.restorer
@@ -169,70 +144,20 @@ class RestoreProcs:
             r.fail(fatal)
         return oks
 
-    def _receive(self, i: int) -> None:
-        conn = self.conns[i]
-        try:
-            while True:
-                msg = conn.recv()
-                if msg[0] == "done":
-                    with self.lock:
-                        fut = self.pending[i].pop(msg[1])
-                    fut.set_result(msg[2:])
-                elif msg[0] == "bye":
-                    return
-                else:
-                    raise msg[1]
-        except (EOFError, OSError):
-            self._fail(self._ended(i))
-        except BaseException as e:
-            self._fail(e)
+    def handle(self, i: int, msg: tuple) -> None:
+        if msg[0] == "done":
+            with self.lock:
+                fut = self.pending[i].pop(msg[1])
+            fut.set_result(msg[2:])
 
-    def _ended(self, i: int) -> StorageError:
-        """The error for process i gone without a word (killed, out of memory)."""
-        try:
-            rc = self.procs[i].wait(timeout=5)
-        except Exception:
-            rc = None
-        how = f" (killed by signal {-rc})" if rc is not None and rc < 0 else (
-            f" (exit status {rc})" if rc else "")
-        return StorageError(f"a restore process ended unexpectedly{how}")
+    def _take_pending(self) -> list:
+        futs = [f for p in self.pending for f in p.values()]
+        for p in self.pending:
+            p.clear()
+        return futs
 
-    def _fail(self, e: BaseException) -> None:
-        with self.lock:
-            self.failure = self.failure or e
-            futs = [f for p in self.pending for f in p.values()]
-            for p in self.pending:
-                p.clear()
-        for f in futs:
-            if not f.done():
-                f.set_exception(e)
-
-    def close(self) -> None:
-        """Let the processes end (every batch has been answered)."""
-        for c in self.conns:
-            try:
-                c.send(None)
-            except OSError:
-                pass
-        for t in self.receivers:
-            t.join()
-        for p in self.procs:
-            p.wait()
-        self._close_sockets()
-        if self.failure is not None:
-            raise self.failure
-
-    def kill(self) -> None:
-        """End the processes whatever they are doing (the restore failed or was stopped)."""
-        for p in self.procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait()
-        self._close_sockets()
-
-    def _close_sockets(self) -> None:
-        for c in self.conns:
-            c.close()
+    def release(self) -> None:
+        super().release()
         for s in self.fsocks:
             s.close()
-        self.conns, self.fsocks = [], []
+        self.fsocks = []

@@ -18,15 +18,12 @@ PR_SET_PDEATHSIG, so that they die with the backup, whatever kills it.
 import concurrent.futures
 import mmap
 import os
-import pickle
 import socket
-import subprocess
-import threading
 from multiprocessing.connection import Connection
-from typing import List, NamedTuple, Optional
+from typing import List, NamedTuple
 
-from ...errors import ChunkrepoError, StorageError
-from ...process import child_started, start_child
+from ...errors import StorageError
+from ...process import ChildProcs, run_child, start_child
 from ...repository.reader_session import ReaderSession
 from ...repository.shared_claims import SharedClaims
 from ...storage import LocalStorage
@@ -70,27 +67,7 @@ def _received(status: tuple) -> tuple:
 # -- the reader process ------------------------------------------------------------
 def reader_main() -> None:
     """Entry point of a reader process: python -c '...reader_main()' FD PARENT_PID."""
-    (fd,) = child_started()
-    conn = Connection(fd)
-    try:
-        _serve(conn, conn.recv())
-    except BaseException as e:      # the backup gets the reason (it names it in one line)
-        try:
-            conn.send(("failed", _portable(e)))
-        except Exception:
-            pass
-        os._exit(1)
-    os._exit(0)
-
-
-def _portable(e: BaseException) -> BaseException:
-    if isinstance(e, ChunkrepoError):
-        try:
-            pickle.loads(pickle.dumps(e))
-            return e
-        except Exception:
-            pass
-    return StorageError(f"a reader process failed: {type(e).__name__}: {e}")
+    run_child("reader process", lambda conn: _serve(conn, conn.recv()))
 
 
 def others_busy(busy, me: int) -> bool:
@@ -137,14 +114,16 @@ def _serve(conn, params: dict) -> None:
 
 
 # -- the backup's side ----------------------------------------------------------------
-class ReaderProcs:
+class ReaderProcs(ChildProcs):
     """n reader processes fed batches; submit() returns a Future of the batch's entries."""
 
+    what = "reader process"
+
     def __init__(self, session, repo_path: str, chunker, all_xattrs: bool, n: int):
+        super().__init__()
         self.session = session
         claims, index_path = session.share_claims()
         levels = session.levels
-        self.lock = threading.Lock()
         self.pending: dict = {}          # batch number -> (future, finish, cost)
         self.load = [0] * n              # bytes (and opens) handed to each reader, not done yet
         self.busy = [0] * n              # batches handed to each reader, not done yet
@@ -155,10 +134,7 @@ class ReaderProcs:
             f.write(bytes(n))
         with open(busy_path, "r+b") as f:
             self.busy_map = mmap.mmap(f.fileno(), n)
-        self.failure: Optional[BaseException] = None
         self._no = 0
-        self.conns: List[Connection] = []
-        self.procs: List[subprocess.Popen] = []
         try:
             for me in range(n):
                 ours, theirs = socket.socketpair()
@@ -173,10 +149,7 @@ class ReaderProcs:
         except OSError as e:
             self.kill()
             raise StorageError(f"cannot start a reader process: {e}") from None
-        self.receivers = [threading.Thread(target=self._receive, args=(i,), daemon=True,
-                                           name=f"chunkrepo-reader-{i}") for i in range(n)]
-        for t in self.receivers:
-            t.start()
+        self.start_receivers("reader")
 
     def submit(self, items, finish, nbytes: int) -> concurrent.futures.Future:
         """A Future of finish(the statuses of items' files), finish run by a receiving thread."""
@@ -194,79 +167,33 @@ class ReaderProcs:
         try:
             self.conns[i].send(("batch", self._no, items))
         except OSError:
-            err = self._ended(i)
-            self._fail(err)
+            err = self.ended(i)
+            self.fail(err)
             raise err from None
         return fut
 
-    def _receive(self, i: int) -> None:
-        conn = self.conns[i]
-        try:
-            while True:
-                msg = conn.recv()
-                kind = msg[0]
-                if kind == "done":
-                    with self.lock:
-                        fut, finish, cost = self.pending.pop(msg[1])
-                        self.load[i] -= cost
-                        self.busy[i] -= 1
-                        self.busy_map[i] = min(self.busy[i], 255)
-                    try:
-                        fut.set_result(finish([_received(s) for s in msg[2]]))
-                    except BaseException as e:
-                        fut.set_exception(e)
-                elif kind == "sealed":
-                    self.session.adopt_sealed(*msg[1:])
-                elif kind == "bye":
-                    return
-                else:
-                    raise msg[1]
-        except (EOFError, OSError):
-            self._fail(self._ended(i))
-        except BaseException as e:
-            self._fail(e)
-
-    def _ended(self, i: int) -> StorageError:
-        """The error for reader i gone without a word (killed, out of memory)."""
-        try:
-            rc = self.procs[i].wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            rc = None
-        how = f" (killed by signal {-rc})" if rc is not None and rc < 0 else (
-            f" (exit status {rc})" if rc else "")
-        return StorageError(f"a reader process ended unexpectedly{how}")
-
-    def _fail(self, e: BaseException) -> None:
-        with self.lock:
-            self.failure = self.failure or e
-            futs = [f for f, _, _ in self.pending.values()]
-            self.pending.clear()
-        for f in futs:
-            if not f.done():
-                f.set_exception(e)
-
-    def close(self) -> None:
-        """Let the readers seal their open packs (their entries reach the session) and end."""
-        for c in self.conns:
+    def handle(self, i: int, msg: tuple) -> None:
+        if msg[0] == "done":
+            with self.lock:
+                fut, finish, cost = self.pending.pop(msg[1])
+                self.load[i] -= cost
+                self.busy[i] -= 1
+                self.busy_map[i] = min(self.busy[i], 255)
             try:
-                c.send(None)
-            except OSError:
-                pass
-        for t in self.receivers:
-            t.join()
-        for p in self.procs:
-            p.wait()
-        if self.failure is not None:
-            raise self.failure
+                fut.set_result(finish([_received(s) for s in msg[2]]))
+            except BaseException as e:
+                fut.set_exception(e)
+        elif msg[0] == "sealed":
+            self.session.adopt_sealed(*msg[1:])
+
+    def _take_pending(self) -> list:
+        futs = [f for f, _, _ in self.pending.values()]
+        self.pending.clear()
+        return futs
 
     def kill(self) -> None:
         """End the readers whatever they are doing (the backup failed or was stopped)."""
-        for p in self.procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait()
-        for c in self.conns:
-            c.close()
+        super().kill()
         try:      # their open packs' temporaries (the writer lock is still held: no one else's)
             self.session.storage.remove_stale_temporaries("packs")
         except OSError:
