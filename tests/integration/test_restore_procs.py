@@ -75,6 +75,9 @@ def test_a_restore_process_that_dies_fails_the_restore_in_one_line(many_files, t
     t.start()
     kids = _wait_for(lambda: _children(os.getpid()))
     assert kids, "no restore process started"
+    # (killed before the restore has sent it its parameters, a process is one that could
+    # not start: the threads write on, rightly; the restore sends them at once)
+    time.sleep(0.05)
     os.kill(kids[0], signal.SIGKILL)
     t.join(60)
     assert not t.is_alive()
