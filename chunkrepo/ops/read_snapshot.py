@@ -40,12 +40,14 @@ def backup_views(repo, count: int, root_tid: bytes, backup_id: Optional[str] = N
     checked: a missing record is met by the walk as damage."""
     with contextlib.ExitStack() as stack:
         views = [stack.enter_context(repo.index.read()) for _ in range(max(1, count))]
-        last = views[-1]
-        if backup_id is not None and last.backup(backup_id) is None and not _has_root(last, root_tid):
+        if backup_id is not None and not holds_backup(views[-1], backup_id, root_tid):
             raise BackupRemoved(f"backup {backup_id} was removed (forget and prune) after it was "
                                 f"looked up; nothing was read")
         yield views
 
 
-def _has_root(view, root_tid: bytes) -> bool:
-    return view.tree(root_tid) is not None or view.tree_data(root_tid) is not None
+def holds_backup(view, backup_id: str, root_tid: bytes) -> bool:
+    """Whether the snapshot view can read the whole backup: registered, or forgotten but
+    its root record (and so everything below it) not pruned yet."""
+    return (view.backup(backup_id) is not None or view.tree(root_tid) is not None
+            or view.tree_data(root_tid) is not None)

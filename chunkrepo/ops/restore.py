@@ -72,7 +72,7 @@ Processes
 
 Placement
     The target carries ext4's top-directory flag while the restore runs, and
-    its own directories are made under a quick random name first
+    its own directories are made under a random name first
     (chunkrepo/placement.py): the restored tree gets block groups of its own.
 """
 

@@ -33,7 +33,7 @@ from typing import List
 from ..errors import StorageError
 from ..process import ChildProcs, portable, run_child, start_child
 from ..repository.repository import Repository
-from .read_snapshot import BackupRemoved, _has_root
+from .read_snapshot import BackupRemoved, holds_backup
 
 _ENTRY = "chunkrepo.ops.restore_procs:worker_main"
 
@@ -55,7 +55,7 @@ def _serve(conn, fsock, params: dict) -> None:
     w = _Writer(repo, params["root"], params["target"], "/", workers=1, backup_id=params["backup"])
     w.now, w.umask, w.created_owner = params["now"], params["umask"], params["created_owner"]
     with repo.index.read() as view:
-        if view.backup(params["backup"]) is None and not _has_root(view, params["root"]):
+        if params["backup"] is not None and not holds_backup(view, params["backup"], params["root"]):
             raise BackupRemoved(f"backup {params['backup']} was removed (forget and prune) while the "
                                 f"restore started")
         reader = repo.blob_reader()
@@ -114,10 +114,13 @@ class RestoreProcs(ChildProcs):
     def run(self, i: int, batch: list, counts) -> list:
         """Process i writes the batch's files: [finished or not] per job (the caller runs
         finish_job); the bytes go to counts, the errors to the restore's result."""
-        slots: dict = {}
-        dirs = [slots.setdefault(id(job.dir), (len(slots), job.dir))[1] for job in batch
-                if id(job.dir) not in slots]
-        items = [(slots[id(job.dir)][0], job.name, job.node, job.shown, job.owner, job.ids) for job in batch]
+        slots: dict = {}          # id(a parent directory) -> its place in dirs
+        dirs: list = []
+        for job in batch:
+            if id(job.dir) not in slots:
+                slots[id(job.dir)] = len(dirs)
+                dirs.append(job.dir)
+        items = [(slots[id(job.dir)], job.name, job.node, job.shown, job.owner, job.ids) for job in batch]
         fut: concurrent.futures.Future = concurrent.futures.Future()
         with self.send_locks[i]:
             with self.lock:

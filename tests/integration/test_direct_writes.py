@@ -142,11 +142,12 @@ def small_fs(tmp_path):
         yield mnt
 
 
-def test_restore_onto_a_full_disk_stops_with_one_line_and_leaves_no_partial_file(world, small_fs):
+@pytest.mark.parametrize("procs", [None, 0], ids=["threads", "processes"])
+def test_restore_onto_a_full_disk_stops_with_one_line_and_leaves_no_partial_file(world, small_fs, procs):
     base, src, bid = world
     with Repo(base / "repo") as repo:
         with pytest.raises(StorageError) as exc:
-            repo.restore(bid, small_fs / "out", start=str(src / f"f{9 * MiB + 1}"))
+            repo.restore(bid, small_fs / "out", start=str(src / f"f{9 * MiB + 1}"), processes_after=procs)
     assert "No space left on device" in str(exc.value) and "\n" not in str(exc.value)
     assert os.listdir(small_fs / "out") == []
 
