@@ -34,6 +34,7 @@ from ..errors import StorageError
 from ..process import ChildProcs, portable, run_child, start_child
 from ..repository.repository import Repository
 from .read_snapshot import BackupRemoved, holds_backup
+from .restore import _Counts, _Dir, _Job, _Restorer
 
 _ENTRY = "chunkrepo.ops.restore_procs:worker_main"
 
@@ -44,13 +45,15 @@ def worker_main() -> None:
     run_child("restore process", lambda conn, fds: _serve(conn, socket.socket(fileno=fds), conn.recv()))
 
 
+class _Writer(_Restorer):
+    """A restore process's side of _Restorer: do_batch for the batches it is sent; the
+    restore's own process finishes the files (finish_job only notes the outcome)."""
+
+    def finish_job(self, job, ok, counts):
+        job.ok = ok
+
+
 def _serve(conn, fsock, params: dict) -> None:
-    from .restore import _Counts, _Dir, _Job, _Restorer
-
-    class _Writer(_Restorer):
-        def finish_job(self, job, ok, counts):
-            job.ok = ok
-
     repo = Repository(params["repo"])
     w = _Writer(repo, params["root"], params["target"], "/", workers=1, backup_id=params["backup"])
     w.now, w.umask, w.created_owner = params["now"], params["umask"], params["created_owner"]

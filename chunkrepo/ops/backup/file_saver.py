@@ -247,10 +247,6 @@ class FileSaver:
         waits is at most one buffer's chunks, compressed)."""
         session = self.session
         n = len(claimed)
-        if self._help is None or n < 2:
-            for cid, chunk in claimed:
-                session.append_chunk(cid, session.compress_chunk(chunk), len(chunk))
-            return
         out: list = [None] * n
         take = itertools.count()      # next() on it is atomic: each index is taken once
 
@@ -260,7 +256,11 @@ class FileSaver:
                     return
                 out[i] = session.compress_chunk(claimed[i][1])
 
-        fut = self._help(work)
+        fut = self._help(work) if self._help is not None and n > 1 else None
+        if fut is None:     # alone: each chunk appended once compressed (one waits at a time)
+            for cid, chunk in claimed:
+                session.append_chunk(cid, session.compress_chunk(chunk), len(chunk))
+            return
         try:
             work()
         finally:
